@@ -1,0 +1,834 @@
+package backoff
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/metric"
+)
+
+// GateState is the admission state of a Gate.
+type GateState int
+
+const (
+	// GateOpen admits attempts at the gate's pace.
+	GateOpen GateState = iota
+	// GateClosed means the destination looks unreachable: attempts queue and
+	// one scout at a time goes through on a short jittered backoff; the first
+	// answer from the destination reopens the gate.
+	GateClosed
+	// GatePaused means the destination pushed back (a Retry-After): nothing
+	// is admitted until the pause ends.
+	GatePaused
+)
+
+// String returns the state's name.
+func (s GateState) String() string {
+	switch s {
+	case GateOpen:
+		return "open"
+	case GateClosed:
+		return "closed"
+	case GatePaused:
+		return "paused"
+	}
+	return "GateState(" + strconv.Itoa(int(s)) + ")"
+}
+
+type outcomeKind uint8
+
+const (
+	kindSuccess outcomeKind = iota
+	kindClientFailure
+	kindUnreachable
+	kindOverload
+)
+
+// Outcome is what an admitted attempt reports to its Gate through
+// Permit.Done: Success, ClientFailure, Unreachable, or Overload(retryAfter).
+type Outcome struct {
+	kind       outcomeKind
+	retryAfter time.Duration
+}
+
+var (
+	// Success: the destination served the attempt.
+	Success = Outcome{kind: kindSuccess}
+	// ClientFailure: the destination answered, but the failure is this
+	// client's alone (bad credentials, a forbidden identity). It proves the
+	// destination reachable and does not slow anyone else down; the client
+	// backs off on its own policy.
+	ClientFailure = Outcome{kind: kindClientFailure}
+	// Unreachable: the attempt timed out, was refused or reset. When no
+	// attempt has succeeded since this one was admitted, the gate closes and
+	// scouts; otherwise the destination is alive but struggling, and the
+	// outcome counts as overload.
+	Unreachable = Outcome{kind: kindUnreachable}
+)
+
+// Overload reports that the destination rejected the attempt because it is
+// overloaded (a SIP or HTTP 503). A positive retryAfter (the server's
+// Retry-After) pauses the whole gate for that long, as PushBack does.
+func Overload(retryAfter time.Duration) Outcome {
+	return Outcome{kind: kindOverload, retryAfter: max(retryAfter, 0)}
+}
+
+// RetryAfter returns the Retry-After carried by an Overload outcome, or zero.
+func (o Outcome) RetryAfter() time.Duration { return o.retryAfter }
+
+// String names the outcome.
+func (o Outcome) String() string {
+	switch o.kind {
+	case kindSuccess:
+		return "success"
+	case kindClientFailure:
+		return "client-failure"
+	case kindUnreachable:
+		return "unreachable"
+	}
+	if o.retryAfter > 0 {
+		return "overload(retry-after " + o.retryAfter.String() + ")"
+	}
+	return "overload"
+}
+
+// Defaults of GateConfig.
+const (
+	DefaultMaxInFlight    = 128
+	DefaultInitialRate    = 20.0
+	DefaultMinRate        = 1.0
+	DefaultScoutBase      = 100 * time.Millisecond
+	DefaultScoutMax       = 2 * time.Second
+	DefaultMaxPushBack    = time.Hour
+	defaultStartupPeriod  = 100 * time.Millisecond
+	defaultProbePeriod    = time.Second
+	cruiseGain            = 0.95
+	minEpisodeOutcomes    = 16
+	minEpisodeDuration    = 50 * time.Millisecond
+	maxConfigurableRate   = 1e6
+	minConfigurableRate   = 1e-3
+	maxConfigurableFlight = 1 << 20
+)
+
+// GateConfig configures a Gate. The zero value is a gate that learns the
+// destination's capacity from outcomes, with the defaults documented on each
+// field.
+type GateConfig struct {
+	// Destination names the server the gate guards (host:port or a URI). It
+	// becomes the server.address attribute of the gate's metrics and logs.
+	Destination string
+	// Rate is the most attempts per second the gate admits. Zero means
+	// adaptive: the gate learns the rate the destination accepts (see Gate).
+	// Positive: a ceiling the gate never exceeds, and its starting pace; it
+	// still slows down when the destination rejects. Negative: no rate limit
+	// (only MaxInFlight, push-back and closing apply). At most 10^6.
+	Rate float64
+	// Burst is the token bucket's depth. Zero or negative means
+	// max(1, pace/50): a small burst, so admissions are paced, not bunched.
+	Burst int
+	// MaxInFlight bounds the attempts admitted whose Permit.Done has not
+	// been called. Zero means DefaultMaxInFlight (128); negative means no
+	// bound.
+	MaxInFlight int
+	// InitialRate is an adaptive gate's starting pace, in attempts per
+	// second, before it has measured the destination. Zero or negative
+	// means DefaultInitialRate (20/s). The pace doubles every 100 ms (or
+	// every round trip, if longer) while attempts queue and none is
+	// rejected.
+	InitialRate float64
+	// MinRate is the floor of an adaptive gate's pace. Zero or negative
+	// means DefaultMinRate (1/s).
+	MinRate float64
+	// ScoutBase and ScoutMax bound the jittered delay between scouts while
+	// the gate is closed: the n-th failed scout waits a random time in
+	// [d/2, d], d = min(ScoutMax, ScoutBase·2^n). Zero or negative means
+	// 100 ms and 2 s. One scout at a time is negligible load, so the cap is
+	// short: the gate notices a restored path within about ScoutMax.
+	ScoutBase, ScoutMax time.Duration
+	// MaxPushBack clamps a pause requested by PushBack or an Overload
+	// outcome. Zero or negative means DefaultMaxPushBack (1 h): a server's
+	// absurd Retry-After does not park the gate for ever.
+	MaxPushBack time.Duration
+	// MeterProvider provides the gate's instruments; nil means the global
+	// provider (a no-op unless the application set one).
+	MeterProvider metric.MeterProvider
+	// Logger receives state changes at Info; nil discards.
+	Logger *slog.Logger
+	// OnStateChange, if set, is called after each state change, outside the
+	// gate's lock. It must not block.
+	OnStateChange func(GateStateChange)
+	// Rand is the source of randomness for scout jitter; nil means a
+	// process-wide source. A Rand given here is used under the gate's lock.
+	Rand *rand.Rand
+}
+
+// GateStateChange describes a change of a Gate's state.
+type GateStateChange struct {
+	Destination string
+	From, To    GateState
+	// Until is the end of a pause (To == GatePaused), else zero.
+	Until time.Time
+}
+
+// GateStats is a snapshot of a Gate for metrics and tests.
+type GateStats struct {
+	State    GateState
+	InFlight int
+	Queued   int
+	// Rate is the current pace in attempts per second; +Inf when unlimited.
+	Rate float64
+	// Estimate is the destination's capacity as measured while it rejected
+	// attempts, in attempts per second; zero until measured.
+	Estimate float64
+	// PausedUntil is the end of the current push-back, or zero.
+	PausedUntil time.Time
+	// Admitted counts permits granted; Shed counts Acquire calls that gave
+	// up (their ctx ended) before a permit was granted.
+	Admitted, Shed uint64
+	// Outcomes reported through Permit.Done.
+	Succeeded, ClientFailures, Unreachable, Overloaded uint64
+}
+
+// Gate admits recovery attempts towards one destination. Every connection or
+// trunk of the process that recovers towards that destination shares it, so
+// that thousands of clients recovering at once reach the server at the pace
+// it can serve instead of all at once.
+//
+// Acquire blocks in FIFO order until the attempt may go; the caller makes the
+// attempt and reports its Outcome through Permit.Done. The gate bounds:
+//   - the rate of admissions (a token bucket with a small burst),
+//   - the attempts in flight (MaxInFlight),
+//   - and it stops admitting while the destination pushes back (PushBack, or
+//     an Overload outcome with a Retry-After).
+//
+// Without a configured Rate the gate learns one, the way BBR measures a
+// path's delivery rate: it starts at InitialRate and doubles while nothing is
+// rejected; when the destination starts rejecting, it measures the rate the
+// destination actually accepts (the pace times the accepted fraction of the
+// outcomes since the first rejection) and paces just below it; every second
+// without rejections it probes upward. This follows a server that rejects at
+// once (an instant 503), which an in-flight limit alone cannot, and avoids
+// AIMD's saw-tooth between C/2 and C.
+//
+// When attempts come back Unreachable and nothing has succeeded since they
+// were admitted, the gate closes: callers queue, and one scout attempt at a
+// time goes through, on a short jittered backoff capped at ScoutMax. The first
+// answer reopens the gate, which then admits the queue at its pace. Clients
+// therefore need no long private backoff for destination-wide failures; their
+// own policy is for failures that are theirs alone (ClientFailure).
+//
+// A Gate is safe for concurrent use. It owns no goroutine: when idle it costs
+// one stopped timer.
+type Gate struct {
+	cfg  GateConfig
+	inst *gateInstruments
+
+	mu       sync.Mutex
+	queue    list.List // of *waiter
+	state    GateState
+	inFlight int
+	timer    *time.Timer
+	timerAt  time.Time
+
+	// token bucket
+	tokens float64
+	last   time.Time
+
+	pausedUntil time.Time
+
+	// closed state
+	scoutOut   bool
+	scoutFails int
+	nextScout  time.Time
+
+	// adaptive control
+	pace       float64
+	estimate   float64
+	startup    bool
+	growAt     time.Time // next startup doubling
+	probeAt    time.Time // next cruise probe
+	cleanProbe int       // consecutive probes without rejection
+	rejectedAt time.Time // last rejection
+	srtt       time.Duration
+	ep         episode
+
+	stats GateStats
+}
+
+// episode is a measurement of the destination's acceptance while it rejects.
+type episode struct {
+	active    bool
+	start     time.Time
+	succ, rej int
+	// offered sums, over the accepted outcomes, the pace at which each was
+	// admitted: offered/(succ+rej) is the rate the destination accepted.
+	offered float64
+}
+
+type waiter struct {
+	ch     chan *Permit
+	permit *Permit
+	enq    time.Time
+}
+
+// Permit is one admitted attempt. Call Done once with the attempt's outcome,
+// or Abandon if the attempt was given up before it learned anything; later
+// calls are ignored. A Permit that is neither done nor abandoned holds one of
+// the gate's in-flight slots for ever.
+type Permit struct {
+	g        *Gate
+	admitted time.Time
+	succSeq  uint64  // the gate's success count when admitted
+	pace     float64 // the gate's pace when admitted
+	scout    bool
+	done     bool // guarded by g.mu
+}
+
+// ErrNilGate is returned by Acquire on a nil *Gate.
+var ErrNilGate = errors.New("backoff: nil gate")
+
+// NewGate returns a Gate with the given configuration; out-of-range values are
+// clamped as documented on GateConfig.
+func NewGate(cfg GateConfig) *Gate {
+	if math.IsNaN(cfg.Rate) {
+		cfg.Rate = 0
+	}
+	cfg.Rate = math.Min(cfg.Rate, maxConfigurableRate)
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	cfg.MaxInFlight = min(cfg.MaxInFlight, maxConfigurableFlight)
+	if !(cfg.InitialRate > 0) {
+		cfg.InitialRate = DefaultInitialRate
+	}
+	cfg.InitialRate = math.Min(cfg.InitialRate, maxConfigurableRate)
+	if !(cfg.MinRate > 0) {
+		cfg.MinRate = DefaultMinRate
+	}
+	if cfg.Rate > 0 {
+		cfg.Rate = math.Max(cfg.Rate, minConfigurableRate)
+	}
+	cfg.MinRate = math.Max(cfg.MinRate, minConfigurableRate)
+	cfg.MinRate = math.Min(cfg.MinRate, cfg.InitialRate)
+	if cfg.Rate > 0 {
+		cfg.MinRate = math.Min(cfg.MinRate, cfg.Rate)
+	}
+	cfg.ScoutBase = clampDur(orDefault(cfg.ScoutBase, DefaultScoutBase), MinDelay, time.Minute)
+	cfg.ScoutMax = clampDur(orDefault(cfg.ScoutMax, DefaultScoutMax), cfg.ScoutBase, time.Hour)
+	cfg.MaxPushBack = clampDur(orDefault(cfg.MaxPushBack, DefaultMaxPushBack), MinDelay, MaxDelay)
+	g := &Gate{cfg: cfg}
+	g.queue.Init()
+	g.resetPace(time.Now())
+	g.tokens = g.burst()
+	g.inst = newGateInstruments(g)
+	return g
+}
+
+func (g *Gate) adaptive() bool { return g.cfg.Rate >= 0 }
+
+func (g *Gate) ceiling() float64 {
+	if g.cfg.Rate > 0 {
+		return g.cfg.Rate
+	}
+	return maxConfigurableRate
+}
+
+// resetPace sets the pace for a fresh start (creation or reopening): the
+// configured rate, the measured estimate, or startup from InitialRate.
+func (g *Gate) resetPace(now time.Time) {
+	g.ep = episode{}
+	g.cleanProbe = 0
+	switch {
+	case g.cfg.Rate > 0:
+		g.pace = g.cfg.Rate
+		if g.estimate > 0 {
+			g.pace = math.Min(g.pace, cruiseGain*g.estimate)
+		}
+		g.startup = false
+	case g.cfg.Rate < 0:
+		g.pace = math.Inf(1)
+		g.startup = false
+	case g.estimate > 0:
+		g.pace = cruiseGain * g.estimate
+		g.startup = false
+	default:
+		g.pace = g.cfg.InitialRate
+		g.startup = true
+	}
+	g.pace = math.Max(g.pace, g.cfg.MinRate)
+	g.growAt = now.Add(g.startupPeriod())
+	g.probeAt = now.Add(defaultProbePeriod)
+}
+
+func (g *Gate) burst() float64 {
+	if g.cfg.Burst > 0 {
+		return float64(g.cfg.Burst)
+	}
+	if math.IsInf(g.pace, 1) {
+		return 1
+	}
+	return math.Max(1, math.Floor(g.pace/50))
+}
+
+func (g *Gate) startupPeriod() time.Duration {
+	return max(defaultStartupPeriod, g.srtt)
+}
+
+// Acquire waits in FIFO order until an attempt may be made, and returns its
+// Permit. It returns ctx's cause if ctx ends first; a caller that gives up
+// leaves nothing behind (no queue entry, no slot).
+func (g *Gate) Acquire(ctx context.Context) (*Permit, error) {
+	if g == nil {
+		return nil, ErrNilGate
+	}
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	g.mu.Lock()
+	w := &waiter{ch: make(chan *Permit, 1), enq: start}
+	el := g.queue.PushBack(w)
+	ev := g.dispatchLocked(start)
+	if w.permit != nil {
+		g.mu.Unlock()
+		g.emit(ev)
+		g.inst.waited(ctx, 0)
+		return w.permit, nil
+	}
+	g.mu.Unlock()
+	g.emit(ev)
+
+	select {
+	case p := <-w.ch:
+		g.inst.waited(ctx, time.Since(start))
+		return p, nil
+	case <-ctx.Done():
+	}
+	g.mu.Lock()
+	if w.permit != nil {
+		// Granted while we were giving up: hand the slot back.
+		p := w.permit
+		p.done = true
+		g.inFlight--
+		g.stats.Admitted--
+		if p.scout {
+			g.scoutOut = false
+		}
+		if !math.IsInf(g.pace, 1) {
+			g.tokens = math.Min(g.tokens+1, g.burst())
+		}
+	} else {
+		g.queue.Remove(el)
+	}
+	g.stats.Shed++
+	ev = g.dispatchLocked(time.Now())
+	g.mu.Unlock()
+	g.emit(ev)
+	g.inst.shed(ctx)
+	return nil, context.Cause(ctx)
+}
+
+// PushBack pauses all admissions for d (clamped to MaxPushBack), as a server's
+// 503 with Retry-After asks: RFC 3261 §21.5.4 says to send nothing to that
+// server for that long. Overlapping pauses end at the latest end. Attempts in
+// flight are not affected. d ≤ 0 is ignored.
+func (g *Gate) PushBack(d time.Duration) {
+	if g == nil || d <= 0 {
+		return
+	}
+	now := time.Now()
+	g.mu.Lock()
+	ev := g.pushBackLocked(now, d)
+	ev2 := g.dispatchLocked(now)
+	g.mu.Unlock()
+	g.emit(ev)
+	g.emit(ev2)
+}
+
+func (g *Gate) pushBackLocked(now time.Time, d time.Duration) []GateStateChange {
+	d = min(d, g.cfg.MaxPushBack)
+	until := now.Add(d)
+	if !until.After(g.pausedUntil) {
+		return nil
+	}
+	g.pausedUntil = until
+	if g.state == GateClosed {
+		// The server answered: it is reachable.
+		g.scoutFails = 0
+	}
+	return g.setStateLocked(GatePaused, until)
+}
+
+// Stats returns a snapshot of the gate's state and counters.
+func (g *Gate) Stats() GateStats {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	s := g.stats
+	s.State = g.state
+	s.InFlight = g.inFlight
+	s.Queued = g.queue.Len()
+	s.Rate = g.pace
+	s.Estimate = g.estimate
+	if g.state == GatePaused {
+		s.PausedUntil = g.pausedUntil
+	}
+	return s
+}
+
+// State returns the gate's current state.
+func (g *Gate) State() GateState {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.state
+}
+
+// Done reports the attempt's outcome and frees its in-flight slot. Only the
+// first call counts.
+func (p *Permit) Done(o Outcome) {
+	if p == nil || p.g == nil {
+		return
+	}
+	g := p.g
+	now := time.Now()
+	g.mu.Lock()
+	if p.done {
+		g.mu.Unlock()
+		return
+	}
+	p.done = true
+	g.inFlight--
+	if p.scout {
+		g.scoutOut = false
+	}
+	var ev []GateStateChange
+	switch o.kind {
+	case kindSuccess:
+		g.stats.Succeeded++
+		g.observeRTT(now.Sub(p.admitted))
+		g.accepted(now, p.pace)
+		ev = g.reachableLocked(now)
+	case kindClientFailure:
+		g.stats.ClientFailures++
+		ev = g.reachableLocked(now)
+	case kindOverload:
+		g.stats.Overloaded++
+		ev = g.reachableLocked(now)
+		g.rejected(now)
+		if o.retryAfter > 0 {
+			ev = append(ev, g.pushBackLocked(now, o.retryAfter)...)
+		}
+	case kindUnreachable:
+		g.stats.Unreachable++
+		if g.stats.Succeeded > p.succSeq {
+			// Others got through meanwhile: the destination is alive but
+			// not keeping up.
+			g.rejected(now)
+		} else {
+			ev = g.unreachableLocked(now, p.scout)
+		}
+	}
+	ev = append(ev, g.dispatchLocked(now)...)
+	g.mu.Unlock()
+	g.emit(ev)
+	g.inst.outcome(o.kind)
+}
+
+// Abandon frees the permit's in-flight slot without reporting an outcome: the
+// attempt was given up before it told anything about the destination (its
+// caller was cancelled mid-dial, say). Calls after Done or Abandon are
+// ignored.
+func (p *Permit) Abandon() {
+	if p == nil || p.g == nil {
+		return
+	}
+	g := p.g
+	g.mu.Lock()
+	if p.done {
+		g.mu.Unlock()
+		return
+	}
+	p.done = true
+	g.inFlight--
+	if p.scout {
+		g.scoutOut = false
+	}
+	ev := g.dispatchLocked(time.Now())
+	g.mu.Unlock()
+	g.emit(ev)
+}
+
+// reachableLocked handles proof that the destination answers.
+func (g *Gate) reachableLocked(now time.Time) []GateStateChange {
+	if g.state != GateClosed {
+		return nil
+	}
+	g.scoutFails = 0
+	g.resetPace(now)
+	g.tokens = math.Min(g.tokens, g.burst())
+	return g.setStateLocked(GateOpen, time.Time{})
+}
+
+func (g *Gate) unreachableLocked(now time.Time, scout bool) []GateStateChange {
+	if g.state == GateClosed {
+		if scout {
+			g.scoutFails++
+		}
+	} else {
+		g.scoutFails = 0
+	}
+	d := float64(capped(g.cfg.ScoutBase, g.cfg.ScoutMax, 2, g.scoutFails))
+	g.nextScout = now.Add(time.Duration(d/2 + g.uniform()*d/2))
+	if g.state == GateClosed {
+		return nil
+	}
+	return g.setStateLocked(GateClosed, time.Time{})
+}
+
+func (g *Gate) uniform() float64 { return uniform(g.cfg.Rand) }
+
+func (g *Gate) observeRTT(rtt time.Duration) {
+	if rtt < 0 {
+		return
+	}
+	if g.srtt == 0 {
+		g.srtt = rtt
+		return
+	}
+	g.srtt += (rtt - g.srtt) / 8
+}
+
+// accepted feeds a success into the adaptive controller.
+func (g *Gate) accepted(now time.Time, pace float64) {
+	if g.ep.active {
+		g.ep.succ++
+		g.ep.offered += pace
+		g.maybeEndEpisode(now)
+	}
+}
+
+// rejected feeds a rejection into the adaptive controller.
+func (g *Gate) rejected(now time.Time) {
+	g.rejectedAt = now
+	g.cleanProbe = 0
+	if !g.adaptive() || math.IsInf(g.pace, 1) {
+		return
+	}
+	if g.startup {
+		// The pace just doubled past capacity: back to the last pace that
+		// got no rejection, and measure.
+		g.startup = false
+		g.pace = math.Max(g.pace/2, g.cfg.MinRate)
+		g.tokens = math.Min(g.tokens, g.burst())
+	}
+	if !g.ep.active {
+		g.ep = episode{active: true, start: now}
+	}
+	g.ep.rej++
+	g.maybeEndEpisode(now)
+}
+
+// maybeEndEpisode turns a long enough measurement into an estimate of the
+// rate the destination accepts while it rejects: the larger of the successes
+// per second since the first rejection (exact once the destination is
+// saturated) and the admission pace times the accepted fraction (exact when
+// outcomes lag the pace). Sporadic rejections (under 5 %) at a pace the
+// destination otherwise keeps up with are noise: they never lower an
+// estimate.
+func (g *Gate) maybeEndEpisode(now time.Time) {
+	e := &g.ep
+	n := e.succ + e.rej
+	el := now.Sub(e.start)
+	if n < minEpisodeOutcomes || el < minEpisodeDuration {
+		return
+	}
+	est := math.Max(float64(e.succ)/el.Seconds(), e.offered/float64(n))
+	if float64(e.rej) < 0.05*float64(n) && g.estimate > 0 {
+		est = math.Max(est, g.estimate)
+	}
+	g.estimate = math.Max(est, g.cfg.MinRate)
+	g.pace = math.Max(math.Min(cruiseGain*g.estimate, g.ceiling()), g.cfg.MinRate)
+	g.tokens = math.Min(g.tokens, g.burst())
+	g.ep = episode{}
+	g.probeAt = now.Add(defaultProbePeriod)
+}
+
+// control advances the adaptive controller's clock: startup doubling and
+// cruise probing, only while attempts are queued (a gate with no demand does
+// not inflate its pace).
+func (g *Gate) control(now time.Time) {
+	if !g.adaptive() || math.IsInf(g.pace, 1) || g.state != GateOpen {
+		return
+	}
+	demand := g.queue.Len() > 0
+	if g.startup {
+		if now.Before(g.growAt) {
+			return
+		}
+		g.growAt = now.Add(g.startupPeriod())
+		if demand {
+			g.pace = math.Min(g.pace*2, g.ceiling())
+		}
+		return
+	}
+	if g.ep.active {
+		if now.Sub(g.ep.start) > 4*defaultProbePeriod {
+			// Too few outcomes to measure: fall back to halving.
+			g.pace = math.Max(g.pace/2, g.cfg.MinRate)
+			g.ep = episode{}
+		}
+		return
+	}
+	if now.Before(g.probeAt) {
+		return
+	}
+	g.probeAt = now.Add(defaultProbePeriod)
+	if !demand || now.Sub(g.rejectedAt) < defaultProbePeriod || g.pace >= g.ceiling() {
+		return
+	}
+	// A second without rejection while attempts queue: probe upward,
+	// faster after consecutive clean probes (1.1×, 1.1×, 1.2×, 1.4×,
+	// 1.8×, then 2×): a small step first, since the destination's own burst
+	// can hide a small excess for a while.
+	gain := math.Min(1+0.1*math.Exp2(float64(max(g.cleanProbe-1, 0))), 2)
+	g.cleanProbe++
+	g.pace = math.Min(g.pace*gain, g.ceiling())
+}
+
+// nextControl returns when control may next change the pace, or zero.
+func (g *Gate) nextControl() time.Time {
+	switch {
+	case !g.adaptive() || math.IsInf(g.pace, 1) || g.state != GateOpen:
+		return time.Time{}
+	case g.startup:
+		return g.growAt
+	case g.ep.active:
+		return g.ep.start.Add(4 * defaultProbePeriod)
+	}
+	return g.probeAt
+}
+
+// dispatchLocked admits queued waiters while the limits allow and arms the
+// timer for the next moment one may be admitted.
+func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
+	var ev []GateStateChange
+	if g.state == GatePaused && !now.Before(g.pausedUntil) {
+		g.pausedUntil = time.Time{}
+		to := GateOpen
+		if g.scoutFails > 0 {
+			to = GateClosed
+		}
+		ev = g.setStateLocked(to, time.Time{})
+	}
+	g.control(now)
+	g.refill(now)
+	for g.queue.Len() > 0 {
+		switch g.state {
+		case GatePaused:
+			g.armLocked(g.pausedUntil)
+			return ev
+		case GateClosed:
+			if g.scoutOut {
+				return ev
+			}
+			if now.Before(g.nextScout) {
+				g.armLocked(g.nextScout)
+				return ev
+			}
+			g.admitLocked(now, true)
+			continue
+		}
+		if g.cfg.MaxInFlight > 0 && g.inFlight >= g.cfg.MaxInFlight {
+			return ev
+		}
+		if !math.IsInf(g.pace, 1) {
+			if g.tokens < 1 {
+				wait := time.Duration(math.Min((1-g.tokens)/g.pace, MaxDelay.Seconds()) * float64(time.Second))
+				at := now.Add(max(wait, time.Microsecond))
+				if c := g.nextControl(); c.After(now) && c.Before(at) {
+					at = c // the pace may change before then
+				}
+				g.armLocked(at)
+				return ev
+			}
+			g.tokens--
+		}
+		g.admitLocked(now, false)
+	}
+	return ev
+}
+
+func (g *Gate) refill(now time.Time) {
+	if g.last.IsZero() || now.Before(g.last) {
+		g.last = now
+		return
+	}
+	if !math.IsInf(g.pace, 1) {
+		g.tokens = math.Min(g.tokens+now.Sub(g.last).Seconds()*g.pace, g.burst())
+	}
+	g.last = now
+}
+
+func (g *Gate) admitLocked(now time.Time, scout bool) {
+	w := g.queue.Remove(g.queue.Front()).(*waiter)
+	p := &Permit{g: g, admitted: now, succSeq: g.stats.Succeeded, pace: g.pace, scout: scout}
+	if scout {
+		g.scoutOut = true
+	}
+	g.inFlight++
+	g.stats.Admitted++
+	w.permit = p
+	w.ch <- p
+}
+
+func (g *Gate) armLocked(at time.Time) {
+	if !g.timerAt.IsZero() && !at.Before(g.timerAt) {
+		return
+	}
+	g.timerAt = at
+	d := time.Until(at)
+	if g.timer == nil {
+		g.timer = time.AfterFunc(d, g.fire)
+		return
+	}
+	g.timer.Reset(d)
+}
+
+func (g *Gate) fire() {
+	g.mu.Lock()
+	g.timerAt = time.Time{}
+	ev := g.dispatchLocked(time.Now())
+	g.mu.Unlock()
+	g.emit(ev)
+}
+
+func (g *Gate) setStateLocked(to GateState, until time.Time) []GateStateChange {
+	if g.state == to && to != GatePaused {
+		return nil
+	}
+	from := g.state
+	g.state = to
+	return []GateStateChange{{Destination: g.cfg.Destination, From: from, To: to, Until: until}}
+}
+
+func (g *Gate) emit(ev []GateStateChange) {
+	for _, e := range ev {
+		if e.From == e.To && e.To != GatePaused {
+			continue
+		}
+		if g.cfg.Logger != nil {
+			g.cfg.Logger.LogAttrs(context.Background(), slog.LevelInfo, "gate state",
+				slog.String("server.address", e.Destination),
+				slog.String("from", e.From.String()), slog.String("to", e.To.String()))
+		}
+		if g.cfg.OnStateChange != nil {
+			g.cfg.OnStateChange(e)
+		}
+	}
+}

@@ -1,0 +1,412 @@
+package backoff
+
+import (
+	"context"
+	"errors"
+	"math"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// acquireAsync starts an Acquire and returns a channel with its permit.
+func acquireAsync(ctx context.Context, g *Gate) <-chan *Permit {
+	ch := make(chan *Permit, 1)
+	go func() {
+		p, err := g.Acquire(ctx)
+		if err != nil {
+			p = nil
+		}
+		ch <- p
+	}()
+	return ch
+}
+
+func TestGateFIFO(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGate(GateConfig{Rate: 10, Burst: 1})
+		var order []int
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p, err := g.Acquire(t.Context())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				order = append(order, i)
+				mu.Unlock()
+				p.Done(Success)
+			}()
+			synctest.Wait() // queued in this order
+		}
+		wg.Wait()
+		for i, v := range order {
+			if v != i {
+				t.Fatalf("admission order %v, want FIFO", order)
+			}
+		}
+	})
+}
+
+func TestGateRateAndInFlightBounds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const rate, burst, maxIn = 50.0, 3, 7
+		g := NewGate(GateConfig{Rate: rate, Burst: burst, MaxInFlight: maxIn})
+		start := time.Now()
+		var admitted, inFlight, peak atomic.Int64
+		var wg sync.WaitGroup
+		for range 400 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p, err := g.Acquire(t.Context())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				n := admitted.Add(1)
+				if limit := burst + rate*time.Since(start).Seconds(); float64(n) > limit+1e-9 {
+					t.Errorf("admitted %d by %v: over the rate bound %.1f", n, time.Since(start), limit)
+				}
+				cur := inFlight.Add(1)
+				for {
+					old := peak.Load()
+					if cur <= old || peak.CompareAndSwap(old, cur) {
+						break
+					}
+				}
+				time.Sleep(200 * time.Millisecond) // the attempt
+				inFlight.Add(-1)
+				p.Done(Success)
+			}()
+		}
+		wg.Wait()
+		if p := peak.Load(); p > maxIn {
+			t.Fatalf("peak in flight %d > MaxInFlight %d", p, maxIn)
+		}
+		// 7 in flight × 200 ms caps throughput at 35/s, below the rate.
+		el := time.Since(start)
+		if el < 400/35*time.Second {
+			t.Fatalf("400 attempts in %v: faster than MaxInFlight allows", el)
+		}
+		if s := g.Stats(); s.Admitted != 400 || s.InFlight != 0 || s.Queued != 0 || s.Succeeded != 400 {
+			t.Fatalf("stats %+v", s)
+		}
+	})
+}
+
+func TestGatePushBackPausesEveryone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var changes []GateStateChange
+		g := NewGate(GateConfig{Rate: 100, OnStateChange: func(c GateStateChange) {
+			mu.Lock()
+			changes = append(changes, c)
+			mu.Unlock()
+		}})
+		p, _ := g.Acquire(t.Context())
+		p.Done(Overload(5 * time.Second)) // a 503 with Retry-After: 5 from one client
+		if s := g.State(); s != GatePaused {
+			t.Fatalf("state %v after Overload with Retry-After, want paused", s)
+		}
+		start := time.Now()
+		var chans []<-chan *Permit
+		for range 10 {
+			chans = append(chans, acquireAsync(t.Context(), g))
+		}
+		time.Sleep(4900 * time.Millisecond)
+		synctest.Wait()
+		if s := g.Stats(); s.Admitted != 1 || s.Queued != 10 {
+			t.Fatalf("during the pause: %+v, want nothing admitted", s)
+		}
+		for _, ch := range chans {
+			p := <-ch
+			if el := time.Since(start); el < 5*time.Second {
+				t.Fatalf("admitted after %v, inside the 5 s pause", el)
+			}
+			p.Done(Success)
+		}
+		if g.State() != GateOpen {
+			t.Fatalf("state %v after the pause, want open", g.State())
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(changes) != 2 || changes[0].To != GatePaused || changes[1].To != GateOpen {
+			t.Fatalf("state changes %+v, want paused then open", changes)
+		}
+		// An absurd Retry-After is clamped.
+		g.PushBack(time.Duration(math.MaxInt64))
+		if until := g.Stats().PausedUntil; until.Sub(time.Now()) > DefaultMaxPushBack {
+			t.Fatalf("pause until %v: not clamped to %v", until, DefaultMaxPushBack)
+		}
+	})
+}
+
+// simServer serves at most rate attempts per second (token bucket with burst)
+// and rejects the rest at once.
+type simServer struct {
+	mu          sync.Mutex
+	rate, burst float64
+	tokens      float64
+	last        time.Time
+	ok, rej     int
+}
+
+func (s *simServer) serve() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	s.tokens = math.Min(s.burst, s.tokens+now.Sub(s.last).Seconds()*s.rate)
+	s.last = now
+	if s.tokens >= 1 {
+		s.tokens--
+		s.ok++
+		return true
+	}
+	s.rej++
+	return false
+}
+
+func (s *simServer) setRate(r float64) {
+	s.mu.Lock()
+	s.rate, s.burst = r, r/10
+	s.mu.Unlock()
+}
+
+// herd runs n clients that each retry through g until served.
+func herd(t *testing.T, g *Gate, srv *simServer, n int) time.Duration {
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				p, err := g.Acquire(t.Context())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				time.Sleep(5 * time.Millisecond)
+				if srv.serve() {
+					p.Done(Success)
+					return
+				}
+				p.Done(Overload(0))
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
+func TestGateAdaptiveFollowsCapacity(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := &simServer{rate: 200, burst: 20, tokens: 20, last: time.Now()}
+		g := NewGate(GateConfig{})
+		took := herd(t, g, srv, 1000)
+		s := g.Stats()
+		t.Logf("capacity 200/s: 1000 recovered in %v, estimate %.0f/s, pace %.0f/s, %d rejected", took, s.Estimate, s.Rate, srv.rej)
+		if s.Estimate < 170 || s.Estimate > 230 {
+			t.Errorf("estimate %.0f/s, want about 200/s", s.Estimate)
+		}
+		if took > 6*time.Second {
+			t.Errorf("recovery took %v, want ≤ 1.2 × N/C = 6 s", took)
+		}
+		if srv.rej > 50 {
+			t.Errorf("%d rejections for 1000 clients, want ≤ 5 %%", srv.rej)
+		}
+
+		// The server halves: the gate falls with it.
+		srv.setRate(100)
+		srv.rej = 0
+		took = herd(t, g, srv, 1000)
+		s = g.Stats()
+		t.Logf("capacity 100/s: recovered in %v, estimate %.0f/s, %d rejected", took, s.Estimate, srv.rej)
+		if s.Estimate > 120 || s.Rate > 115 {
+			t.Errorf("after the capacity fell to 100/s: estimate %.0f, pace %.0f", s.Estimate, s.Rate)
+		}
+		if took > 13*time.Second {
+			t.Errorf("recovery at 100/s took %v, want ≤ 13 s", took)
+		}
+
+		// The server recovers to 400/s: the gate probes back up.
+		srv.setRate(400)
+		srv.rej = 0
+		took = herd(t, g, srv, 4000)
+		s = g.Stats()
+		t.Logf("capacity 400/s: recovered in %v, pace %.0f/s, estimate %.0f/s, %d rejected", took, s.Rate, s.Estimate, srv.rej)
+		if s.Rate < 300 {
+			t.Errorf("pace %.0f/s after 4000 attempts against 400/s: did not climb back", s.Rate)
+		}
+		if took > 16*time.Second {
+			t.Errorf("recovery at 400/s took %v (limit 10 s), want ≤ 16 s", took)
+		}
+	})
+}
+
+func TestGateClosesScoutsAndReopens(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGate(GateConfig{Rate: 1000})
+		p, _ := g.Acquire(t.Context())
+		p.Done(Unreachable)
+		if g.State() != GateClosed {
+			t.Fatalf("state %v after an unreachable outcome, want closed", g.State())
+		}
+		var chans []<-chan *Permit
+		for range 50 {
+			chans = append(chans, acquireAsync(t.Context(), g))
+			synctest.Wait() // queued in this order
+		}
+		// Scouts fail for 20 s; one at a time, never more than ScoutMax apart.
+		var scouts int
+		last := time.Now()
+		next := 0
+		for time.Since(last) < time.Hour {
+			p := <-chans[next]
+			next++
+			scouts++
+			if gap := time.Since(last); gap > DefaultScoutMax {
+				t.Fatalf("scout %d came %v after the previous one, want ≤ %v", scouts, gap, DefaultScoutMax)
+			}
+			last = time.Now()
+			synctest.Wait()
+			if s := g.Stats(); s.InFlight != 1 {
+				t.Fatalf("closed gate has %d in flight, want 1 scout", s.InFlight)
+			}
+			if time.Since(p.admitted) < 0 || scouts > 40 {
+				t.Fatal("too many scouts")
+			}
+			if next == 15 {
+				p.Done(Success) // the path is back
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+			p.Done(Unreachable)
+			last = time.Now()
+		}
+		if g.State() != GateOpen {
+			t.Fatalf("state %v after a scout succeeded, want open", g.State())
+		}
+		reopened := time.Now()
+		for _, ch := range chans[next:] {
+			(<-ch).Done(Success)
+		}
+		// 35 left at 1000/s: admitted at the configured rate at once.
+		if el := time.Since(reopened); el > 100*time.Millisecond {
+			t.Fatalf("queue drained in %v after reopening, want the configured rate", el)
+		}
+	})
+}
+
+func TestGateUnreachableWhileOthersSucceedDoesNotClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGate(GateConfig{Rate: 100})
+		slow, _ := g.Acquire(t.Context())
+		fast, _ := g.Acquire(t.Context())
+		fast.Done(Success)
+		slow.Done(Unreachable) // admitted before a success: the server is alive
+		if g.State() != GateOpen {
+			t.Fatalf("state %v, want open: another attempt got through", g.State())
+		}
+		c, _ := g.Acquire(t.Context())
+		c.Done(ClientFailure)
+		if g.State() != GateOpen {
+			t.Fatal("a client failure changed the gate's state")
+		}
+	})
+}
+
+func TestGateCancelWhileQueuedLeavesNoTrace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGate(GateConfig{Rate: 1, Burst: 1})
+		first, err := g.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancelCause(t.Context())
+		errc := make(chan error, 1)
+		go func() {
+			_, err := g.Acquire(ctx)
+			errc <- err
+		}()
+		synctest.Wait()
+		if q := g.Stats().Queued; q != 1 {
+			t.Fatalf("queued %d, want 1", q)
+		}
+		boom := errors.New("caller gave up")
+		cancel(boom)
+		if err := <-errc; !errors.Is(err, boom) {
+			t.Fatalf("Acquire returned %v, want the ctx cause", err)
+		}
+		s := g.Stats()
+		if s.Queued != 0 || s.InFlight != 1 || s.Shed != 1 || s.Admitted != 1 {
+			t.Fatalf("after cancel: %+v", s)
+		}
+		first.Done(Success)
+		first.Done(Unreachable) // ignored
+		if s := g.Stats(); s.InFlight != 0 || s.Unreachable != 0 {
+			t.Fatalf("double Done counted: %+v", s)
+		}
+		// Abandon frees the slot and reports nothing.
+		a, _ := g.Acquire(t.Context())
+		a.Abandon()
+		a.Done(Unreachable)
+		if s := g.Stats(); s.InFlight != 0 || s.Unreachable != 0 || g.State() != GateOpen {
+			t.Fatalf("after Abandon: %+v", s)
+		}
+		// An already-ended ctx never queues.
+		if _, err := g.Acquire(ctx); !errors.Is(err, boom) {
+			t.Fatalf("Acquire on an ended ctx: %v", err)
+		}
+		var nilGate *Gate
+		if _, err := nilGate.Acquire(t.Context()); !errors.Is(err, ErrNilGate) {
+			t.Fatalf("nil gate: %v", err)
+		}
+	})
+}
+
+func TestGateBadConfig(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		for _, cfg := range []GateConfig{
+			{Rate: math.NaN(), Burst: -4, MaxInFlight: -1, InitialRate: math.Inf(-1), MinRate: -3},
+			{Rate: math.Inf(1), ScoutBase: -time.Second, ScoutMax: -time.Hour, MaxPushBack: -1},
+			{Rate: -1},
+			{Rate: 1e-9},
+		} {
+			g := NewGate(cfg)
+			for range 3 {
+				p, err := g.Acquire(t.Context())
+				if err != nil {
+					t.Fatal(err)
+				}
+				p.Done(Overload(-time.Second))
+			}
+			g.PushBack(-time.Second)
+			g.PushBack(0)
+		}
+	})
+}
+
+func TestOutcomeStrings(t *testing.T) {
+	for o, want := range map[Outcome]string{Success: "success", ClientFailure: "client-failure",
+		Unreachable: "unreachable", Overload(0): "overload", Overload(time.Second): "overload(retry-after 1s)"} {
+		if o.String() != want {
+			t.Errorf("%v: %q", want, o.String())
+		}
+	}
+	if GateClosed.String() != "closed" || GateState(9).String() != "GateState(9)" {
+		t.Error("GateState.String")
+	}
+}

@@ -1,0 +1,418 @@
+package conn
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/relinkgo/relink/internal/liveness"
+)
+
+// Conn is a net.Conn that knows when its peer is gone. Create one with a
+// Dialer or Wrap.
+//
+// Any inbound byte returned by Read proves the peer alive. With a Prober
+// configured, a probe is written after ProbeInterval without inbound bytes,
+// and the flow is declared dead when nothing arrives within ProbeTimeout of
+// it. When the flow dies — unanswered probe, kernel timeout, reset, or the
+// peer's EOF — Done is closed and Err says why; except after EOF (the peer
+// may only have half-closed), the underlying connection is closed, which
+// unblocks a pending Read or Write, and later I/O returns an error carrying
+// the cause. A Write that returned no error handed its bytes to the kernel,
+// as with any TCP connection; one that may not have done so returns an
+// error.
+//
+// Conn's methods are safe for concurrent use, as net.Conn's are. Read and
+// Write do not allocate: Read adds one clock read and one atomic store when
+// probing; Write, when probing, takes a lock that keeps probes out of the
+// middle of it.
+type Conn struct {
+	nc           net.Conn
+	raw          syscall.RawConn   // the TCP socket underneath, for SIOCINQ/TCP_INFO; may be nil
+	mon          *liveness.Monitor // nil without probing
+	prober       Prober
+	probeTimeout time.Duration
+	writeTimeout time.Duration
+	wsem         chan struct{} // write lock shared with probes; nil without probing
+	log          *slog.Logger  // nil: discard
+	inst         *instruments
+
+	broken atomic.Bool // the underlying conn is closed or being closed
+	closed atomic.Bool // nc.Close was called
+
+	dlmu sync.Mutex
+	wdl  time.Time // the caller's write deadline, restored after a probe
+
+	mu   sync.Mutex
+	err  error
+	done chan struct{}
+}
+
+var _ net.Conn = (*Conn)(nil)
+
+// Wrap returns a Conn monitoring nc, an accepted, dialed or TLS connection.
+// When nc is (or wraps, through a NetConn method, as *tls.Conn does) a
+// *net.TCPConn, Wrap applies cfg's keepalive and TCP_USER_TIMEOUT to its
+// socket; failures to do so are logged and otherwise ignored. Wrap starts
+// the probe timer when cfg has a Prober; Wrap itself counts as inbound
+// traffic. The Conn owns nc from then on. Wrap panics if nc is nil.
+func Wrap(nc net.Conn, cfg Config) *Conn {
+	if nc == nil {
+		panic("conn: Wrap of a nil net.Conn")
+	}
+	return wrap(nc, &cfg, true)
+}
+
+func wrap(nc net.Conn, cfg *Config, applyOpts bool) *Conn {
+	c := &Conn{
+		nc:           nc,
+		writeTimeout: cfg.writeTimeout(),
+		log:          cfg.Logger,
+		inst:         instrumentsFor(cfg.MeterProvider),
+		done:         make(chan struct{}),
+	}
+	p, interval, timeout := cfg.probing()
+	if tcp := tcpConnOf(nc); tcp != nil {
+		if applyOpts {
+			if err := applySockopts(tcp, cfg); err != nil && c.log != nil {
+				c.log.LogAttrs(context.Background(), slog.LevelWarn, "conn: cannot set socket options",
+					slog.String("error", err.Error()))
+			}
+		}
+		if p != nil && hasSocketInfo {
+			c.raw, _ = tcp.SyscallConn()
+		}
+	}
+	if p != nil {
+		c.prober = p
+		c.probeTimeout = timeout
+		c.wsem = make(chan struct{}, 1)
+		// Under mu: the monitor's callbacks read c.mon (in die) under mu.
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.mon = liveness.New(liveness.Config{
+			Interval: interval,
+			Timeout:  timeout,
+			Probe:    c.probe,
+			Stalled:  c.stalled,
+			OnDead:   c.onDead,
+		})
+	}
+	return c
+}
+
+// tcpConnOf finds the *net.TCPConn under nc, following NetConn methods
+// (*tls.Conn, *Conn).
+func tcpConnOf(nc net.Conn) *net.TCPConn {
+	for range 8 {
+		switch v := nc.(type) {
+		case *net.TCPConn:
+			return v
+		case interface{ NetConn() net.Conn }:
+			nc = v.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// applySockopts sets the kernel options of cfg on tcp.
+func applySockopts(tcp *net.TCPConn, cfg *Config) error {
+	var errs []error
+	if ka, ok := cfg.keepAlive(); ok {
+		errs = append(errs, tcp.SetKeepAliveConfig(ka))
+	} else {
+		errs = append(errs, tcp.SetKeepAlive(false))
+	}
+	if ut, ok := cfg.userTimeout(); ok {
+		rc, err := tcp.SyscallConn()
+		if err == nil {
+			err = setUserTimeout(rc, ut)
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Read reads from the connection. Bytes read prove the peer alive. After
+// the flow died, Read returns an error carrying the cause (see Err).
+func (c *Conn) Read(b []byte) (int, error) {
+	n, err := c.nc.Read(b)
+	if n > 0 && c.mon != nil {
+		c.mon.Seen()
+	}
+	if err != nil {
+		err = c.ioFailed("read", err)
+	}
+	return n, err
+}
+
+// Write writes to the connection, never interleaved with a probe. With
+// WriteTimeout set, it is bounded by it. After the flow died, Write returns
+// an error carrying the cause (see Err) without writing.
+func (c *Conn) Write(b []byte) (int, error) {
+	if c.wsem != nil {
+		select {
+		case c.wsem <- struct{}{}:
+		default:
+			if err := c.lockWriteSlow(); err != nil {
+				return 0, err
+			}
+		}
+		defer func() { <-c.wsem }()
+	}
+	if c.broken.Load() {
+		return 0, c.deadError("write")
+	}
+	if c.writeTimeout > 0 {
+		d := time.Now().Add(c.writeTimeout)
+		c.dlmu.Lock()
+		if !c.wdl.IsZero() && c.wdl.Before(d) {
+			d = c.wdl
+		}
+		_ = c.nc.SetWriteDeadline(d)
+		c.dlmu.Unlock()
+	}
+	n, err := c.nc.Write(b)
+	if err != nil {
+		err = c.ioFailed("write", err)
+	}
+	return n, err
+}
+
+// lockWriteSlow waits for the write lock held by a probe or another Write,
+// giving up when the connection is closed under it.
+func (c *Conn) lockWriteSlow() error {
+	select {
+	case c.wsem <- struct{}{}:
+		return nil
+	case <-c.done:
+		if c.broken.Load() {
+			return c.deadError("write")
+		}
+		c.wsem <- struct{}{} // only EOF: writing may still work
+		return nil
+	}
+}
+
+// Close closes the connection and stops its monitoring. Err then reports an
+// error wrapping net.ErrClosed, unless the flow had died before. Close is
+// idempotent: later calls return nil.
+func (c *Conn) Close() error {
+	c.die(errClosed, reasonClosed, false)
+	c.broken.Store(true) // also after an EOF
+	if c.closed.CompareAndSwap(false, true) {
+		return c.nc.Close()
+	}
+	return nil
+}
+
+// Done returns a channel closed when the connection ends: its peer is
+// declared dead or closed its side (EOF), or Close was called.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns nil while the connection is alive, and then why it ended:
+// an error matching ErrUnresponsive (no answer to a probe, or the kernel's
+// ETIMEDOUT from TCP_USER_TIMEOUT or keepalive, which it wraps), io.EOF (the
+// peer closed), the reset or other I/O error, a probe's error, or, after
+// Close, an error wrapping net.ErrClosed. The first cause wins.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// NetConn returns the underlying connection. Reading from or writing to it
+// bypasses the monitoring.
+func (c *Conn) NetConn() net.Conn { return c.nc }
+
+// LocalAddr returns the local network address.
+func (c *Conn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
+
+// RemoteAddr returns the remote network address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// SetDeadline sets the read and write deadlines, as net.Conn does.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.dlmu.Lock()
+	defer c.dlmu.Unlock()
+	c.wdl = t
+	return c.nc.SetDeadline(t)
+}
+
+// SetReadDeadline sets the read deadline, as net.Conn does. A read that
+// times out does not end the connection.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the write deadline, as net.Conn does. Probes use
+// their own deadline and restore this one.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.dlmu.Lock()
+	defer c.dlmu.Unlock()
+	c.wdl = t
+	return c.nc.SetWriteDeadline(t)
+}
+
+// ioFailed turns an error from the underlying Read or Write into the error
+// returned to the caller, ending the connection when the error is terminal.
+func (c *Conn) ioFailed(op string, err error) error {
+	if c.broken.Load() {
+		if cause := c.Err(); cause != nil && cause != errClosed && cause != io.EOF {
+			return c.opError(op, cause) // closed because it died: say why
+		}
+		if !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return c.opError(op, net.ErrClosed) // e.g. io.ErrClosedPipe
+		}
+		return err
+	}
+	cause, reason, terminal := classifyIOError(err)
+	if !terminal {
+		return err
+	}
+	if reason == reasonEOF {
+		c.die(io.EOF, reasonEOF, false)
+		return err
+	}
+	if !c.die(cause, reason, true) {
+		if first := c.Err(); first != nil && first != errClosed && first != io.EOF {
+			return c.opError(op, first)
+		}
+		return err
+	}
+	if cause != err {
+		return c.opError(op, cause)
+	}
+	return err
+}
+
+// deadError is the error of I/O attempted after the connection ended.
+func (c *Conn) deadError(op string) error {
+	cause := c.Err()
+	if cause == nil || cause == errClosed || cause == io.EOF {
+		cause = net.ErrClosed
+	}
+	return c.opError(op, cause)
+}
+
+func (c *Conn) opError(op string, cause error) error {
+	var network string
+	la := c.nc.LocalAddr()
+	if la != nil {
+		network = la.Network()
+	}
+	return &net.OpError{Op: op, Net: network, Source: la, Addr: c.nc.RemoteAddr(), Err: cause}
+}
+
+// probe is the Monitor's Probe: it writes one probe under the write lock,
+// with a write deadline of ProbeTimeout.
+func (c *Conn) probe() error {
+	select {
+	case c.wsem <- struct{}{}:
+	case <-c.done:
+		return nil
+	}
+	defer func() { <-c.wsem }()
+	if c.broken.Load() {
+		return nil
+	}
+	c.dlmu.Lock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.probeTimeout))
+	c.dlmu.Unlock()
+	err := c.prober.Probe(c.nc)
+	c.dlmu.Lock()
+	_ = c.nc.SetWriteDeadline(c.wdl)
+	c.dlmu.Unlock()
+	c.inst.probeSent()
+	if c.log != nil && c.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.log.LogAttrs(context.Background(), slog.LevelDebug, "conn: probe sent",
+			slog.String("remote", c.nc.RemoteAddr().String()), slog.Any("error", err))
+	}
+	if err != nil && c.broken.Load() {
+		return nil // closed meanwhile; the cause is already recorded
+	}
+	return err
+}
+
+// stalled is the Monitor's Stalled: bytes waiting unread in the kernel mean
+// the reader is slow, not the peer gone.
+func (c *Conn) stalled() bool {
+	if c.raw == nil {
+		return false
+	}
+	n, err := unreadBytes(c.raw)
+	return err == nil && n > 0
+}
+
+// onDead is the Monitor's OnDead.
+func (c *Conn) onDead(err error) {
+	cause, reason := error(errNoResponse), reasonUnresponsive
+	if pe, ok := errors.AsType[*liveness.ProbeError](err); ok {
+		cause, reason = probeFailure(pe.Err)
+	}
+	c.die(cause, reason, true)
+}
+
+// die records the connection's end, once: the first cause wins. It closes
+// Done, stops the monitor, and closes the underlying connection when
+// closeNC is set. It reports whether this call recorded the cause.
+func (c *Conn) die(cause error, reason int, closeNC bool) bool {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return false
+	}
+	c.err = cause
+	if closeNC || reason == reasonClosed {
+		c.broken.Store(true) // before Done: woken writers must see it
+	}
+	close(c.done)
+	mon := c.mon
+	c.mu.Unlock()
+
+	var lastSeen time.Time
+	if mon != nil {
+		mon.Stop()
+		lastSeen = mon.LastSeen()
+	}
+	if reason == reasonClosed {
+		return true
+	}
+	var info tcpState
+	var haveInfo bool
+	logging := c.log != nil && c.log.Enabled(context.Background(), slog.LevelInfo)
+	if logging && c.raw != nil && closeNC {
+		info, haveInfo = tcpInfo(c.raw) // before closing the socket
+	}
+	if closeNC && c.closed.CompareAndSwap(false, true) {
+		_ = c.nc.Close()
+	}
+	var detection time.Duration
+	if !lastSeen.IsZero() {
+		detection = time.Since(lastSeen)
+	}
+	c.inst.died(reason, detection, !lastSeen.IsZero())
+	if logging {
+		attrs := []slog.Attr{
+			slog.String("remote", c.nc.RemoteAddr().String()),
+			slog.String("reason", reasonNames[reason]),
+			slog.String("error", cause.Error()),
+		}
+		if !lastSeen.IsZero() {
+			attrs = append(attrs, slog.Duration("since_last_inbound", detection))
+		}
+		if haveInfo {
+			attrs = append(attrs, slog.Duration("tcpi_last_ack_recv", info.lastAckRecv),
+				slog.Uint64("tcpi_unacked", uint64(info.unacked)))
+		}
+		c.log.LogAttrs(context.Background(), slog.LevelInfo, "conn: connection ended", attrs...)
+	}
+	return true
+}

@@ -1,0 +1,74 @@
+// Package conn provides a net.Conn that knows when its peer is gone.
+//
+// A TCP connection whose peer vanished without a FIN or RST (a crashed host,
+// a NAT or firewall that dropped its state, a cable pulled) stays open for a
+// long time with the operating system's defaults: ~2 h 11 min on an idle
+// Linux connection with keepalive on (never with it off), ~15.5 min with
+// data unacknowledged, 150 s idle with Go's net.Dialer. A Conn bounds that at
+// 15 s by default, idle or busy, with three mechanisms that cover each
+// other's blind spots:
+//
+//   - kernel keepalive (5 s idle, 5 s interval, 2 probes): idle flows;
+//   - TCP_USER_TIMEOUT (15 s, Linux): flows with unacknowledged data, where
+//     keepalive is silent;
+//   - an optional application probe (Config.Probe, e.g. CRLF for SIP): a
+//     ping after ProbeInterval (10 s) of inbound silence, death if nothing
+//     arrives within ProbeTimeout (5 s). Only this detects a hung peer
+//     application, or a peer lost behind a middlebox that keeps
+//     acknowledging for it.
+//
+// When the flow is declared dead, the underlying connection is closed (a
+// blocked Read or Write returns), Done is closed and Err says why:
+// ErrUnresponsive (a net.Error whose Timeout() is true), io.EOF, a reset, or
+// net.ErrClosed after Close.
+//
+// The canonical composition, a SIP-over-TCP client:
+//
+//	d := &conn.Dialer{Config: conn.Config{Probe: conn.CRLF}}
+//	c, err := d.DialContext(ctx, "tcp", "registrar.example:5060")
+//	if err != nil {
+//		return err
+//	}
+//	defer c.Close()
+//	go serve(c) // reads keep the flow proven alive
+//	select {
+//	case <-c.Done():
+//		log.Printf("flow lost: %v", c.Err()) // errors.Is(c.Err(), conn.ErrUnresponsive)
+//	case <-ctx.Done():
+//	}
+//
+// Accepted and TLS connections are wrapped with Wrap. Code that must hand a
+// net.Dialer to another library (sipgo's TransportTCP.DialerCreate) gets the
+// kernel options from Config.NetDialer, and the probing from its own read
+// loop.
+//
+// # A slow reader is not a dead peer
+//
+// Only bytes returned by Read count as traffic, so a reader that stops
+// reading (back-pressure) would look like a silent peer. On Linux, before
+// declaring the flow dead, the Conn asks the kernel for the bytes received
+// and not yet read (SIOCINQ): if there are any, the peer is alive and the
+// monitor re-arms. TCP_INFO is read only for the log line that reports a
+// death (tcpi_last_ack_recv, tcpi_unacked): ACKs come from the peer's kernel,
+// or from any middlebox that terminates TCP, and keep coming while the
+// peer's application is hung or the far side has lost the connection, so
+// they never veto a death. The mirror case, a peer that stops reading what
+// we write, is the kernel's call: Linux aborts a connection whose peer has
+// advertised a zero window for UserTimeout (ETIMEDOUT, reported as
+// ErrUnresponsive). On other platforms neither is available and the
+// kernel options are not all set (TCP_USER_TIMEOUT is Linux-only): keep a
+// Read pending on a probed Conn, as any protocol with pings requires.
+//
+// # Cost
+//
+// Idle, a Conn is one runtime timer and no goroutine of its own. Read and
+// Write do not allocate; metrics are recorded only when a probe is sent and
+// when a connection ends.
+//
+// # Metrics
+//
+// With Config.MeterProvider (or the global one): relink.conn.detection.duration
+// (histogram, s: last inbound byte → declared dead), relink.conn.probes
+// (counter), relink.conn.deaths (counter by error.type). The Dialer makes one
+// span per DialContext.
+package conn

@@ -1,0 +1,356 @@
+package liveness
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const (
+	interval = 10 * time.Second
+	timeout  = 5 * time.Second
+)
+
+// harness records what a Monitor does, in virtual time.
+type harness struct {
+	start  time.Time
+	probes atomic.Int64
+	mu     sync.Mutex
+	deadAt time.Duration // since start; 0 = alive
+	err    error
+	dead   chan struct{}
+}
+
+func newHarness() *harness { return &harness{start: time.Now(), dead: make(chan struct{})} }
+
+func (h *harness) onDead(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.err != nil {
+		panic("OnDead called twice")
+	}
+	h.deadAt, h.err = time.Since(h.start), err
+	close(h.dead)
+}
+
+func (h *harness) result() (time.Duration, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.deadAt, h.err
+}
+
+func TestSilentPeerDiesAtIntervalPlusTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness()
+		m := New(Config{Interval: interval, Timeout: timeout,
+			Probe: func() error { h.probes.Add(1); return nil }, OnDead: h.onDead})
+		<-h.dead
+		at, err := h.result()
+		if !errors.Is(err, ErrNoResponse) {
+			t.Fatalf("OnDead(%v), want ErrNoResponse", err)
+		}
+		if at < interval+timeout || at > interval+timeout+time.Millisecond {
+			t.Fatalf("declared dead after %v, want %v", at, interval+timeout)
+		}
+		if got := h.probes.Load(); got != 1 {
+			t.Fatalf("%d probes, want 1", got)
+		}
+		if m.Stop() {
+			t.Fatal("Stop after death reported running")
+		}
+	})
+}
+
+// A peer that stops talking at an arbitrary moment is declared dead exactly
+// Interval+Timeout after its last byte, whatever the phase of the timer.
+func TestDetectionBoundFromLastByte(t *testing.T) {
+	for _, iv := range []struct{ interval, timeout time.Duration }{
+		{interval, timeout}, {time.Second, timeout}, {timeout, timeout},
+	} {
+		for _, lastAt := range []time.Duration{0, time.Millisecond, 3 * time.Second, 9999 * time.Millisecond,
+			interval, interval + 1, 12 * time.Second, 14999 * time.Millisecond, 37 * time.Second} {
+			t.Run(iv.interval.String()+"/"+lastAt.String(), func(t *testing.T) {
+				testDetectionBound(t, iv.interval, iv.timeout, lastAt)
+			})
+		}
+	}
+}
+
+func testDetectionBound(t *testing.T, interval, timeout, lastAt time.Duration) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness()
+		var mp atomic.Pointer[Monitor]
+		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+			Probe: func() error {
+				h.probes.Add(1)
+				// Answer every probe while the peer is up.
+				if time.Since(h.start) < lastAt {
+					go func() { time.Sleep(100 * time.Millisecond); mp.Load().Seen() }()
+				}
+				return nil
+			}})
+		mp.Store(m)
+		// Traffic every 700 ms until lastAt.
+		for time.Since(h.start)+700*time.Millisecond <= lastAt {
+			time.Sleep(700 * time.Millisecond)
+			m.Seen()
+		}
+		if d := lastAt - time.Since(h.start); d > 0 {
+			time.Sleep(d)
+			m.Seen()
+		}
+		<-h.dead
+		_, err := h.result()
+		if !errors.Is(err, ErrNoResponse) {
+			t.Fatalf("OnDead(%v)", err)
+		}
+		// The answer to a probe sent before lastAt may be the last byte.
+		if got := time.Since(m.LastSeen()); got != interval+timeout {
+			t.Fatalf("dead %v after the last byte, want %v", got, interval+timeout)
+		}
+	})
+}
+
+func TestAnsweringPeerStaysAlive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness()
+		var mp atomic.Pointer[Monitor]
+		var wg sync.WaitGroup
+		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+			Probe: func() error {
+				h.probes.Add(1)
+				wg.Go(func() { time.Sleep(200 * time.Millisecond); mp.Load().Seen() }) // the pong
+				return nil
+			}})
+		mp.Store(m)
+		time.Sleep(24 * time.Hour)
+		if _, err := h.result(); err != nil {
+			t.Fatalf("declared dead: %v", err)
+		}
+		// One probe per Interval+RTT of silence.
+		want := int64(24 * time.Hour / (interval + 200*time.Millisecond))
+		if got := h.probes.Load(); got < want-1 || got > want+1 {
+			t.Fatalf("%d probes in 24 h, want ~%d", got, want)
+		}
+		if m.Probes() != uint64(h.probes.Load()) {
+			t.Fatalf("Probes() = %d, counted %d", m.Probes(), h.probes.Load())
+		}
+		if !m.Stop() {
+			t.Fatal("Stop reported not running")
+		}
+		wg.Wait()
+	})
+}
+
+func TestTrafficSuppressesProbes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness()
+		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+			Probe: func() error { h.probes.Add(1); return nil }})
+		for range 3600 {
+			time.Sleep(interval - time.Nanosecond) // just under the interval
+			m.Seen()
+		}
+		if got := h.probes.Load(); got != 0 {
+			t.Fatalf("%d probes despite traffic, want 0", got)
+		}
+		lastByte := time.Now()
+		<-h.dead
+		if got := time.Since(lastByte); got != interval+timeout {
+			t.Fatalf("dead %v after traffic stopped, want %v", got, interval+timeout)
+		}
+		if got := h.probes.Load(); got != 1 {
+			t.Fatalf("%d probes, want 1", got)
+		}
+	})
+}
+
+func TestAnswerDuringTimeoutRearms(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness()
+		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+			Probe: func() error { h.probes.Add(1); return nil }})
+		time.Sleep(interval + timeout - time.Millisecond) // probe sent at 10 s
+		m.Seen()                                          // answered at 14.999 s
+		<-h.dead                                          // next probe at 24.999 s, death at 29.999 s
+		at, _ := h.result()
+		if want := 2*(interval+timeout) - time.Millisecond; at != want {
+			t.Fatalf("dead at %v, want %v", at, want)
+		}
+		if got := h.probes.Load(); got != 2 {
+			t.Fatalf("%d probes, want 2", got)
+		}
+	})
+}
+
+func TestStalledReaderIsNotDead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness()
+		var stalledCalls atomic.Int64
+		stalled := atomic.Bool{}
+		stalled.Store(true)
+		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+			Probe:   func() error { h.probes.Add(1); return nil },
+			Stalled: func() bool { stalledCalls.Add(1); return stalled.Load() }})
+		time.Sleep(time.Hour)
+		if _, err := h.result(); err != nil {
+			t.Fatalf("declared dead while bytes were waiting: %v", err)
+		}
+		if stalledCalls.Load() == 0 {
+			t.Fatal("Stalled never asked")
+		}
+		stalled.Store(false) // the reader caught up; the peer is silent
+		t0 := time.Now()
+		<-h.dead
+		if got := time.Since(t0); got > interval+timeout {
+			t.Fatalf("dead %v after the reader caught up, want ≤ %v", got, interval+timeout)
+		}
+		_ = m
+	})
+}
+
+func TestProbeError(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness()
+		boom := errors.New("boom")
+		New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+			Probe: func() error { return boom }})
+		<-h.dead
+		at, err := h.result()
+		var pe *ProbeError
+		if !errors.As(err, &pe) || !errors.Is(err, boom) {
+			t.Fatalf("OnDead(%v), want *ProbeError wrapping boom", err)
+		}
+		if at != interval {
+			t.Fatalf("dead at %v, want %v (at the failed probe)", at, interval)
+		}
+	})
+}
+
+func TestBlockingProbeBoundedByTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness()
+		release := make(chan struct{})
+		var inProbe, maxInProbe atomic.Int64
+		New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+			Probe: func() error {
+				n := inProbe.Add(1)
+				if n > maxInProbe.Load() {
+					maxInProbe.Store(n)
+				}
+				h.probes.Add(1)
+				<-release
+				inProbe.Add(-1)
+				return errors.New("late")
+			}})
+		<-h.dead
+		at, err := h.result()
+		if !errors.Is(err, ErrNoResponse) || at != interval+timeout {
+			t.Fatalf("OnDead(%v) at %v, want ErrNoResponse at %v", err, at, interval+timeout)
+		}
+		close(release) // the probe returns after death: no second OnDead
+		time.Sleep(time.Minute)
+		if maxInProbe.Load() != 1 || h.probes.Load() != 1 {
+			t.Fatalf("probes %d, max concurrent %d; want 1, 1", h.probes.Load(), maxInProbe.Load())
+		}
+	})
+}
+
+// A blocked probe is not stacked: while it blocks, traffic keeps the
+// monitor alive and no second Probe call starts.
+func TestBlockedProbeNotStacked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness()
+		release := make(chan struct{})
+		var calls atomic.Int64
+		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+			Probe: func() error {
+				if calls.Add(1) == 1 {
+					<-release
+				}
+				return nil
+			}})
+		for range 100 {
+			time.Sleep(time.Second)
+			m.Seen()
+		}
+		// Silence: the first probe is still blocked, so no new call starts,
+		// but the timeout still declares death.
+		<-h.dead
+		if got := calls.Load(); got != 1 {
+			t.Fatalf("%d Probe calls, want 1 (never stacked)", got)
+		}
+		close(release)
+	})
+}
+
+func TestStop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness()
+		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+			Probe: func() error { h.probes.Add(1); return nil }})
+		time.Sleep(interval + time.Second) // probing
+		if !m.Stop() {
+			t.Fatal("first Stop reported not running")
+		}
+		if m.Stop() {
+			t.Fatal("second Stop reported running")
+		}
+		time.Sleep(time.Hour)
+		if _, err := h.result(); err != nil {
+			t.Fatalf("OnDead after Stop: %v", err)
+		}
+	})
+}
+
+func TestClampedDurations(t *testing.T) {
+	for _, d := range []time.Duration{-time.Hour, -1, 0, 1, time.Microsecond} {
+		t.Run(d.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				h := newHarness()
+				m := New(Config{Interval: d, Timeout: d, OnDead: h.onDead,
+					Probe: func() error { h.probes.Add(1); return nil }})
+				if got := m.String(); got != "liveness.Monitor{Interval: 10ms, Timeout: 10ms}" {
+					t.Fatalf("String() = %q", got)
+				}
+				<-h.dead
+				if at, _ := h.result(); at != 2*MinInterval {
+					t.Fatalf("dead at %v, want %v", at, 2*MinInterval)
+				}
+			})
+		})
+	}
+}
+
+func TestNewPanicsWithoutCallbacks(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Fatal("New without Probe/OnDead did not panic")
+		}
+	}()
+	New(Config{})
+}
+
+func TestSeenDoesNotAllocate(t *testing.T) {
+	m := New(Config{Interval: time.Hour, Timeout: time.Hour, Probe: func() error { return nil }, OnDead: func(error) {}})
+	defer m.Stop()
+	if n := testing.AllocsPerRun(1000, m.Seen); n != 0 {
+		t.Fatalf("Seen allocates %v times", n)
+	}
+}
+
+func BenchmarkSeen(b *testing.B) {
+	m := New(Config{Interval: time.Hour, Timeout: time.Hour, Probe: func() error { return nil }, OnDead: func(error) {}})
+	defer m.Stop()
+	b.ReportAllocs()
+	for b.Loop() {
+		m.Seen()
+	}
+}

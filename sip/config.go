@@ -1,0 +1,304 @@
+package sip
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	sipmsg "github.com/emiago/sipgo/sip"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/relinkgo/relink/backoff"
+)
+
+// Defaults of TrunkConfig.
+const (
+	// DefaultExpires is the registration interval a trunk asks for: RFC
+	// 3261 §10.2.1.1's suggested default, as Asterisk uses. The flow's
+	// keepalive, not the registration, detects a dead path, so a long
+	// interval costs nothing in detection time and keeps the refresh load
+	// low (pjsip's 300 s means twelve times as many REGISTERs).
+	DefaultExpires = 3600 * time.Second
+	// DefaultKeepAlive and DefaultKeepAliveTimeout bound the detection of a
+	// silent TCP or TLS flow at 15 s, as conn's defaults do: a CRLF ping
+	// after 10 s without inbound bytes (each flow draws its interval
+	// uniformly from 80–100 % of it, RFC 5626 §4.4.1), dead 5 s later
+	// without a pong. One ping per connection, however many trunks share it.
+	DefaultKeepAlive        = 10 * time.Second
+	DefaultKeepAliveTimeout = 5 * time.Second
+	// DefaultRequestTimeout bounds one REGISTER transaction: RFC 3261's
+	// Timer F (64 × T1 = 32 s). A dead TCP flow fails it sooner.
+	DefaultRequestTimeout = 32 * time.Second
+	// DefaultUnregisterTimeout bounds the unregistration Run does on exit.
+	DefaultUnregisterTimeout = 5 * time.Second
+	// DefaultSlowRetry is the wait after the registrar refused the trunk
+	// (credentials rejected, 403, 404, 6xx): pjsip's reg_retry_interval.
+	DefaultSlowRetry = 5 * time.Minute
+	// DefaultFailback is how often a trunk registered with a backup
+	// registrar tries the first one again.
+	DefaultFailback = 5 * time.Minute
+)
+
+// Internal bounds.
+const (
+	maxRedirects  = 3 // 3xx followed in one attempt
+	maxChallenges = 3 // 401/407 answered in one attempt (first, stale, stale)
+	max423        = 4 // 423 retries in one attempt
+	minRequestTO  = 100 * time.Millisecond
+)
+
+// TrunkConfig configures a Trunk. The zero value of every optional field is
+// the default documented on it; Registrars and AOR are required.
+type TrunkConfig struct {
+	// Registrars are the registrars' SIP URIs, e.g.
+	// "sip:registrar.example.com:5060;transport=tcp", in order of
+	// preference. The transport comes from the URI (transport= parameter,
+	// sips: means TLS; UDP when absent).
+	//
+	// Failover policy: the trunk registers with the first. It moves on to
+	// the next (wrapping around) when the one it uses fails as a
+	// destination: a timeout, a transport error, a dead flow, a 408 or a
+	// 503. Failures that are the trunk's own (401/403/404/6xx) and 500, 502
+	// and 504 do not move it. While registered with any but the first, it
+	// tries the first again every FailbackInterval (and at each refresh);
+	// once the first accepts it, it removes its binding from the backup and
+	// stays with the first.
+	Registrars []string
+	// AOR is the address-of-record to register, e.g.
+	// "sip:alice@example.com" (the To and From URI).
+	AOR string
+	// Contact is the URI registered for the AOR. Empty means
+	// "sip:USER@LOCALADDR;transport=T", built from the AOR's user and the
+	// local address of the connection (or socket) the REGISTER leaves on.
+	// Set it explicitly behind NAT or when a stable Contact matters.
+	Contact string
+	// Username is the digest username. Empty means the AOR's user part.
+	Username string
+	// Password is the digest password. It is never logged.
+	Password string
+
+	// Expires is the registration interval asked for, rounded to whole
+	// seconds. Zero means DefaultExpires (3600 s); at most MaxExpires.
+	// Negative is invalid. A shorter grant is obeyed (the Contact's
+	// expires parameter wins over the Expires header), and a 423 raises
+	// the interval to Min-Expires. The trunk refreshes at a random point
+	// between 75 % and 85 % of the grant, so that trunks registered
+	// together drift apart.
+	Expires time.Duration
+
+	// KeepAlive is how long a TCP or TLS flow may stay silent before a CRLF
+	// ping (RFC 5626) is sent on it; each flow draws its interval from
+	// 80–100 % of the value. A registrar's Flow-Timer shorter than this
+	// wins. Zero means DefaultKeepAlive (10 s); negative disables
+	// keepalive for this trunk (the flow may still be pinged for others).
+	// Ignored for UDP (see Qualify).
+	KeepAlive time.Duration
+	// KeepAliveTimeout is how long after a ping the flow may stay silent
+	// before it is declared dead, evicted from sipgo's connection pool and
+	// every trunk on it re-registers. Zero means DefaultKeepAliveTimeout
+	// (5 s); negative is invalid.
+	KeepAliveTimeout time.Duration
+	// Qualify, when positive, sends an OPTIONS to the registrar at this
+	// interval while registered; no answer within RequestTimeout (or a
+	// transport error) counts as a dead flow. It is the only liveness check
+	// of a UDP registration. Zero or negative: no OPTIONS.
+	Qualify time.Duration
+
+	// RequestTimeout bounds each REGISTER (and OPTIONS) transaction. Zero
+	// means DefaultRequestTimeout (32 s); at least 100 ms.
+	RequestTimeout time.Duration
+	// UnregisterTimeout bounds the unregistration (Expires: 0) Run sends
+	// when its context ends. Zero means DefaultUnregisterTimeout (5 s);
+	// negative skips unregistration (the binding expires by itself).
+	UnregisterTimeout time.Duration
+
+	// Backoff makes the policy applied, before going through the gate,
+	// after a 500, 502, 504 or a 503 without Retry-After. nil means
+	// backoff.Exponential's defaults (full jitter, 500 ms doubling to 60 s).
+	// The policy is reset by each successful registration.
+	Backoff backoff.Factory
+	// Gate admits this trunk's REGISTERs to its registrar. Share one Gate
+	// among every trunk of the process that registers with the same
+	// registrar (a Fleet does this for you), so that their recovery is
+	// paced to what the registrar can serve and one 503 Retry-After pauses
+	// them all. nil means a private gate per registrar. A Gate guards one
+	// destination: setting it with more than one Registrar is an error.
+	Gate *backoff.Gate
+	// SlowRetry is the wait after the registrar refused the trunk
+	// (credentials rejected, 403, 404, 6xx), plus a random 0–10 %. Zero
+	// means DefaultSlowRetry (5 min); at least 1 s.
+	SlowRetry time.Duration
+	// FailbackInterval is how often a trunk registered with a backup
+	// registrar tries the first again. Zero means DefaultFailback (5 min);
+	// at least 1 s.
+	FailbackInterval time.Duration
+
+	// OnStateChange, if set, is called after every state change, outside
+	// the trunk's locks, from the trunk's goroutine. It must not block.
+	OnStateChange func(StateChange)
+	// Logger receives state changes (Info) and per-request details
+	// (Debug). Passwords and Authorization headers are never logged. nil
+	// discards.
+	Logger *slog.Logger
+	// MeterProvider provides the trunk's instruments (see the package doc);
+	// nil means otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
+	// TracerProvider provides a span per registration attempt; nil means
+	// otel.GetTracerProvider().
+	TracerProvider trace.TracerProvider
+}
+
+func orDur(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// ErrInvalidConfig is wrapped by every error NewTrunk returns for a bad
+// TrunkConfig.
+var ErrInvalidConfig = errors.New("sip: invalid trunk config")
+
+func configErr(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, a...)...)
+}
+
+// resolved is a TrunkConfig with its defaults applied and its URIs parsed.
+type resolved struct {
+	TrunkConfig
+	aor       sipmsg.Uri
+	contact   *sipmsg.Uri // nil: built from the flow
+	username  string
+	targets   []target
+	keepAlive time.Duration // 0: off
+	kaTimeout time.Duration
+}
+
+type target struct {
+	raw       string
+	uri       sipmsg.Uri
+	transport string // lower case: udp, tcp, tls, ws, wss
+	key       string // transport + "/" + host:port, the gate key
+}
+
+func parseTarget(s string) (target, error) {
+	var u sipmsg.Uri
+	if err := sipmsg.ParseUri(strings.TrimSpace(s), &u); err != nil {
+		return target{}, configErr("registrar %q: %v", s, err)
+	}
+	if u.Scheme != "sip" && u.Scheme != "sips" {
+		return target{}, configErr("registrar %q: not a sip or sips URI", s)
+	}
+	if u.Host == "" {
+		return target{}, configErr("registrar %q: no host", s)
+	}
+	u.User, u.Password = "", ""
+	tp := "udp"
+	if v, ok := u.UriParams.Get("transport"); ok && v != "" {
+		tp = strings.ToLower(v)
+	}
+	if u.Scheme == "sips" {
+		switch tp {
+		case "tcp", "udp":
+			tp = "tls"
+		case "ws":
+			tp = "wss"
+		}
+	}
+	switch tp {
+	case "udp", "tcp", "tls", "ws", "wss":
+	default:
+		return target{}, configErr("registrar %q: unsupported transport %q", s, tp)
+	}
+	port := u.Port
+	if port == 0 {
+		port = sipmsg.DefaultPort(tp)
+	}
+	hp := u.Host + ":" + fmt.Sprint(port)
+	if strings.Contains(u.Host, ":") {
+		hp = "[" + u.Host + "]:" + fmt.Sprint(port)
+	}
+	return target{raw: s, uri: u, transport: tp, key: tp + "/" + hp}, nil
+}
+
+func (c *TrunkConfig) resolve() (*resolved, error) {
+	r := &resolved{TrunkConfig: *c}
+	if len(c.Registrars) == 0 {
+		return nil, configErr("no registrar")
+	}
+	for _, s := range c.Registrars {
+		t, err := parseTarget(s)
+		if err != nil {
+			return nil, err
+		}
+		r.targets = append(r.targets, t)
+	}
+	if c.Gate != nil && len(c.Registrars) > 1 {
+		return nil, configErr("a Gate guards one registrar, got %d (use a Fleet)", len(c.Registrars))
+	}
+	if c.AOR == "" {
+		return nil, configErr("no AOR")
+	}
+	if err := sipmsg.ParseUri(c.AOR, &r.aor); err != nil {
+		return nil, configErr("AOR %q: %v", c.AOR, err)
+	}
+	if (r.aor.Scheme != "sip" && r.aor.Scheme != "sips") || r.aor.Host == "" {
+		return nil, configErr("AOR %q: not a sip URI with a host", c.AOR)
+	}
+	r.aor.UriParams, r.aor.Headers, r.aor.Password = nil, nil, ""
+	if c.Contact != "" {
+		var u sipmsg.Uri
+		if err := sipmsg.ParseUri(c.Contact, &u); err != nil {
+			return nil, configErr("Contact %q: %v", c.Contact, err)
+		}
+		if u.Host == "" {
+			return nil, configErr("Contact %q: no host", c.Contact)
+		}
+		r.contact = &u
+	}
+	r.username = c.Username
+	if r.username == "" {
+		r.username = r.aor.User
+	}
+	if c.Password != "" && r.username == "" {
+		return nil, configErr("a Password needs a Username or an AOR with a user part")
+	}
+	switch {
+	case c.Expires < 0:
+		return nil, configErr("negative Expires %v", c.Expires)
+	case c.Expires == 0:
+		r.Expires = DefaultExpires
+	case c.Expires > MaxExpires:
+		return nil, configErr("Expires %v above MaxExpires %v", c.Expires, MaxExpires)
+	case c.Expires < time.Second:
+		r.Expires = time.Second
+	}
+	r.Expires = r.Expires.Truncate(time.Second)
+	if c.KeepAliveTimeout < 0 {
+		return nil, configErr("negative KeepAliveTimeout %v", c.KeepAliveTimeout)
+	}
+	if c.KeepAlive >= 0 {
+		r.keepAlive = orDur(c.KeepAlive, DefaultKeepAlive)
+		r.kaTimeout = orDur(c.KeepAliveTimeout, DefaultKeepAliveTimeout)
+	}
+	r.RequestTimeout = max(orDur(c.RequestTimeout, DefaultRequestTimeout), minRequestTO)
+	if c.RequestTimeout < 0 {
+		return nil, configErr("negative RequestTimeout %v", c.RequestTimeout)
+	}
+	r.UnregisterTimeout = orDur(c.UnregisterTimeout, DefaultUnregisterTimeout)
+	if c.SlowRetry < 0 || c.FailbackInterval < 0 {
+		return nil, configErr("negative SlowRetry or FailbackInterval")
+	}
+	r.SlowRetry = max(orDur(c.SlowRetry, DefaultSlowRetry), time.Second)
+	r.FailbackInterval = max(orDur(c.FailbackInterval, DefaultFailback), time.Second)
+	if r.Backoff == nil {
+		r.Backoff = backoff.NewFactory(backoff.Exponential{})
+	}
+	if r.Logger == nil {
+		r.Logger = slog.New(slog.DiscardHandler)
+	}
+	return r, nil
+}

@@ -1,0 +1,105 @@
+// Package sip keeps SIP trunks registered on a sipgo UserAgent, through
+// outages, overloads and half-open TCP connections.
+//
+// A Trunk registers one address-of-record with a registrar (or an ordered
+// list of them), refreshes the binding before it expires, watches the TCP or
+// TLS flow it registered over with CRLF pings (RFC 5626), and re-registers
+// when the flow dies or a refresh fails — through the registrar's
+// backoff.Gate, so that a thousand trunks recovering at once reach the
+// registrar at the pace it can serve. A Fleet runs many trunks on one
+// UserAgent with one Gate per registrar.
+//
+// The canonical composition:
+//
+//	ua, err := sip.NewUA(sip.UAConfig{})            // sipgo UA with relink's read filter and dialer
+//	if err != nil { ... }
+//	defer ua.Close()
+//	fleet := sip.NewFleet(ua, sip.FleetConfig{})      // one Gate per registrar
+//	for _, acct := range accounts {
+//		fleet.Add(sip.TrunkConfig{
+//			Registrars: []string{"sip:pbx.example.com;transport=tcp"},
+//			AOR:        "sip:" + acct.User + "@example.com",
+//			Password:   acct.Password,
+//		})
+//	}
+//	err = fleet.Run(ctx) // until ctx ends; then every trunk unregisters
+//
+// # Responses
+//
+// 401/407 are answered once, and the challenge is kept: the next refresh
+// carries credentials with nc counting up, so a refresh is one transaction,
+// not two (sipgo's own helper re-challenges every time). A challenge with
+// stale=true is answered again. Credentials rejected (a 401 to credentials
+// computed from a fresh challenge), 403, 404, other 4xx and 6xx put the trunk
+// in Failed and it retries after TrunkConfig.SlowRetry. 423 is retried at
+// once with Min-Expires (twice the interval without one). 408, timeouts,
+// transport errors and dead flows are reported to the gate as Unreachable:
+// the gate closes and sends one scout at a time, so no trunk sleeps in a long
+// private backoff when the path comes back. 500, 502 and 504 wait for the
+// trunk's Backoff policy, then the gate. 503 with Retry-After pauses the
+// registrar's gate, for every trunk that shares it (RFC 3261 §21.5.4); 503
+// without it is treated like 500; either moves the trunk on to its next
+// registrar if it has one. 3xx is followed to its first Contact (at most 3
+// in a row). A grant shorter than asked is obeyed, and a Contact's expires
+// parameter wins over the Expires header. Values from the registrar are
+// parsed defensively and clamped (parse.go): a Retry-After of 10^12 s pauses
+// for MaxRetryAfter (1 h).
+//
+// # Flow liveness, and why it is driven by sipgo's read filter
+//
+// sipgo v1.7.3 never notices a silent TCP connection: it sends no keepalive,
+// sets no read timeout, and keeps the dead connection in its pool, where the
+// next request reuses it. relink fixes this from the outside, per
+// connection (one ping per connection, however many trunks share it):
+//
+//   - The pong must be observed. sipgo's only dialing hook,
+//     TransportTCP.DialerCreate, is func(laddr net.Addr) net.Dialer: it
+//     returns a net.Dialer value, so relink cannot hand sipgo a wrapped
+//     net.Conn (conn.Conn) that would see the bytes. Instead NewUA installs a
+//     TransportLayerReadFilter, which sipgo calls on every read of every
+//     connection (transport_tcp.go, readConnection) before it answers or
+//     swallows keepalives: relink marks the flow alive there (a map lookup
+//     and an atomic store, no allocation). The option must come before
+//     WithTransportLayerTransports, which copies the filter into the
+//     transports it installs — given after, it never reaches them.
+//   - The ping is written by relink on the pooled connection
+//     (TransportLayer().Pool("tcp"), the *sipmsg.TCPConnection, whose Write
+//     is atomic with respect to sipgo's own message writes), after
+//     KeepAlive of inbound silence, by the liveness state machine of
+//     internal/liveness, which conn uses too.
+//   - Kernel options come from conn.Config.NetDialer through DialerCreate:
+//     TCP keepalive and TCP_USER_TIMEOUT bound detection even without pings.
+//   - When no pong arrives within KeepAliveTimeout the flow is dead: it is
+//     evicted from sipgo's pool (ConnectionPool.CloseAndDelete, which removes
+//     it only if the pool still maps the address to it, and closes it), so
+//     that no request reuses it; closing it ends sipgo's reader, which with
+//     WithTransactionLayerTerminateOnConnClose (set by NewUA) fails the
+//     transactions pending on it at once; and every trunk on it re-registers
+//     through the gate on a new connection.
+//
+// A UserAgent not made by NewUA still works: relink cannot see its reads, so
+// it probes each flow with an OPTIONS request instead (any answer proves the
+// flow alive). UDP registrations have no flow; TrunkConfig.Qualify sends
+// OPTIONS at an interval and treats a failed one as a dead flow.
+//
+// # Telemetry
+//
+// With the providers given in the configs (or the otel globals), under the
+// scope ScopeName:
+//
+//   - relink.sip.registrations ({registration}, UpDownCounter): running
+//     trunks by relink.sip.state;
+//   - relink.sip.register.duration (s, histogram): REGISTER round trips, by
+//     server.address and network.transport;
+//   - relink.sip.responses ({response}): final responses by
+//     sip.response.status_class, and transactions without one by error.type
+//     (timeout, transport);
+//   - relink.sip.recoveries ({recovery}): registrations regained after being
+//     lost;
+//   - relink.sip.flow.failures ({flow}): dead flows seen by trunks;
+//   - a span "sip.register" per registration attempt (one gate admission:
+//     the REGISTER and its challenge, 423 and 3xx follow-ups).
+//
+// Logs (slog, TrunkConfig.Logger) never contain a password or an
+// Authorization header.
+package sip
