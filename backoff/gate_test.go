@@ -147,7 +147,7 @@ func TestGatePushBackPausesEveryone(t *testing.T) {
 		}
 		// An absurd Retry-After is clamped.
 		g.PushBack(time.Duration(math.MaxInt64))
-		if until := g.Stats().PausedUntil; until.Sub(time.Now()) > DefaultMaxPushBack {
+		if until := g.Stats().PausedUntil; time.Until(until) > DefaultMaxPushBack {
 			t.Fatalf("pause until %v: not clamped to %v", until, DefaultMaxPushBack)
 		}
 	})
@@ -280,7 +280,6 @@ func TestGateClosesScoutsAndReopens(t *testing.T) {
 			if gap := time.Since(last); gap > DefaultScoutMax {
 				t.Fatalf("scout %d came %v after the previous one, want ≤ %v", scouts, gap, DefaultScoutMax)
 			}
-			last = time.Now()
 			synctest.Wait()
 			if s := g.Stats(); s.InFlight != 1 {
 				t.Fatalf("closed gate has %d in flight, want 1 scout", s.InFlight)

@@ -8,7 +8,8 @@
 // 15 s by default, idle or busy, with three mechanisms that cover each
 // other's blind spots:
 //
-//   - kernel keepalive (5 s idle, 5 s interval, 2 probes): idle flows;
+//   - kernel keepalive (5 s idle, then a probe a second, 10 probes): idle
+//     flows;
 //   - TCP_USER_TIMEOUT (15 s, Linux): flows with unacknowledged data, where
 //     keepalive is silent;
 //   - an optional application probe (Config.Probe, e.g. CRLF for SIP): a

@@ -973,7 +973,7 @@ func (s *fakeSpan) attr(key attribute.Key) string {
 	defer s.mu.Unlock()
 	for _, kv := range s.attrs {
 		if kv.Key == key {
-			return kv.Value.Emit()
+			return kv.Value.String()
 		}
 	}
 	return ""

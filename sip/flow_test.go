@@ -55,7 +55,7 @@ func TestFlowDeath(t *testing.T) {
 	if detect > ka+kto+200*time.Millisecond {
 		t.Errorf("detection took %v, want ≤ %v + 200 ms", detect, ka+kto)
 	}
-	sc := ch.lastTo(t, Registering)
+	sc := ch.nth(t, Registering, 2)
 	var ne interface{ Timeout() bool }
 	if !errors.Is(sc.Err, ErrFlowDead) || !errors.Is(sc.Err, liveness.ErrNoResponse) ||
 		!errors.As(sc.Err, &ne) || !ne.Timeout() {
@@ -153,7 +153,7 @@ func TestFlowClosedByPeer(t *testing.T) {
 	waitState(t, tr, Registered, 5*time.Second)
 	reg.CloseConnections()
 	waitState(t, tr, Registering, 2*time.Second)
-	if sc := ch.lastTo(t, Registering); !errors.Is(sc.Err, ErrFlowDead) {
+	if sc := ch.nth(t, Registering, 2); !errors.Is(sc.Err, ErrFlowDead) {
 		t.Errorf("err %v, want ErrFlowDead", sc.Err)
 	}
 	waitState(t, tr, Registered, 5*time.Second)
@@ -174,7 +174,7 @@ func TestQualifyUDP(t *testing.T) {
 	}
 	reg.SetSilent(true)
 	waitState(t, tr, Registering, 2*time.Second)
-	if sc := ch.lastTo(t, Registering); !errors.Is(sc.Err, ErrFlowDead) {
+	if sc := ch.nth(t, Registering, 2); !errors.Is(sc.Err, ErrFlowDead) {
 		t.Errorf("err %v, want ErrFlowDead", sc.Err)
 	}
 	reg.SetSilent(false)

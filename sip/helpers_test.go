@@ -182,3 +182,27 @@ func (c *changes) lastTo(t testing.TB, to State) StateChange {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// nth returns the k-th (from 1) recorded change to state to, waiting up to
+// 5 s for it.
+func (c *changes) nth(t testing.TB, to State, k int) StateChange {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.mu.Lock()
+		n := 0
+		for _, sc := range c.ch {
+			if sc.To == to {
+				if n++; n == k {
+					c.mu.Unlock()
+					return sc
+				}
+			}
+		}
+		c.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("no change #%d to %v recorded", k, to)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -571,7 +571,7 @@ func (r *runner) unregisterFrom(ctx context.Context, tg *regTarget) {
 	}
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.UnregisterTimeout)
 	defer cancel()
-	res := t.exchange(uctx, tg, 0)
+	res := t.exchange(uctx, tg, 0, nil)
 	if res.kind != kRegistered && t.log.Enabled(ctx, slog.LevelDebug) {
 		t.log.LogAttrs(ctx, slog.LevelDebug, "sip unregister failed",
 			slog.String("registrar", tg.raw), slog.Any("error", res.err))
@@ -588,23 +588,15 @@ func (r *runner) shutdown(ctx context.Context) {
 	t.setState(context.WithoutCancel(ctx), Unregistered, t.tgts[max(r.on, 0)], context.Cause(ctx), 0)
 }
 
-// attempt makes one registration attempt with tg through its gate: the
-// REGISTER, and the follow-ups that answer a challenge, a 423 or a 3xx. One
-// span, one gate permit.
+// attempt makes one registration attempt with tg: the REGISTER, and the
+// follow-ups that answer a challenge, a 423 or a 3xx, each admitted by the
+// registrar's gate. One span per attempt.
 func (r *runner) attempt(ctx context.Context, tg *regTarget) result {
 	t := r.t
-	permit, err := tg.gate.Acquire(ctx)
-	if err != nil {
-		return result{kind: kStopped, err: err}
-	}
 	ctx, span := t.inst.tracer.Start(ctx, "sip.register", trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(tg.attrs.spanAttrs...))
-	res := t.exchange(ctx, tg, tg.expires)
-	if res.kind == kStopped && ctx.Err() == nil {
-		res.kind = kUnreachable
-	}
-	permit.Done(res.outcome())
-	if res.err != nil {
+	res := t.exchange(ctx, tg, tg.expires, tg.gate)
+	if res.err != nil && res.kind != kStopped {
 		span.RecordError(res.err)
 		span.SetStatus(codes.Error, res.err.Error())
 	}
@@ -617,8 +609,11 @@ func (r *runner) attempt(ctx context.Context, tg *regTarget) result {
 
 // exchange sends REGISTERs to tg until a final outcome: it answers
 // challenges (once per fresh challenge, again for stale=true), 423 and 3xx.
-// expires 0 unregisters.
-func (t *Trunk) exchange(ctx context.Context, tg *regTarget, expires time.Duration) result {
+// expires 0 unregisters. Each transaction is admitted by gate (unless nil)
+// and its outcome reported to it: the gate paces REGISTERs, which is what a
+// registrar's capacity counts, so an attempt that needs a challenge round
+// trip takes two admissions.
+func (t *Trunk) exchange(ctx context.Context, tg *regTarget, expires time.Duration, gate *backoff.Gate) result {
 	var (
 		challenges, redirects, n423 int
 		fresh                       bool // credentials computed from a challenge of this exchange
@@ -628,108 +623,137 @@ func (t *Trunk) exchange(ctx context.Context, tg *regTarget, expires time.Durati
 		if err := context.Cause(ctx); err != nil {
 			return result{kind: kStopped, err: err, answered: answered}
 		}
-		req, contact, network, err := t.newRegister(ctx, tg, expires)
-		if err != nil {
-			return t.failure(ctx, tg, err, answered)
+		var permit *backoff.Permit
+		if gate != nil {
+			p, err := gate.Acquire(ctx)
+			if err != nil {
+				return result{kind: kStopped, err: err, answered: answered}
+			}
+			permit = p
 		}
-		sentCreds := tg.auth.chal != nil
-		res, f, err := t.transact(ctx, tg, req, network, true)
-		if err != nil {
-			t.endPending(f, false)
-			return t.failure(ctx, tg, err, answered)
-		}
-		answered = true
-		code := res.StatusCode
-		serr := &StatusError{Code: code, Reason: res.Reason, Registrar: tg.raw}
-		if h := res.GetHeader("Retry-After"); h != nil {
-			serr.RetryAfter, _ = parseRetryAfter(h.Value())
-		}
-		if code < 200 || code >= 300 || expires == 0 {
-			t.endPending(f, false)
-		}
-		switch {
-		case code >= 200 && code < 300:
-			if expires == 0 {
-				tg.bound = nil
-				return result{kind: kRegistered, answered: true}
-			}
-			if h := res.GetHeader("Flow-Timer"); h != nil {
-				if ft, ok := parseFlowTimer(h.Value()); ok {
-					tg.flowTimer = ft
-				}
-			}
-			g := grantedExpiry(res, contact, expires)
-			if g <= 0 {
-				t.endPending(f, false)
-				return result{kind: kServerError, answered: true,
-					err: fmt.Errorf("%w: 200 OK removed the binding", ErrBadResponse)}
-			}
-			tg.grant = g
-			tg.bound = contact
-			t.endPending(f, true)
-			if f != nil {
-				f.add(t, t.pref(tg)) // a Flow-Timer may shorten the interval
-			}
-			return result{kind: kRegistered, granted: g, answered: true}
-
-		case code == 401 || code == 407:
-			chal, proxy := pickChallenge(res)
-			if chal == nil {
-				tg.auth.reset()
-				return result{kind: kRejected, answered: true,
-					err: fmt.Errorf("%w: no usable challenge: %w", ErrBadResponse, serr)}
-			}
-			if (sentCreds && fresh && !chal.Stale) || challenges >= maxChallenges {
-				tg.auth.reset()
-				return result{kind: kRejected, answered: true,
-					err: fmt.Errorf("%w: %w", ErrCredentialsRejected, serr)}
-			}
-			tg.auth.set(chal, proxy)
-			fresh = true
-			challenges++
-
-		case code == 423:
-			n423++
-			next := min(2*expires, MaxExpires)
-			if h := res.GetHeader("Min-Expires"); h != nil {
-				if me, ok := parseExpires(h.Value()); ok && me > expires {
-					next = me
-				}
-			}
-			if next <= expires || n423 > max423 {
-				return result{kind: kRejected, answered: true,
-					err: fmt.Errorf("%w: 423 without a usable Min-Expires: %w", ErrBadResponse, serr)}
-			}
-			t.log.LogAttrs(ctx, slog.LevelDebug, "sip interval too brief",
-				slog.String("registrar", tg.raw), slog.Duration("expires", next))
-			expires = next
-			tg.expires = next
-
-		case code >= 300 && code < 400:
-			redirects++
-			c := res.Contact()
-			if c == nil || redirects > maxRedirects {
-				tg.redirect = nil
-				e := ErrTooManyRedirects
-				if c == nil {
-					e = ErrBadResponse
-				}
-				return result{kind: kServerError, answered: true, err: fmt.Errorf("%w: %w", e, serr)}
-			}
-			u := c.Address.Clone()
-			u.User, u.Password, u.Headers = "", "", nil
-			tg.redirect = u
-
-		case code == 408:
-			return result{kind: kUnreachable, answered: true, err: serr}
-		case code == 503:
-			return result{kind: kOverload, answered: true, err: serr, retryAfter: serr.RetryAfter}
-		case code >= 500 && code < 600:
-			return result{kind: kServerError, answered: true, err: serr}
-		default: // 4xx, 6xx
-			return result{kind: kRejected, answered: true, err: serr}
+		res, next, done := t.step(ctx, tg, &expires, &challenges, &redirects, &n423, &fresh)
+		answered = answered || res.answered
+		permit.Done(next)
+		if done {
+			res.answered = answered
+			return res
 		}
 	}
+}
+
+// step sends one REGISTER of an exchange and classifies its answer: the
+// final result (done), or a follow-up to send; and the outcome to report to
+// the gate for this transaction.
+func (t *Trunk) step(ctx context.Context, tg *regTarget, expires *time.Duration,
+	challenges, redirects, n423 *int, fresh *bool) (res result, o backoff.Outcome, done bool) {
+	req, contact, network, err := t.newRegister(ctx, tg, *expires)
+	if err != nil {
+		r := t.failure(ctx, tg, err, false)
+		return r, r.outcome(), true
+	}
+	sentCreds := tg.auth.chal != nil
+	resp, f, err := t.transact(ctx, tg, req, network, true)
+	if err != nil {
+		t.endPending(f, false)
+		r := t.failure(ctx, tg, err, false)
+		return r, r.outcome(), true
+	}
+	code := resp.StatusCode
+	serr := &StatusError{Code: code, Reason: resp.Reason, Registrar: tg.raw}
+	if h := resp.GetHeader("Retry-After"); h != nil {
+		serr.RetryAfter, _ = parseRetryAfter(h.Value())
+	}
+	if code < 200 || code >= 300 || *expires == 0 {
+		t.endPending(f, false)
+	}
+	final := func(r result) (result, backoff.Outcome, bool) {
+		r.answered = true
+		return r, r.outcome(), true
+	}
+	switch {
+	case code >= 200 && code < 300:
+		if *expires == 0 {
+			tg.bound = nil
+			return final(result{kind: kRegistered})
+		}
+		if h := resp.GetHeader("Flow-Timer"); h != nil {
+			if ft, ok := parseFlowTimer(h.Value()); ok {
+				tg.flowTimer = ft
+			}
+		}
+		g := grantedExpiry(resp, contact, *expires)
+		if g <= 0 {
+			t.endPending(f, false)
+			return final(result{kind: kServerError,
+				err: fmt.Errorf("%w: 200 OK removed the binding", ErrBadResponse)})
+		}
+		tg.grant = g
+		tg.bound = contact
+		t.endPending(f, true)
+		if f != nil {
+			f.add(t, t.pref(tg)) // a Flow-Timer may shorten the interval
+		}
+		return final(result{kind: kRegistered, granted: g})
+
+	case code == 401 || code == 407:
+		chal, proxy := pickChallenge(resp)
+		if chal == nil {
+			tg.auth.reset()
+			return final(result{kind: kRejected,
+				err: fmt.Errorf("%w: no usable challenge: %w", ErrBadResponse, serr)})
+		}
+		if (sentCreds && *fresh && !chal.Stale) || *challenges >= maxChallenges {
+			tg.auth.reset()
+			return final(result{kind: kRejected,
+				err: fmt.Errorf("%w: %w", ErrCredentialsRejected, serr)})
+		}
+		tg.auth.set(chal, proxy)
+		*fresh = true
+		*challenges++
+		return result{answered: true}, backoff.Success, false
+
+	case code == 423:
+		*n423++
+		next := min(2**expires, MaxExpires)
+		if h := resp.GetHeader("Min-Expires"); h != nil {
+			if me, ok := parseExpires(h.Value()); ok && me > *expires {
+				next = me
+			}
+		}
+		if next <= *expires || *n423 > max423 {
+			return final(result{kind: kRejected,
+				err: fmt.Errorf("%w: 423 without a usable Min-Expires: %w", ErrBadResponse, serr)})
+		}
+		t.log.LogAttrs(ctx, slog.LevelDebug, "sip interval too brief",
+			slog.String("registrar", tg.raw), slog.Duration("expires", next))
+		*expires = next
+		tg.expires = next
+		return result{answered: true}, backoff.ClientFailure, false
+
+	case code >= 300 && code < 400:
+		*redirects++
+		c := resp.Contact()
+		if c == nil || *redirects > maxRedirects {
+			tg.redirect = nil
+			e := ErrTooManyRedirects
+			if c == nil {
+				e = ErrBadResponse
+			}
+			return final(result{kind: kServerError, err: fmt.Errorf("%w: %w", e, serr)})
+		}
+		u := c.Address.Clone()
+		u.User, u.Password, u.Headers = "", "", nil
+		tg.redirect = u
+		return result{answered: true}, backoff.Success, false
+
+	case code == 408:
+		return final(result{kind: kUnreachable, err: serr})
+	case code == 503:
+		return final(result{kind: kOverload, err: serr, retryAfter: serr.RetryAfter})
+	case code >= 500 && code < 600:
+		return final(result{kind: kServerError, err: serr})
+	}
+	return final(result{kind: kRejected, err: serr}) // 4xx, 6xx
 }
 
 // failure classifies an error that left no response.

@@ -1,0 +1,46 @@
+// Package backoff decides when to try again: retry-delay policies with
+// jitter, and the Gate that admits recovery attempts towards one destination
+// at the pace it can serve.
+//
+// The policies satisfy cenkalti/backoff/v4's BackOff, so they drop into
+// backoff.Retry and into users' own loops:
+//
+//   - Exponential: min(Max, Base·Multiplier^n) with FullJitter (the default),
+//     EqualJitter, Decorrelated or NoJitter — the formulas of AWS's
+//     "Exponential Backoff and Jitter". It never gives up unless told
+//     (cenkalti's ExponentialBackOff gives up after 15 minutes by default, a
+//     trap for a component that must recover by itself).
+//   - FlowRecovery: RFC 5626 §4.5's wait before replacing a failed flow.
+//   - Floor: raises the next delay to a server's Retry-After, plus jitter so
+//     that clients told the same value do not come back together.
+//
+// Per-client delays are not enough when thousands of clients lose the same
+// server at the same moment: jitter spreads a herd over time, but nothing
+// makes the herd's rate match what the server serves. The Gate does. Every
+// connection or trunk that recovers towards one destination shares its Gate:
+//
+//	gate := backoff.NewGate(backoff.GateConfig{Destination: "registrar.example:5060"})
+//	for {
+//		permit, err := gate.Acquire(ctx) // FIFO, paced, bounded in flight
+//		if err != nil {
+//			return err // ctx ended
+//		}
+//		err = reconnect(ctx)
+//		switch {
+//		case err == nil:
+//			permit.Done(backoff.Success)
+//			return nil
+//		case isOverload(err): // a 503; Retry-After pauses every client
+//			permit.Done(backoff.Overload(retryAfter(err)))
+//		case isTimeout(err): // the gate closes and sends one scout at a time
+//			permit.Done(backoff.Unreachable)
+//		default: // this client's own problem: its own policy decides
+//			permit.Done(backoff.ClientFailure)
+//			time.Sleep(policy.NextBackOff())
+//		}
+//	}
+//
+// With no Rate configured the Gate learns the rate the destination accepts
+// (see Gate); with one, it never exceeds it. Packages conn and sip use a Gate
+// for every redial and re-registration.
+package backoff
