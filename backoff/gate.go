@@ -244,8 +244,9 @@ type Gate struct {
 	pausedUntil time.Time
 
 	// closed state
-	scoutOut   bool
-	scoutFails int
+	scoutsOut  int       // scouts in flight
+	scoutAt    time.Time // when the last scout was admitted
+	scoutFails int       // scouts sent since the gate closed
 	nextScout  time.Time
 
 	// adaptive control
@@ -254,6 +255,8 @@ type Gate struct {
 	startup    bool
 	growAt     time.Time // next startup doubling
 	probeAt    time.Time // next cruise probe
+	probeEvery time.Duration
+	probedAt   time.Time // last cruise probe
 	cleanProbe int       // consecutive probes without rejection
 	rejectedAt time.Time // last rejection
 	srtt       time.Duration
@@ -347,10 +350,9 @@ func (g *Gate) resetPace(now time.Time) {
 	g.cleanProbe = 0
 	switch {
 	case g.cfg.Rate > 0:
+		// Told the rate: start every open period at it, and adapt
+		// below it only on the evidence of this period.
 		g.pace = g.cfg.Rate
-		if g.estimate > 0 {
-			g.pace = math.Min(g.pace, cruiseGain*g.estimate)
-		}
 		g.startup = false
 	case g.cfg.Rate < 0:
 		g.pace = math.Inf(1)
@@ -364,7 +366,10 @@ func (g *Gate) resetPace(now time.Time) {
 	}
 	g.pace = math.Max(g.pace, g.cfg.MinRate)
 	g.growAt = now.Add(g.startupPeriod())
-	g.probeAt = now.Add(defaultProbePeriod)
+	if g.probeEvery == 0 {
+		g.probeEvery = defaultProbePeriod
+	}
+	g.probeAt = now.Add(g.probeEvery)
 }
 
 func (g *Gate) burst() float64 {
@@ -419,7 +424,7 @@ func (g *Gate) Acquire(ctx context.Context) (*Permit, error) {
 		g.inFlight--
 		g.stats.Admitted--
 		if p.scout {
-			g.scoutOut = false
+			g.scoutsOut--
 		}
 		if !math.IsInf(g.pace, 1) {
 			g.tokens = math.Min(g.tokens+1, g.burst())
@@ -505,7 +510,7 @@ func (p *Permit) Done(o Outcome) {
 	p.done = true
 	g.inFlight--
 	if p.scout {
-		g.scoutOut = false
+		g.scoutsOut--
 	}
 	var ev []GateStateChange
 	switch o.kind {
@@ -520,7 +525,7 @@ func (p *Permit) Done(o Outcome) {
 	case kindOverload:
 		g.stats.Overloaded++
 		ev = g.reachableLocked(now)
-		g.rejected(now)
+		g.rejected(now, o.retryAfter)
 		if o.retryAfter > 0 {
 			ev = append(ev, g.pushBackLocked(now, o.retryAfter)...)
 		}
@@ -529,9 +534,9 @@ func (p *Permit) Done(o Outcome) {
 		if g.stats.Succeeded > p.succSeq {
 			// Others got through meanwhile: the destination is alive but
 			// not keeping up.
-			g.rejected(now)
+			g.rejected(now, 0)
 		} else {
-			ev = g.unreachableLocked(now, p.scout)
+			ev = g.unreachableLocked(now)
 		}
 	}
 	ev = append(ev, g.dispatchLocked(now)...)
@@ -557,7 +562,7 @@ func (p *Permit) Abandon() {
 	p.done = true
 	g.inFlight--
 	if p.scout {
-		g.scoutOut = false
+		g.scoutsOut--
 	}
 	ev := g.dispatchLocked(time.Now())
 	g.mu.Unlock()
@@ -575,23 +580,23 @@ func (g *Gate) reachableLocked(now time.Time) []GateStateChange {
 	return g.setStateLocked(GateOpen, time.Time{})
 }
 
-func (g *Gate) unreachableLocked(now time.Time, scout bool) []GateStateChange {
+func (g *Gate) unreachableLocked(now time.Time) []GateStateChange {
 	if g.state == GateClosed {
-		if scout {
-			g.scoutFails++
-		}
-	} else {
-		g.scoutFails = 0
+		return nil // the next scout is already scheduled
 	}
-	d := float64(capped(g.cfg.ScoutBase, g.cfg.ScoutMax, 2, g.scoutFails))
-	g.nextScout = now.Add(time.Duration(d/2 + g.uniform()*d/2))
-	if g.state == GateClosed {
-		return nil
-	}
+	g.scoutFails = 0
+	g.nextScout = now.Add(g.scoutDelay())
 	return g.setStateLocked(GateClosed, time.Time{})
 }
 
 func (g *Gate) uniform() float64 { return uniform(g.cfg.Rand) }
+
+// scoutDelay draws the wait before the next scout: uniform in [d/2, d],
+// d = min(ScoutMax, ScoutBase·2^scoutFails).
+func (g *Gate) scoutDelay() time.Duration {
+	d := float64(capped(g.cfg.ScoutBase, g.cfg.ScoutMax, 2, g.scoutFails))
+	return time.Duration(d/2 + g.uniform()*d/2)
+}
 
 func (g *Gate) observeRTT(rtt time.Duration) {
 	if rtt < 0 {
@@ -614,7 +619,13 @@ func (g *Gate) accepted(now time.Time, pace float64) {
 }
 
 // rejected feeds a rejection into the adaptive controller.
-func (g *Gate) rejected(now time.Time) {
+func (g *Gate) rejected(now time.Time, retryAfter time.Duration) {
+	if retryAfter > 0 && !g.probedAt.IsZero() && now.Sub(g.probedAt) < g.probeEvery && !g.rejectedAt.After(g.probedAt) {
+		// The last probe overshot, and the destination answered with a
+		// Retry-After, which pauses everyone: against such a destination
+		// probe half as often (up to every 16 s) while probes overshoot.
+		g.probeEvery = min(2*g.probeEvery, 16*defaultProbePeriod)
+	}
 	g.rejectedAt = now
 	g.cleanProbe = 0
 	if !g.adaptive() || math.IsInf(g.pace, 1) {
@@ -656,7 +667,7 @@ func (g *Gate) maybeEndEpisode(now time.Time) {
 	g.pace = math.Max(math.Min(cruiseGain*g.estimate, g.ceiling()), g.cfg.MinRate)
 	g.tokens = math.Min(g.tokens, g.burst())
 	g.ep = episode{}
-	g.probeAt = now.Add(defaultProbePeriod)
+	g.probeAt = now.Add(g.probeEvery)
 }
 
 // control advances the adaptive controller's clock: startup doubling and
@@ -688,10 +699,15 @@ func (g *Gate) control(now time.Time) {
 	if now.Before(g.probeAt) {
 		return
 	}
-	g.probeAt = now.Add(defaultProbePeriod)
+	g.probeAt = now.Add(g.probeEvery)
+	if !g.probedAt.IsZero() && g.rejectedAt.Before(g.probedAt) {
+		// The last probe went unpunished: probe more often again.
+		g.probeEvery = max(g.probeEvery/2, defaultProbePeriod)
+	}
 	if !demand || now.Sub(g.rejectedAt) < defaultProbePeriod || g.pace >= g.ceiling() {
 		return
 	}
+	g.probedAt = now
 	// A second without rejection while attempts queue: probe upward,
 	// faster after consecutive clean probes (1.1×, 1.1×, 1.2×, 1.4×,
 	// 1.8×, then 2×): a small step first, since the destination's own burst
@@ -734,13 +750,20 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 			g.armLocked(g.pausedUntil)
 			return ev
 		case GateClosed:
-			if g.scoutOut {
+			// One scout at a time; but a scout lost in a black hole (no
+			// answer, no error: its caller waits for a timeout) must not
+			// hide the path's return, so after ScoutMax another may go.
+			at := g.nextScout
+			if g.scoutsOut > 0 {
+				at = laterOf(at, g.scoutAt.Add(g.cfg.ScoutMax))
+			}
+			if now.Before(at) {
+				g.armLocked(at)
 				return ev
 			}
-			if now.Before(g.nextScout) {
-				g.armLocked(g.nextScout)
-				return ev
-			}
+			g.scoutFails++
+			g.scoutAt = now
+			g.nextScout = now.Add(g.scoutDelay())
 			g.admitLocked(now, true)
 			continue
 		}
@@ -764,6 +787,13 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 	return ev
 }
 
+func laterOf(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 func (g *Gate) refill(now time.Time) {
 	if g.last.IsZero() || now.Before(g.last) {
 		g.last = now
@@ -779,7 +809,7 @@ func (g *Gate) admitLocked(now time.Time, scout bool) {
 	w := g.queue.Remove(g.queue.Front()).(*waiter)
 	p := &Permit{g: g, admitted: now, succSeq: g.stats.Succeeded, pace: g.pace, scout: scout}
 	if scout {
-		g.scoutOut = true
+		g.scoutsOut++
 	}
 	g.inFlight++
 	g.stats.Admitted++

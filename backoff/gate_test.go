@@ -141,9 +141,10 @@ func TestGatePushBackPausesEveryone(t *testing.T) {
 			t.Fatalf("state %v after the pause, want open", g.State())
 		}
 		mu.Lock()
-		defer mu.Unlock()
-		if len(changes) != 2 || changes[0].To != GatePaused || changes[1].To != GateOpen {
-			t.Fatalf("state changes %+v, want paused then open", changes)
+		got := append([]GateStateChange(nil), changes...)
+		mu.Unlock()
+		if len(got) != 2 || got[0].To != GatePaused || got[1].To != GateOpen {
+			t.Fatalf("state changes %+v, want paused then open", got)
 		}
 		// An absurd Retry-After is clamped.
 		g.PushBack(time.Duration(math.MaxInt64))
@@ -186,6 +187,11 @@ func (s *simServer) setRate(r float64) {
 
 // herd runs n clients that each retry through g until served.
 func herd(t *testing.T, g *Gate, srv *simServer, n int) time.Duration {
+	return herdRA(t, g, srv, n, 0)
+}
+
+// herdRA is herd against a server whose rejections carry a Retry-After.
+func herdRA(t *testing.T, g *Gate, srv *simServer, n int, retryAfter time.Duration) time.Duration {
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range n {
@@ -203,12 +209,55 @@ func herd(t *testing.T, g *Gate, srv *simServer, n int) time.Duration {
 					p.Done(Success)
 					return
 				}
-				p.Done(Overload(0))
+				p.Done(Overload(retryAfter))
 			}
 		}()
 	}
 	wg.Wait()
 	return time.Since(start)
+}
+
+func TestGateAdaptiveAgainstRetryAfter(t *testing.T) {
+	// Each rejection pauses everyone for 1 s, so probing past the capacity
+	// is expensive: the gate must learn the rate and then probe rarely.
+	synctest.Test(t, func(t *testing.T) {
+		srv := &simServer{rate: 200, burst: 20, tokens: 20, last: time.Now()}
+		g := NewGate(GateConfig{})
+		first := herdRA(t, g, srv, 1000, time.Second)
+		firstRej := srv.rej
+		srv.rej = 0
+		second := herdRA(t, g, srv, 2000, time.Second)
+		t.Logf("first herd (rate unknown): %v, %d rejections; second (rate learned): %v for N/C = 10 s, %d rejections, estimate %.0f/s",
+			first, firstRej, second, srv.rej, g.Stats().Estimate)
+		if second > 13*time.Second {
+			t.Errorf("second herd took %v, want ≤ 1.3 × N/C = 13 s", second)
+		}
+		if srv.rej > 100 {
+			t.Errorf("%d rejections for 2000 clients, want ≤ 5 %%", srv.rej)
+		}
+	})
+}
+
+func TestGateScoutLostInBlackHoleDoesNotBlockTheNext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGate(GateConfig{Rate: 100})
+		p, _ := g.Acquire(t.Context())
+		p.Done(Unreachable)
+		lost, _ := g.Acquire(t.Context()) // the scout: never answers
+		start := time.Now()
+		next, err := g.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if el := time.Since(start); el < DefaultScoutMax || el > DefaultScoutMax+10*time.Millisecond {
+			t.Fatalf("next scout after %v with the first still out, want ScoutMax = %v", el, DefaultScoutMax)
+		}
+		next.Done(Success)
+		lost.Done(Unreachable) // late: the gate is open again and stays so
+		if g.State() != GateOpen {
+			t.Fatalf("state %v, want open", g.State())
+		}
+	})
 }
 
 func TestGateAdaptiveFollowsCapacity(t *testing.T) {

@@ -26,6 +26,9 @@
 //
 // # Responses
 //
+// Every REGISTER transaction is admitted by the registrar's gate and reports
+// its outcome to it (a challenge round trip is two admissions: registrars
+// count REGISTERs); unregistration on exit bypasses the gate.
 // 401/407 are answered once, and the challenge is kept: the next refresh
 // carries credentials with nc counting up, so a refresh is one transaction,
 // not two (sipgo's own helper re-challenges every time). A challenge with

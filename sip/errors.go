@@ -9,8 +9,9 @@ import (
 var (
 	// ErrFlowDead: the connection the trunk was registered over stopped
 	// answering keepalive pings (or qualify requests) within the timeout, or
-	// was closed. It satisfies net.Error with Timeout() true when the peer
-	// went silent.
+	// was closed. The error reported (StateChange.Err) matches it with
+	// errors.Is, unwraps to the cause, and is a net.Error whose Timeout() is
+	// true when the peer went silent.
 	ErrFlowDead = errors.New("sip: flow dead")
 	// ErrCredentialsRejected: the registrar challenged credentials that were
 	// computed from its own fresh challenge, so the username or password is

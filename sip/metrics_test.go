@@ -57,7 +57,7 @@ func TestTelemetry(t *testing.T) {
 		}
 		for _, dp := range s.DataPoints {
 			v, _ := dp.Attributes.Value(key)
-			out[v.Emit()] += dp.Value
+			out[v.String()] += dp.Value
 		}
 		return out
 	}

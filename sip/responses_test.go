@@ -37,8 +37,6 @@ func (e *events) registers() []registrar.Event {
 	return out
 }
 
-func (e *events) count() int { return len(e.registers()) }
-
 // trunkOn builds a trunk on a fresh UA for the registrar URIs, with test
 // defaults applied to zero fields of cfg.
 func trunkOn(t *testing.T, cfg TrunkConfig, uris ...string) (*Trunk, *changes) {

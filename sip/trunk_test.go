@@ -2,7 +2,6 @@ package sip
 
 import (
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
@@ -79,9 +78,6 @@ func TestRegisterRefreshUnregister(t *testing.T) {
 	}
 	if s := tr.State(); s != Unregistered {
 		t.Errorf("state %v after Run, want unregistered", s)
-	}
-	if tr.cfg.Password == "" || strings.Contains(tr.Registrar(), testPassword) {
-		t.Error("unexpected")
 	}
 }
 

@@ -1,0 +1,992 @@
+// Command siprecovery measures how N SIP trunks regain their registrations
+// after an outage, against a real Kamailio registrar that serves at most C
+// REGISTERs per second (all of them, with or without credentials) and answers
+// the excess with 503 and a Retry-After.
+//
+//	go run ./internal/bench/siprecovery                   # N = 2000, C = 200/s
+//	go run ./internal/bench/siprecovery -n 500 -capacity 100 -json
+//
+// For each strategy, one after the other, on a fresh Kamailio: the N trunks
+// register (the rate limit off), the rate limit is set to C, the path to the
+// registrar is black-holed for longer than the detection bound (keepalive +
+// timeout), then restored. The clock starts at the restore and stops when the
+// last trunk is registered again, or at -cap.
+//
+// Strategies:
+//   - relink: N sip.Trunks on one sip.Fleet with its default gate, which
+//     learns the rate the registrar accepts.
+//   - relink-rate: the same, the fleet's gate told C (GateConfig.Rate).
+//   - naive: a gateway without relink: sipgo's own UserAgent and Client with
+//     their defaults, REGISTER with digest (a fresh challenge every time), and
+//     on any failure (503 included, its Retry-After ignored, or a timeout) a
+//     new REGISTER at once. sipgo cannot see a silent flow, so it is told that
+//     its registrations are lost at the moment relink's bound says relink
+//     notices (cut + keepalive + timeout), to compare the recoveries alone.
+//
+// Path methods: "netns" (root, Linux, ip and nft installed): Kamailio runs in
+// one network namespace and the trunks in another, and internal/netns drops
+// the SIP port's packets both ways with nft (a real black hole). The sockets
+// sipgo dials belong to the namespace of the thread that creates them, and a
+// sip.Fleet starts its own goroutines, so the whole measuring process must be
+// in the client namespace: the program creates the namespaces, re-runs itself
+// under `ip netns exec CLIENT` and applies the black hole for it when asked
+// over a pipe. "proxy": the freeze proxy of internal/faultproxy in front of
+// Kamailio on loopback, frozen at the cut and ended with Forget at the restore
+// (the old connections stay silent for ever, new ones are forwarded).
+// "auto" (the default) picks netns when it can.
+//
+// With -json the program prints one JSON object per strategy and line:
+// strategy, n, capacity, recover_s, ratio_to_limit (recover_s ÷ N/C),
+// rejected_frac (503s ÷ N), transactions_per_trunk (REGISTER transactions
+// sent from the cut to the end ÷ N), stuck (trunks not registered again by
+// the cap), bound_s, and details. The goal at N = 2000, C = 200/s: relink
+// within 1.3 × N/C with 503s ≤ 5 % of N, relink-rate within 1.15 × N/C with
+// 503s ≤ 2 %, every trunk recovered. The exit status is 1 when a relink
+// strategy left a trunk unrecovered, 2 on a setup error.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/emiago/sipgo"
+	sipmsg "github.com/emiago/sipgo/sip"
+
+	"github.com/relinkgo/relink/backoff"
+	"github.com/relinkgo/relink/internal/faultproxy"
+	"github.com/relinkgo/relink/internal/kamailio"
+	"github.com/relinkgo/relink/internal/netns"
+	"github.com/relinkgo/relink/sip"
+)
+
+// workerEnv carries the server namespace's name to the copy of the program
+// that runs in the client namespace.
+const workerEnv = "RELINK_SIPRECOVERY_SERVER_NS"
+
+// Result is one strategy's figures; -json prints one per line.
+type Result struct {
+	Strategy             string  `json:"strategy"`
+	N                    int     `json:"n"`
+	Capacity             float64 `json:"capacity"`
+	RecoverS             float64 `json:"recover_s"`
+	RatioToLimit         float64 `json:"ratio_to_limit"`
+	RejectedFrac         float64 `json:"rejected_frac"`
+	TransactionsPerTrunk float64 `json:"transactions_per_trunk"`
+	Stuck                int     `json:"stuck"`
+	BoundS               float64 `json:"bound_s"`
+
+	// Details.
+	Method         string  `json:"method"`
+	RetryAfterS    float64 `json:"retry_after_s"`
+	HoleS          float64 `json:"hole_s"`
+	DetectMaxS     float64 `json:"detect_max_s"`               // slowest loss noticed, from the cut
+	Undetected     int     `json:"undetected"`                 // trunks still registered at the restore
+	FirstS         float64 `json:"first_s"`                    // first trunk registered again, from the restore
+	HalfS          float64 `json:"half_s"`                     // half of them
+	ServerPerTrunk float64 `json:"server_registers_per_trunk"` // REGISTERs Kamailio received ÷ N
+	// The registrar gate at the restore (relink strategies): its state and
+	// the REGISTERs it had admitted that were still in flight.
+	GateAtRestore     string `json:"gate_at_restore,omitempty"`
+	InFlightAtRestore int    `json:"in_flight_at_restore"`
+}
+
+// options are the command's flags.
+type options struct {
+	n          int
+	capacity   float64
+	keepAlive  time.Duration
+	timeout    time.Duration
+	retryAfter time.Duration
+	hole       time.Duration // 0: bound + 2 s
+	reqTimeout time.Duration // sip.TrunkConfig.RequestTimeout; 0: sip's default
+	capAfter   time.Duration
+	method     string
+	strategies []string
+	trace      time.Duration // timeline interval; 0: none
+}
+
+func (o *options) bound() time.Duration { return o.keepAlive + o.timeout }
+
+func (o *options) holeFor() time.Duration {
+	if o.hole > 0 {
+		return o.hole
+	}
+	return o.bound() + 2*time.Second
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.n, "n", 2000, "trunks")
+	flag.Float64Var(&o.capacity, "capacity", 200, "REGISTERs per second Kamailio admits; the excess gets 503")
+	flag.DurationVar(&o.keepAlive, "keepalive", time.Second, "sip.TrunkConfig.KeepAlive (CRLF ping interval)")
+	flag.DurationVar(&o.timeout, "timeout", 2*time.Second, "sip.TrunkConfig.KeepAliveTimeout (no pong within it: the flow is dead)")
+	flag.DurationVar(&o.retryAfter, "retry-after", time.Second, "Retry-After of Kamailio's 503s (whole seconds)")
+	flag.DurationVar(&o.hole, "hole", 0, "how long the path stays black-holed (0: bound + 2 s)")
+	flag.DurationVar(&o.reqTimeout, "request-timeout", 0, "sip.TrunkConfig.RequestTimeout of relink's trunks (0: sip.DefaultRequestTimeout, 32 s)")
+	flag.DurationVar(&o.capAfter, "cap", 60*time.Second, "give up on a strategy this long after the restore")
+	flag.StringVar(&o.method, "method", "auto", "auto, netns (network namespaces + nft DROP; root) or proxy (freeze proxy)")
+	only := flag.String("strategies", "relink,relink-rate,naive", "comma-separated strategies to run, in order")
+	asJSON := flag.Bool("json", false, "print one JSON object per strategy and line")
+	flag.DurationVar(&o.trace, "trace", 0, "print a timeline of each recovery at this interval (e.g. 500ms; 0: none)")
+	verbose := flag.Bool("v", false, "show sipgo's and Kamailio harness warnings")
+	flag.Parse()
+	for _, s := range strings.Split(*only, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			o.strategies = append(o.strategies, s)
+		}
+	}
+	if err := o.validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "siprecovery:", err)
+		os.Exit(2)
+	}
+	level := slog.LevelError + 4 // sipgo logs every failed request; quiet unless -v
+	if *verbose {
+		level = slog.LevelWarn
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+
+	serverNS := os.Getenv(workerEnv)
+	method, why := o.method, "chosen with -method"
+	if serverNS != "" {
+		method = "netns"
+	} else if method == "auto" {
+		if err := netns.Available(); err != nil {
+			method, why = "proxy", fmt.Sprintf("network namespaces unavailable: %v", err)
+		} else {
+			method, why = "netns", "running as root with ip and nft"
+		}
+	}
+	if method == "netns" && serverNS == "" {
+		// Re-run in the client namespace; this process holds the namespaces.
+		os.Exit(parent())
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var e *env
+	var err error
+	if method == "netns" {
+		e, err = workerEnvFromPipes(serverNS)
+		why = os.Getenv(workerEnv + "_WHY")
+	} else {
+		e = &env{method: "proxy"}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "siprecovery:", err)
+		os.Exit(2)
+	}
+	e.why = why
+	logf := func(format string, args ...any) {
+		if !*asJSON {
+			fmt.Printf(format, args...)
+		}
+	}
+	status, err := run(ctx, &o, e, logf, func(r Result) {
+		if *asJSON {
+			out, _ := json.Marshal(r)
+			fmt.Println(string(out))
+		}
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "siprecovery:", err)
+		os.Exit(2)
+	}
+	os.Exit(status)
+}
+
+func (o *options) validate() error {
+	switch {
+	case o.n <= 0:
+		return errors.New("-n must be positive")
+	case !(o.capacity > 0):
+		return errors.New("-capacity must be positive")
+	case o.keepAlive <= 0 || o.timeout <= 0:
+		return errors.New("-keepalive and -timeout must be positive")
+	case o.capAfter <= 0 || o.hole < 0 || o.reqTimeout < 0:
+		return errors.New("-cap must be positive, -hole and -request-timeout non-negative")
+	}
+	switch o.method {
+	case "auto", "netns", "proxy":
+	default:
+		return fmt.Errorf("unknown -method %q (want auto, netns or proxy)", o.method)
+	}
+	if len(o.strategies) == 0 {
+		return errors.New("no strategy")
+	}
+	for _, s := range o.strategies {
+		switch s {
+		case "relink", "relink-rate", "naive":
+		default:
+			return fmt.Errorf("unknown strategy %q (want relink, relink-rate, naive)", s)
+		}
+	}
+	return nil
+}
+
+// parent creates the two namespaces, runs this program again in the client
+// namespace, and black-holes or restores the SIP port when it asks (one
+// line per request on fd 3, one reply per line on fd 4). It returns the
+// exit status.
+func parent() int {
+	p, err := netns.New()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "siprecovery:", err)
+		return 2
+	}
+	defer p.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "siprecovery:", err)
+		return 2
+	}
+	reqR, reqW, err := os.Pipe()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "siprecovery:", err)
+		return 2
+	}
+	repR, repW, err := os.Pipe()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "siprecovery:", err)
+		return 2
+	}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", p.Client().Name(), exe}, os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), workerEnv+"="+p.Server().Name(),
+		workerEnv+"_WHY="+"running as root with ip and nft")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{reqW, repR} // fd 3: requests; fd 4: replies
+	// The child gets ^C from the terminal as we do; we wait for it to
+	// clean up, then delete the namespaces.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "siprecovery:", err)
+		return 2
+	}
+	reqW.Close()
+	repR.Close()
+	go func() {
+		for s := range sigs {
+			if s == syscall.SIGTERM {
+				cmd.Process.Signal(s)
+			}
+		}
+	}()
+	var restores []func() error
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		defer repW.Close()
+		sc := bufio.NewScanner(reqR)
+		for sc.Scan() {
+			verb, arg, _ := strings.Cut(sc.Text(), " ")
+			var err error
+			switch verb {
+			case "hole":
+				port, perr := strconv.Atoi(arg)
+				if perr != nil {
+					err = perr
+					break
+				}
+				var restore func() error
+				if restore, err = p.BlackHole(port); err == nil {
+					restores = append(restores, restore)
+				}
+			case "restore":
+				for _, r := range restores {
+					err = errors.Join(err, r())
+				}
+				restores = nil
+			default:
+				err = fmt.Errorf("unknown request %q", verb)
+			}
+			reply := "ok"
+			if err != nil {
+				reply = "err " + strings.ReplaceAll(err.Error(), "\n", " ")
+			}
+			if _, werr := fmt.Fprintln(repW, reply); werr != nil {
+				return
+			}
+		}
+	}()
+	werr := cmd.Wait()
+	reqR.Close()
+	<-served
+	for _, r := range restores {
+		r()
+	}
+	if ee, ok := errors.AsType[*exec.ExitError](werr); ok {
+		if code := ee.ExitCode(); code >= 0 {
+			return code
+		}
+		return 2
+	}
+	if werr != nil {
+		fmt.Fprintln(os.Stderr, "siprecovery:", werr)
+		return 2
+	}
+	return 0
+}
+
+// env is where the strategies run: how to start a registrar and cut its path.
+type env struct {
+	method, why string
+	serverNS    string
+	ctl         *remote // netns: the parent that applies nft rules
+}
+
+// remote asks the parent process to black-hole or restore a port.
+type remote struct {
+	mu sync.Mutex
+	w  io.Writer
+	r  *bufio.Reader
+}
+
+func (r *remote) call(req string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, err := fmt.Fprintln(r.w, req); err != nil {
+		return fmt.Errorf("ask the parent to %s: %w", req, err)
+	}
+	line, err := r.r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("ask the parent to %s: %w", req, err)
+	}
+	line = strings.TrimSpace(line)
+	if line != "ok" {
+		return fmt.Errorf("parent: %s: %s", req, strings.TrimPrefix(line, "err "))
+	}
+	return nil
+}
+
+func workerEnvFromPipes(serverNS string) (*env, error) {
+	w, r := os.NewFile(3, "requests"), os.NewFile(4, "replies")
+	if w == nil || r == nil {
+		return nil, errors.New("no control pipes from the parent process")
+	}
+	return &env{method: "netns", serverNS: serverNS, ctl: &remote{w: w, r: bufio.NewReader(r)}}, nil
+}
+
+// site is one Kamailio and the path to it.
+type site struct {
+	k       *kamailio.Instance
+	uri     string // what the trunks register with
+	cut     func() error
+	restore func() error
+	close   func()
+}
+
+func (e *env) newSite(ctx context.Context, o *options) (*site, error) {
+	ko := kamailio.Options{RetryAfter: o.retryAfter, TCPLifetime: time.Hour,
+		StartTimeout: 20 * time.Second}
+	if o.retryAfter <= 0 {
+		ko.RetryAfter = -1
+	}
+	switch e.method {
+	case "netns":
+		ko.Netns = e.serverNS
+		ko.Addr = net.JoinHostPort(netns.ServerIP.String(), "0")
+		k, err := kamailio.Launch(ctx, ko)
+		if err != nil {
+			return nil, err
+		}
+		_, port, _ := net.SplitHostPort(k.Addr())
+		return &site{k: k, uri: k.URI(),
+			cut:     func() error { return e.ctl.call("hole " + port) },
+			restore: func() error { return e.ctl.call("restore") },
+			close:   func() { e.ctl.call("restore"); k.Stop() },
+		}, nil
+	default:
+		k, err := kamailio.Launch(ctx, ko)
+		if err != nil {
+			return nil, err
+		}
+		px, err := faultproxy.New(k.Addr())
+		if err != nil {
+			k.Stop()
+			return nil, err
+		}
+		return &site{k: k, uri: "sip:" + px.Addr() + ";transport=tcp",
+			cut:     func() error { px.Freeze(); return nil },
+			restore: func() error { px.Forget(); return nil },
+			close:   func() { px.Close(); k.Stop() },
+		}, nil
+	}
+}
+
+// run runs every strategy and reports each result; the status is 1 when a
+// relink strategy left trunks unrecovered.
+func run(ctx context.Context, o *options, e *env, logf func(string, ...any), report func(Result)) (int, error) {
+	if err := raiseFileLimit(uint64(2*o.n + 1024)); err != nil {
+		return 0, err
+	}
+	limit := float64(o.n) / o.capacity
+	logf("siprecovery: N=%d trunks, Kamailio admits C=%.0f REGISTERs/s (windows of 100 ms; beyond: 503", o.n, o.capacity)
+	if o.retryAfter > 0 {
+		logf(" + Retry-After: %d s", int(math.Ceil(o.retryAfter.Seconds())))
+	}
+	logf("); physical limit N/C = %.2f s\n", limit)
+	switch e.method {
+	case "netns":
+		logf("method: netns — Kamailio in one network namespace, the trunks in another, nft DROP on the SIP port both ways (%s)\n", e.why)
+	default:
+		logf("method: proxy — freeze proxy in front of Kamailio on loopback; restore = Forget (old connections silent for ever) (%s)\n", e.why)
+	}
+	logf("detection: keepalive %v + timeout %v = bound %v; black hole %v; each strategy capped %v after the restore\n\n",
+		o.keepAlive, o.timeout, o.bound(), o.holeFor(), o.capAfter)
+	status := 0
+	var rows []Result
+	for i, s := range o.strategies {
+		if i > 0 {
+			runtime.GC()
+			time.Sleep(500 * time.Millisecond)
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		r, err := runStrategy(ctx, o, e, s, logf)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", s, err)
+		}
+		rows = append(rows, r)
+		report(r)
+		if r.Stuck > 0 && s != "naive" {
+			status = 1
+		}
+	}
+	logf("\n%-12s %9s %9s %7s %8s %10s %10s %6s %9s %7s\n",
+		"strategy", "recovered", "time (s)", "× N/C", "503s/N", "REG/trunk", "srv REG/N", "stuck", "detect", "bound")
+	for _, r := range rows {
+		t := fmt.Sprintf("%.2f", r.RecoverS)
+		if r.Stuck > 0 {
+			t = ">" + fmt.Sprintf("%.0f", r.RecoverS)
+		}
+		det := fmt.Sprintf("%.2fs", r.DetectMaxS)
+		if r.Strategy == "naive" {
+			det = "none"
+		}
+		logf("%-12s %9d %9s %7.2f %7.1f%% %10.2f %10.2f %6d %9s %6.1fs\n", r.Strategy, r.N-r.Stuck, t,
+			r.RatioToLimit, 100*r.RejectedFrac, r.TransactionsPerTrunk, r.ServerPerTrunk, r.Stuck, det, r.BoundS)
+	}
+	logf("goal (N=2000, C=200/s): relink ≤ 1.30 × N/C with 503s ≤ 5%% of N; relink-rate ≤ 1.15 × N/C with 503s ≤ 2%%; nobody stuck\n")
+	for _, r := range rows {
+		var goalT, goalR float64
+		switch r.Strategy {
+		case "relink":
+			goalT, goalR = 1.3, 0.05
+		case "relink-rate":
+			goalT, goalR = 1.15, 0.02
+		default:
+			continue
+		}
+		verdict := "met"
+		if r.Stuck > 0 || r.RatioToLimit > goalT || r.RejectedFrac > goalR {
+			verdict = "NOT met"
+		}
+		logf("  %-12s %s\n", r.Strategy+":", verdict)
+	}
+	return status, nil
+}
+
+// trunkTrack records when one trunk lost its registration after the cut and
+// when it had it again (unix nanoseconds, 0: not yet).
+type trunkTrack struct {
+	lostAt, backAt atomic.Int64
+}
+
+// recorder collects the trunks' losses and recoveries.
+type recorder struct {
+	cutAt     atomic.Int64
+	tracks    []trunkTrack
+	recovered atomic.Int64
+	all       chan struct{}
+	allOnce   sync.Once
+}
+
+func newRecorder(n int) *recorder {
+	return &recorder{tracks: make([]trunkTrack, n), all: make(chan struct{})}
+}
+
+func (r *recorder) lost(i int, at time.Time) {
+	if r.cutAt.Load() == 0 {
+		return
+	}
+	r.tracks[i].lostAt.CompareAndSwap(0, at.UnixNano())
+}
+
+func (r *recorder) back(i int, at time.Time) {
+	tr := &r.tracks[i]
+	if r.cutAt.Load() == 0 || tr.lostAt.Load() == 0 {
+		return
+	}
+	if tr.backAt.CompareAndSwap(0, at.UnixNano()) {
+		if r.recovered.Add(1) == int64(len(r.tracks)) {
+			r.allOnce.Do(func() { close(r.all) })
+		}
+	}
+}
+
+// clients is one strategy's trunks.
+type clients interface {
+	// start registers every trunk and returns when all are registered.
+	start(ctx context.Context) error
+	// lose tells clients that cannot notice a dead path that their
+	// registrations are lost (naive); relink's trunks notice by themselves.
+	lose()
+	// transactions is the number of REGISTER transactions sent so far.
+	transactions() uint64
+	// registered counts the trunks registered now.
+	registered() int
+	// trace returns a short description of the client side for -trace.
+	trace() string
+	// gate returns the registrar gate's state and admitted attempts in
+	// flight ("" for clients without a gate).
+	gate() (string, int)
+	// stop ends everything.
+	stop()
+}
+
+func runStrategy(ctx context.Context, o *options, e *env, strategy string, logf func(string, ...any)) (Result, error) {
+	res := Result{Strategy: strategy, N: o.n, Capacity: o.capacity, BoundS: o.bound().Seconds(),
+		Method: e.method, HoleS: o.holeFor().Seconds()}
+	if o.retryAfter > 0 {
+		res.RetryAfterS = math.Ceil(o.retryAfter.Seconds())
+	}
+	s, err := e.newSite(ctx, o)
+	if err != nil {
+		return res, err
+	}
+	defer s.close()
+	rec := newRecorder(o.n)
+	var cl clients
+	switch strategy {
+	case "naive":
+		cl, err = newNaive(o, s, rec)
+	default:
+		var gc backoff.GateConfig
+		if strategy == "relink-rate" {
+			gc.Rate = o.capacity
+		}
+		cl, err = newRelink(o, s, rec, gc)
+	}
+	if err != nil {
+		return res, err
+	}
+	defer cl.stop()
+
+	setup := time.Now()
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second+time.Duration(o.n)*10*time.Millisecond)
+	err = cl.start(sctx)
+	cancel()
+	if err != nil {
+		return res, fmt.Errorf("initial registration: %w", err)
+	}
+	// Let the flow carry a few pings and pongs before the cut.
+	if !sleep(ctx, o.keepAlive+o.keepAlive/2) {
+		return res, ctx.Err()
+	}
+	if err := s.k.SetRate(o.capacity); err != nil {
+		return res, err
+	}
+	if err := s.k.ResetStats(); err != nil {
+		return res, err
+	}
+	logf("%-12s %d trunks registered in %v; rate limit on; cutting the path\n", strategy, o.n,
+		time.Since(setup).Round(time.Millisecond))
+	tx0 := cl.transactions()
+	cutAt := time.Now()
+	rec.cutAt.Store(cutAt.UnixNano())
+	if err := s.cut(); err != nil {
+		return res, err
+	}
+	loseT := time.AfterFunc(o.bound(), cl.lose)
+	defer loseT.Stop()
+	if !sleep(ctx, o.holeFor()) {
+		return res, ctx.Err()
+	}
+	undetected := o.n - int(countLost(rec))
+	res.GateAtRestore, res.InFlightAtRestore = cl.gate()
+	if err := s.restore(); err != nil {
+		return res, err
+	}
+	restoreAt := time.Now()
+
+	// Wait for every trunk, or the cap.
+	capT := time.NewTimer(o.capAfter)
+	defer capT.Stop()
+	var tickC <-chan time.Time
+	if o.trace > 0 {
+		tick := time.NewTicker(o.trace)
+		defer tick.Stop()
+		tickC = tick.C
+	}
+wait:
+	for {
+		select {
+		case <-rec.all:
+			break wait
+		case <-capT.C:
+			break wait
+		case <-ctx.Done():
+			return res, ctx.Err()
+		case <-tickC:
+			st, _ := s.k.Stats()
+			logf("  t=%5.1fs recovered %5d  registered %5d  kamailio: REGISTERs %6d 503s %6d saved %5d  %s\n",
+				time.Since(restoreAt).Seconds(), rec.recovered.Load(), cl.registered(), st.Registers, st.Shed,
+				st.Saved, cl.trace())
+		}
+	}
+	end := time.Now()
+	st, err := s.k.Stats()
+	if err != nil {
+		return res, err
+	}
+	var backs []time.Duration
+	var detMax time.Duration
+	for i := range rec.tracks {
+		tr := &rec.tracks[i]
+		if l := tr.lostAt.Load(); l != 0 {
+			detMax = max(detMax, time.Unix(0, l).Sub(cutAt))
+		}
+		if b := tr.backAt.Load(); b != 0 {
+			backs = append(backs, time.Unix(0, b).Sub(restoreAt))
+		}
+	}
+	sort.Slice(backs, func(i, j int) bool { return backs[i] < backs[j] })
+	res.Stuck = o.n - len(backs)
+	if res.Stuck == 0 {
+		res.RecoverS = backs[len(backs)-1].Seconds()
+	} else {
+		res.RecoverS = end.Sub(restoreAt).Seconds()
+	}
+	if len(backs) > 0 {
+		res.FirstS = backs[0].Seconds()
+		res.HalfS = backs[(len(backs)-1)/2].Seconds()
+	}
+	res.RatioToLimit = res.RecoverS / (float64(o.n) / o.capacity)
+	res.RejectedFrac = float64(st.Shed) / float64(o.n)
+	res.TransactionsPerTrunk = float64(cl.transactions()-tx0) / float64(o.n)
+	res.ServerPerTrunk = float64(st.Registers) / float64(o.n)
+	res.DetectMaxS = detMax.Seconds()
+	res.Undetected = undetected
+	if strategy == "naive" {
+		// It detects nothing: it was told at cut + bound.
+		res.Undetected, res.DetectMaxS = 0, 0
+	}
+	logf("%-12s recovered %d/%d in %.2f s (first %.2f s, half %.2f s) after the restore; %d 503s, %d REGISTERs at Kamailio",
+		strategy, len(backs), o.n, res.RecoverS, res.FirstS, res.HalfS, st.Shed, st.Registers)
+	if strategy != "naive" {
+		logf("; loss noticed within %.2f s of the cut (%d not before the restore); at the restore the gate was %s with %d REGISTERs in flight",
+			res.DetectMaxS, undetected, res.GateAtRestore, res.InFlightAtRestore)
+	}
+	logf("\n")
+	return res, nil
+}
+
+func countLost(r *recorder) int64 {
+	var n int64
+	for i := range r.tracks {
+		if r.tracks[i].lostAt.Load() != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// sleep waits d or until ctx ends (false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// waitAll polls count until it reaches n or ctx ends.
+func waitAll(ctx context.Context, n int, count func() int) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for count() < n {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d of %d registered: %w", count(), n, context.Cause(ctx))
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+func aor(i int, realm string) string { return fmt.Sprintf("sip:t%d@%s", i, realm) }
+
+// relinkClients is N sip.Trunks on one sip.Fleet.
+type relinkClients struct {
+	ua     *sipgo.UserAgent
+	fleet  *sip.Fleet
+	trunks []*sip.Trunk
+	uri    string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newRelink(o *options, s *site, rec *recorder, gc backoff.GateConfig) (*relinkClients, error) {
+	ua, err := sip.NewUA(sip.UAConfig{})
+	if err != nil {
+		return nil, err
+	}
+	index := make(map[*sip.Trunk]int, o.n)
+	var mu sync.RWMutex
+	fleet := sip.NewFleet(ua, sip.FleetConfig{Gate: gc, OnStateChange: func(sc sip.StateChange) {
+		mu.RLock()
+		i, ok := index[sc.Trunk]
+		mu.RUnlock()
+		if !ok {
+			return
+		}
+		if sc.From == sip.Registered {
+			rec.lost(i, sc.At)
+		}
+		if sc.To == sip.Registered {
+			rec.back(i, sc.At)
+		}
+	}})
+	c := &relinkClients{ua: ua, fleet: fleet, uri: s.uri}
+	for i := range o.n {
+		t, err := fleet.Add(sip.TrunkConfig{
+			Registrars: []string{s.uri}, AOR: aor(i, s.k.Realm()), Password: s.k.Password(),
+			KeepAlive: o.keepAlive, KeepAliveTimeout: o.timeout, RequestTimeout: o.reqTimeout,
+			UnregisterTimeout: -1, // Kamailio is stopped after the run
+		})
+		if err != nil {
+			ua.Close()
+			return nil, err
+		}
+		mu.Lock()
+		index[t] = i
+		mu.Unlock()
+		c.trunks = append(c.trunks, t)
+	}
+	return c, nil
+}
+
+func (c *relinkClients) start(ctx context.Context) error {
+	rctx, cancel := context.WithCancel(context.Background())
+	c.cancel, c.done = cancel, make(chan struct{})
+	go func() {
+		defer close(c.done)
+		c.fleet.Run(rctx)
+	}()
+	return waitAll(ctx, len(c.trunks), c.registered)
+}
+
+func (c *relinkClients) lose() {}
+
+func (c *relinkClients) transactions() uint64 {
+	var n uint64
+	for _, t := range c.trunks {
+		n += t.Transactions()
+	}
+	return n
+}
+
+func (c *relinkClients) registered() int { return c.fleet.Stats().Registered }
+
+func (c *relinkClients) trace() string {
+	var b strings.Builder
+	for _, gs := range c.fleet.GateStats() {
+		fmt.Fprintf(&b, "gate %v rate %.0f est %.0f queued %d inflight %d ok %d over %d unreach %d",
+			gs.State, gs.Rate, gs.Estimate, gs.Queued, gs.InFlight, gs.Succeeded, gs.Overloaded, gs.Unreachable)
+	}
+	return b.String()
+}
+
+func (c *relinkClients) gate() (string, int) {
+	for _, gs := range c.fleet.GateStats() {
+		return gs.State.String(), gs.InFlight
+	}
+	return "", 0
+}
+
+func (c *relinkClients) stop() {
+	if c.cancel != nil {
+		c.cancel()
+		<-c.done
+	}
+	c.ua.Close()
+}
+
+// naiveClients is a gateway without relink: sipgo's UserAgent and Client with
+// their defaults; each trunk REGISTERs with digest and retries at once on any
+// failure.
+type naiveClients struct {
+	ua      *sipgo.UserAgent
+	client  *sipgo.Client
+	rec     *recorder
+	n       int
+	target  sipmsg.Uri
+	realm   string
+	pass    string
+	host    string
+	lostCh  chan struct{}
+	lostOne sync.Once
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	tx      atomic.Uint64
+	rej     atomic.Uint64
+	regs    atomic.Int64
+}
+
+func newNaive(o *options, s *site, rec *recorder) (*naiveClients, error) {
+	var target sipmsg.Uri
+	if err := sipmsg.ParseUri(s.uri, &target); err != nil {
+		return nil, err
+	}
+	ua, err := sipgo.NewUA()
+	if err != nil {
+		return nil, err
+	}
+	client, err := sipgo.NewClient(ua)
+	if err != nil {
+		ua.Close()
+		return nil, err
+	}
+	host := "127.0.0.1"
+	if strings.HasPrefix(s.uri, "sip:"+netns.ServerIP.String()+":") {
+		host = netns.ClientIP.String()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &naiveClients{ua: ua, client: client, rec: rec, n: o.n, target: target,
+		realm: s.k.Realm(), pass: s.k.Password(), host: host, lostCh: make(chan struct{}),
+		ctx: ctx, cancel: cancel}, nil
+}
+
+func (c *naiveClients) start(ctx context.Context) error {
+	for i := range c.n {
+		c.wg.Add(1)
+		go c.trunk(i)
+	}
+	return waitAll(ctx, c.n, c.registered)
+}
+
+// trunk registers, waits to be told its registration is lost, and registers
+// again.
+func (c *naiveClients) trunk(i int) {
+	defer c.wg.Done()
+	user := "t" + strconv.Itoa(i)
+	callID := sipmsg.CallIDHeader(fmt.Sprintf("naive-%d-%d", i, time.Now().UnixNano()))
+	cseq := uint32(1)
+	if !c.register(user, callID, &cseq) {
+		return
+	}
+	c.regs.Add(1)
+	select {
+	case <-c.lostCh:
+	case <-c.ctx.Done():
+		return
+	}
+	c.regs.Add(-1)
+	c.rec.lost(i, time.Now())
+	if !c.register(user, callID, &cseq) {
+		return
+	}
+	c.regs.Add(1)
+	c.rec.back(i, time.Now())
+}
+
+// register sends REGISTERs until one succeeds (true) or the run ends.
+func (c *naiveClients) register(user string, callID sipmsg.CallIDHeader, cseq *uint32) bool {
+	aorURI := sipmsg.Uri{Scheme: "sip", User: user, Host: c.realm}
+	for c.ctx.Err() == nil {
+		req := sipmsg.NewRequest(sipmsg.REGISTER, c.target)
+		fromParams := sipmsg.NewParams()
+		fromParams.Add("tag", sipmsg.GenerateTagN(16))
+		req.AppendHeader(&sipmsg.FromHeader{Address: aorURI, Params: fromParams})
+		req.AppendHeader(&sipmsg.ToHeader{Address: aorURI})
+		req.AppendHeader(&callID)
+		req.AppendHeader(&sipmsg.CSeqHeader{SeqNo: *cseq, MethodName: sipmsg.REGISTER})
+		contactParams := sipmsg.NewParams()
+		contactParams.Add("transport", "tcp")
+		req.AppendHeader(&sipmsg.ContactHeader{Address: sipmsg.Uri{Scheme: "sip", User: user, Host: c.host,
+			UriParams: contactParams}})
+		req.AppendHeader(sipmsg.NewHeader("Expires", "3600"))
+		req.SetTransport("TCP")
+		*cseq++
+		c.tx.Add(1)
+		res, err := c.client.Do(c.ctx, req)
+		if err != nil {
+			continue // timeout or transport error: at once again
+		}
+		if res.StatusCode == sipmsg.StatusUnauthorized || res.StatusCode == sipmsg.StatusProxyAuthRequired {
+			c.tx.Add(1)
+			*cseq++ // DoDigestAuth sends the request again with CSeq + 1
+			res, err = c.client.DoDigestAuth(c.ctx, req, res, sipgo.DigestAuth{Username: user, Password: c.pass})
+			if err != nil {
+				continue
+			}
+		}
+		if res.StatusCode >= 200 && res.StatusCode < 300 {
+			return true
+		}
+		if res.StatusCode == sipmsg.StatusServiceUnavailable {
+			c.rej.Add(1)
+		}
+	}
+	return false
+}
+
+func (c *naiveClients) lose() { c.lostOne.Do(func() { close(c.lostCh) }) }
+
+func (c *naiveClients) transactions() uint64 { return c.tx.Load() }
+
+func (c *naiveClients) registered() int { return int(c.regs.Load()) }
+
+func (c *naiveClients) trace() string {
+	return fmt.Sprintf("naive: %d REGISTERs sent, %d 503s seen", c.tx.Load(), c.rej.Load())
+}
+
+func (c *naiveClients) gate() (string, int) { return "", 0 }
+
+func (c *naiveClients) stop() {
+	c.cancel()
+	c.wg.Wait()
+	c.client.Close()
+	c.ua.Close()
+}
+
+// raiseFileLimit raises RLIMIT_NOFILE to at least n if the hard limit allows.
+func raiseFileLimit(n uint64) error {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return nil
+	}
+	if l.Cur >= n {
+		return nil
+	}
+	l.Cur = min(max(n, l.Cur), l.Max)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return fmt.Errorf("raise the open file limit to %d: %w", n, err)
+	}
+	return nil
+}
