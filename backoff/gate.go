@@ -232,6 +232,7 @@ type Gate struct {
 
 	mu       sync.Mutex
 	queue    list.List // of *waiter
+	prio     list.List // of *waiter, admitted before queue
 	state    GateState
 	inFlight int
 	timer    *time.Timer
@@ -270,6 +271,9 @@ type episode struct {
 	active    bool
 	start     time.Time
 	succ, rej int
+	// paused: a push-back happened during the episode, so successes per
+	// second of wall time say nothing about the destination.
+	paused bool
 	// offered sums, over the accepted outcomes, the pace at which each was
 	// admitted: offered/(succ+rej) is the rate the destination accepted.
 	offered float64
@@ -328,6 +332,7 @@ func NewGate(cfg GateConfig) *Gate {
 	cfg.MaxPushBack = clampDur(orDefault(cfg.MaxPushBack, DefaultMaxPushBack), MinDelay, MaxDelay)
 	g := &Gate{cfg: cfg}
 	g.queue.Init()
+	g.prio.Init()
 	g.resetPace(time.Now())
 	g.tokens = g.burst()
 	g.inst = newGateInstruments(g)
@@ -393,13 +398,29 @@ func (g *Gate) Acquire(ctx context.Context) (*Permit, error) {
 	if g == nil {
 		return nil, ErrNilGate
 	}
+	return g.acquire(ctx, &g.queue)
+}
+
+// AcquirePriority is Acquire for an attempt that keeps something alive
+// rather than recovering it — a SIP trunk's refresh of a binding it holds:
+// it waits ahead of every ordinary Acquire (FIFO among priority callers), so
+// that a recovering herd does not make the survivors' bindings lapse. It is
+// paced, bounded and paused like any attempt.
+func (g *Gate) AcquirePriority(ctx context.Context) (*Permit, error) {
+	if g == nil {
+		return nil, ErrNilGate
+	}
+	return g.acquire(ctx, &g.prio)
+}
+
+func (g *Gate) acquire(ctx context.Context, q *list.List) (*Permit, error) {
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
 	}
 	start := time.Now()
 	g.mu.Lock()
 	w := &waiter{ch: make(chan *Permit, 1), enq: start}
-	el := g.queue.PushBack(w)
+	el := q.PushBack(w)
 	ev := g.dispatchLocked(start)
 	if w.permit != nil {
 		g.mu.Unlock()
@@ -430,7 +451,7 @@ func (g *Gate) Acquire(ctx context.Context) (*Permit, error) {
 			g.tokens = math.Min(g.tokens+1, g.burst())
 		}
 	} else {
-		g.queue.Remove(el)
+		q.Remove(el)
 	}
 	g.stats.Shed++
 	ev = g.dispatchLocked(time.Now())
@@ -464,6 +485,7 @@ func (g *Gate) pushBackLocked(now time.Time, d time.Duration) []GateStateChange 
 		return nil
 	}
 	g.pausedUntil = until
+	g.ep.paused = g.ep.active
 	if g.state == GateClosed {
 		// The server answered: it is reachable.
 		g.scoutFails = 0
@@ -478,7 +500,7 @@ func (g *Gate) Stats() GateStats {
 	s := g.stats
 	s.State = g.state
 	s.InFlight = g.inFlight
-	s.Queued = g.queue.Len()
+	s.Queued = g.queued()
 	s.Rate = g.pace
 	s.Estimate = g.estimate
 	if g.state == GatePaused {
@@ -543,6 +565,37 @@ func (p *Permit) Done(o Outcome) {
 	g.mu.Unlock()
 	g.emit(ev)
 	g.inst.outcome(o.kind)
+}
+
+// Observe reports an outcome learned outside an admitted attempt: a
+// keepalive that went unanswered on an established flow (Unreachable), a 503
+// to a request the gate does not pace (Overload), an answer on a flow the
+// gate did not admit (Success). Unreachable closes the gate at once: the
+// attempts that would follow would only go into the same black hole; the
+// scouts find out when the path is back. Observe does not count in Stats'
+// outcome counters, which are for admitted attempts.
+func (g *Gate) Observe(o Outcome) {
+	if g == nil {
+		return
+	}
+	now := time.Now()
+	g.mu.Lock()
+	var ev []GateStateChange
+	switch o.kind {
+	case kindSuccess, kindClientFailure:
+		ev = g.reachableLocked(now)
+	case kindOverload:
+		ev = g.reachableLocked(now)
+		g.rejected(now, o.retryAfter)
+		if o.retryAfter > 0 {
+			ev = append(ev, g.pushBackLocked(now, o.retryAfter)...)
+		}
+	case kindUnreachable:
+		ev = g.unreachableLocked(now)
+	}
+	ev = append(ev, g.dispatchLocked(now)...)
+	g.mu.Unlock()
+	g.emit(ev)
 }
 
 // Abandon frees the permit's in-flight slot without reporting an outcome: the
@@ -659,7 +712,10 @@ func (g *Gate) maybeEndEpisode(now time.Time) {
 	if n < minEpisodeOutcomes || el < minEpisodeDuration {
 		return
 	}
-	est := math.Max(float64(e.succ)/el.Seconds(), e.offered/float64(n))
+	est := e.offered / float64(n)
+	if !e.paused {
+		est = math.Max(est, float64(e.succ)/el.Seconds())
+	}
 	if float64(e.rej) < 0.05*float64(n) && g.estimate > 0 {
 		est = math.Max(est, g.estimate)
 	}
@@ -677,7 +733,7 @@ func (g *Gate) control(now time.Time) {
 	if !g.adaptive() || math.IsInf(g.pace, 1) || g.state != GateOpen {
 		return
 	}
-	demand := g.queue.Len() > 0
+	demand := g.queued() > 0
 	if g.startup {
 		if now.Before(g.growAt) {
 			return
@@ -744,7 +800,7 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 	}
 	g.control(now)
 	g.refill(now)
-	for g.queue.Len() > 0 {
+	for g.queued() > 0 {
 		switch g.state {
 		case GatePaused:
 			g.armLocked(g.pausedUntil)
@@ -787,6 +843,8 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 	return ev
 }
 
+func (g *Gate) queued() int { return g.queue.Len() + g.prio.Len() }
+
 func laterOf(a, b time.Time) time.Time {
 	if a.After(b) {
 		return a
@@ -806,7 +864,11 @@ func (g *Gate) refill(now time.Time) {
 }
 
 func (g *Gate) admitLocked(now time.Time, scout bool) {
-	w := g.queue.Remove(g.queue.Front()).(*waiter)
+	q := &g.prio
+	if q.Len() == 0 {
+		q = &g.queue
+	}
+	w := q.Remove(q.Front()).(*waiter)
 	p := &Permit{g: g, admitted: now, succSeq: g.stats.Succeeded, pace: g.pace, scout: scout}
 	if scout {
 		g.scoutsOut++

@@ -3,6 +3,7 @@ package backoff
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -457,4 +458,73 @@ func TestOutcomeStrings(t *testing.T) {
 	if GateClosed.String() != "closed" || GateState(9).String() != "GateState(9)" {
 		t.Error("GateState.String")
 	}
+}
+
+func TestGatePriorityGoesFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGate(GateConfig{Rate: 10, Burst: 1})
+		first, _ := g.Acquire(t.Context()) // takes the token
+		var order []string
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		start := func(name string, prio bool) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				acq := g.Acquire
+				if prio {
+					acq = g.AcquirePriority
+				}
+				p, err := acq(t.Context())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				order = append(order, name)
+				mu.Unlock()
+				p.Done(Success)
+			}()
+			synctest.Wait()
+		}
+		start("recover1", false)
+		start("recover2", false)
+		start("refresh1", true)
+		start("refresh2", true)
+		first.Done(Success)
+		wg.Wait()
+		want := "[refresh1 refresh2 recover1 recover2]"
+		if got := fmt.Sprint(order); got != want {
+			t.Fatalf("order %s, want %s", got, want)
+		}
+	})
+}
+
+func TestGateObserveUnreachableClosesAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGate(GateConfig{Rate: 1000})
+		g.Observe(Unreachable) // a keepalive went unanswered: the flow is dead
+		if g.State() != GateClosed {
+			t.Fatalf("state %v, want closed", g.State())
+		}
+		var chans []<-chan *Permit
+		for range 20 {
+			chans = append(chans, acquireAsync(t.Context(), g))
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if s := g.Stats(); s.InFlight != 1 || s.Queued != 19 {
+			t.Fatalf("closed gate: %+v, want one scout in flight, the rest queued", s)
+		}
+		g.Observe(Success)
+		if g.State() != GateOpen {
+			t.Fatalf("state %v after an observed success, want open", g.State())
+		}
+		for _, ch := range chans {
+			(<-ch).Done(Success)
+		}
+		if s := g.Stats(); s.Unreachable != 0 || s.Succeeded != 20 {
+			t.Fatalf("observed outcomes counted as admitted ones: %+v", s)
+		}
+	})
 }

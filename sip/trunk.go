@@ -54,6 +54,9 @@ type Trunk struct {
 	pend    *flow // the flow of the REGISTER in flight, subscribed
 	pendErr error // set by flowDead when pend died
 	current string
+	// acqCancel, while a refresh waits for the gate, ends that wait when
+	// the flow holding the binding dies.
+	acqCancel context.CancelCauseFunc
 }
 
 // regTarget is the per-registrar state of a trunk: RFC 3261 §10.2 wants one
@@ -186,6 +189,9 @@ func (t *Trunk) flowDead(f *flow, err error) {
 	cur := t.current
 	if bound {
 		t.flow, t.flowErr = nil, err
+		if t.acqCancel != nil {
+			t.acqCancel(&flowError{cause: err})
+		}
 	}
 	if pending {
 		t.pend, t.pendErr = nil, err
@@ -536,6 +542,10 @@ func (r *runner) keep(ctx context.Context) bool {
 // flowLost handles the death of the flow the trunk was registered over.
 func (r *runner) flowLost(ctx context.Context, tg *regTarget, err error) {
 	t := r.t
+	// A dead flow proves the registrar unreachable: close its gate now,
+	// before this trunk and every other on the flow ask it for permits that
+	// would only send REGISTERs into the same black hole.
+	tg.gate.Observe(backoff.Unreachable)
 	r.on = -1
 	r.lost = true
 	t.setState(ctx, Registering, tg, err, 0)
@@ -571,7 +581,7 @@ func (r *runner) unregisterFrom(ctx context.Context, tg *regTarget) {
 	}
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.UnregisterTimeout)
 	defer cancel()
-	res := t.exchange(uctx, tg, 0, nil)
+	res := t.exchange(uctx, tg, 0, nil, false)
 	if res.kind != kRegistered && t.log.Enabled(ctx, slog.LevelDebug) {
 		t.log.LogAttrs(ctx, slog.LevelDebug, "sip unregister failed",
 			slog.String("registrar", tg.raw), slog.Any("error", res.err))
@@ -595,7 +605,9 @@ func (r *runner) attempt(ctx context.Context, tg *regTarget) result {
 	t := r.t
 	ctx, span := t.inst.tracer.Start(ctx, "sip.register", trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(tg.attrs.spanAttrs...))
-	res := t.exchange(ctx, tg, tg.expires, tg.gate)
+	// A refresh of a binding we hold waits ahead of recovering trunks, so
+	// that a herd's recovery does not make the survivors' bindings lapse.
+	res := t.exchange(ctx, tg, tg.expires, tg.gate, r.on >= 0 && r.on == r.cur)
 	if res.err != nil && res.kind != kStopped {
 		span.RecordError(res.err)
 		span.SetStatus(codes.Error, res.err.Error())
@@ -613,7 +625,7 @@ func (r *runner) attempt(ctx context.Context, tg *regTarget) result {
 // and its outcome reported to it: the gate paces REGISTERs, which is what a
 // registrar's capacity counts, so an attempt that needs a challenge round
 // trip takes two admissions.
-func (t *Trunk) exchange(ctx context.Context, tg *regTarget, expires time.Duration, gate *backoff.Gate) result {
+func (t *Trunk) exchange(ctx context.Context, tg *regTarget, expires time.Duration, gate *backoff.Gate, refresh bool) result {
 	var (
 		challenges, redirects, n423 int
 		fresh                       bool // credentials computed from a challenge of this exchange
@@ -625,8 +637,13 @@ func (t *Trunk) exchange(ctx context.Context, tg *regTarget, expires time.Durati
 		}
 		var permit *backoff.Permit
 		if gate != nil {
-			p, err := gate.Acquire(ctx)
+			p, err := t.admit(ctx, gate, refresh)
 			if err != nil {
+				if ctx.Err() == nil && errors.Is(err, ErrFlowDead) {
+					// The binding's flow died while the refresh waited:
+					// the trunk is not registered any more.
+					return t.failure(ctx, tg, err, answered)
+				}
 				return result{kind: kStopped, err: err, answered: answered}
 			}
 			permit = p
@@ -639,6 +656,35 @@ func (t *Trunk) exchange(ctx context.Context, tg *regTarget, expires time.Durati
 			return res
 		}
 	}
+}
+
+// admit waits for the gate's permit. A refresh waits with priority, and its
+// wait ends with ErrFlowDead if the flow holding the binding dies meanwhile.
+func (t *Trunk) admit(ctx context.Context, gate *backoff.Gate, refresh bool) (*backoff.Permit, error) {
+	if !refresh {
+		return gate.Acquire(ctx)
+	}
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	t.mu.Lock()
+	if t.flowErr != nil {
+		err := t.flowErr
+		t.mu.Unlock()
+		return nil, &flowError{cause: err}
+	}
+	t.acqCancel = cancel
+	t.mu.Unlock()
+	p, err := gate.AcquirePriority(actx)
+	t.mu.Lock()
+	t.acqCancel = nil
+	t.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		if p != nil {
+			p.Abandon()
+		}
+		return nil, context.Cause(actx)
+	}
+	return p, err
 }
 
 // step sends one REGISTER of an exchange and classifies its answer: the

@@ -32,6 +32,19 @@
 // With -registrar URI -user PREFIX -pass P, the relink population runs
 // against a real registrar over TCP (through the freeze proxy; trunk i
 // registers as PREFIX<i>); the naive one stays embedded.
+//
+// Flags: -trunks N (1000), -capacity C (100), -outage (25s), -grant (24s,
+// the longest binding the embedded registrars grant), -keepalive (relink's
+// TrunkConfig.KeepAlive; 0 keeps its 10 s default, so the detection bound is
+// 15 s), -after (how long to watch after the restore; 0: 2.5 × N/C within
+// 5–25 s, ending early once relink is back), -json (the closing table as
+// one JSON object on stdout, the timeline on stderr), -plot FILE.svg (a
+// chart of the timeline), -v (every relink state change on stderr), and
+// -registrar, -user, -pass.
+//
+// Before the outage the registrars admit everything, so that the warm-up
+// (2 N registrations, each with a challenge) takes a second instead of
+// 2 N/C; their capacity C applies from then on.
 package main
 
 import (

@@ -15,7 +15,7 @@ func writeSVG(w io.Writer, o *outcome) error {
 	const (
 		width, height = 960, 600
 		left, right   = 70, 170
-		top1, h1      = 50, 230
+		top1, h1      = 60, 220
 		top2, h2      = 340, 200
 	)
 	s := o.Summary
@@ -43,7 +43,7 @@ func writeSVG(w io.Writer, o *outcome) error {
 		width, height, width, height)
 	p(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
 	p(`<text x="%d" y="24" font-size="15" font-weight="bold">%s</text>`+"\n", left, html.EscapeString(fmt.Sprintf(
-		"relink vs naive sipgo, same outage: N = %d each, C = %.0f REGISTER/s, N/C = %.0f s, outage %.0f s",
+		"relink vs naive sipgo, same outage: N = %d each, C = %.0f REGISTER/s, N/C = %g s, outage %g s",
 		s.Trunks, s.Capacity, s.LimitS, s.OutageS)))
 	// Outage band on both panels.
 	for _, pan := range [][2]float64{{top1, h1}, {top2, h2}} {
@@ -52,7 +52,8 @@ func writeSVG(w io.Writer, o *outcome) error {
 	}
 	p(`<text x="%.1f" y="%d" fill="#a33">path silent</text>`+"\n", x(o.FreezeT)+4, top1+h1-8)
 	p(`<text x="%.1f" y="%d" fill="#a33">path back →</text>`+"\n", x(o.RestoreT)+4, top1+h1-8)
-	p(`<text x="%d" y="%d" fill="#777">warm-up: capacity unlimited</text>`+"\n", left+4, top2+14)
+	p(`<text x="%d" y="%d" fill="#777">REGISTERs received per second (the warm-up, with capacity unlimited, runs off the scale)</text>`+"\n", left, top2-8)
+	p(`<text x="%d" y="%d" fill="#777">registered: live bindings at each registrar; dashed: what the trunks believe</text>`+"\n", left, top1-8)
 	// Axes and grids.
 	axes := func(top, h float64, ymax float64, label string, y func(float64) float64) {
 		for i := 0; i <= 4; i++ {
@@ -95,6 +96,7 @@ func writeSVG(w io.Writer, o *outcome) error {
 	line(func(t tick) float64 { return float64(t.Relink.Registered) }, y1, relinkC, "none", 2.5)
 	line(func(t tick) float64 { return float64(t.Naive.Registered) }, y1, naiveC, "none", 2.5)
 	line(func(t tick) float64 { return float64(t.Naive.Believed) }, y1, naiveC, "3 3", 1.2)
+	line(func(t tick) float64 { return float64(t.Relink.Believed) }, y1, relinkC, "3 3", 1.2)
 	line(func(t tick) float64 { return float64(t.Relink.Load) }, y2, relinkC, "none", 2)
 	line(func(t tick) float64 { return float64(t.Naive.Load) }, y2, naiveC, "none", 2)
 	line(func(t tick) float64 { return float64(t.Relink.Rejected) }, y2, relinkC, "2 3", 1.2)
@@ -103,6 +105,7 @@ func writeSVG(w io.Writer, o *outcome) error {
 	legend := []struct{ color, dash, text string }{
 		{relinkC, "none", "relink: registered"},
 		{naiveC, "none", "naive: registered"},
+		{relinkC, "3 3", "relink: believes it is"},
 		{naiveC, "3 3", "naive: believes it is"},
 		{relinkC, "2 3", "503s (dotted)"},
 	}

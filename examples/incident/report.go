@@ -20,8 +20,11 @@ type popSummary struct {
 	Stuck     int `json:"stuck"` // trunks − recovered
 	// Detected counts the trunks that noticed the outage (left Registered,
 	// or saw a request fail) before the end of the run.
-	Detected   int      `json:"detected"`
-	DetectP50S *float64 `json:"detect_p50_s"` // from the freeze
+	Detected int `json:"detected"`
+	// DetectP50S and DetectP99S are quantiles over all the trunks, from
+	// the freeze; a trunk that never noticed counts as infinitely late, so
+	// null means that more than half (1 %) never noticed.
+	DetectP50S *float64 `json:"detect_p50_s"`
 	DetectP99S *float64 `json:"detect_p99_s"`
 	BoundS     *float64 `json:"bound_s"` // relink's detection bound; null for naive (none)
 	// RecoverS is from the restore to the last trunk registered again; null
@@ -61,10 +64,14 @@ func summarize(recs []*trunkRec, registeredAtEnd []bool, m *marks, rejected uint
 	var stuck []string
 	recovered, last := 0, int64(0)
 	var tx uint64
+	detected := 0
 	for i, r := range recs {
 		tx += r.recoveryTx()
 		if d := r.detect.Load(); d != 0 {
 			det = append(det, float64(d-freeze)/1e9)
+			detected++
+		} else {
+			det = append(det, math.Inf(1))
 		}
 		if rc := r.recover.Load(); rc != 0 && registeredAtEnd[i] {
 			recovered++
@@ -84,7 +91,7 @@ func summarize(recs []*trunkRec, registeredAtEnd []bool, m *marks, rejected uint
 		Trunks:           n,
 		Recovered:        recovered,
 		Stuck:            n - recovered,
-		Detected:         len(det),
+		Detected:         detected,
 		BoundS:           bound,
 		AttemptsPerTrunk: round3(float64(tx) / float64(max(n, 1))),
 		Rejected:         int(rejected),
@@ -93,8 +100,12 @@ func summarize(recs []*trunkRec, registeredAtEnd []bool, m *marks, rejected uint
 	}
 	if len(det) > 0 {
 		slices.Sort(det)
-		s.DetectP50S = ptr(round3(quantile(det, 0.50)))
-		s.DetectP99S = ptr(round3(quantile(det, 0.99)))
+		if q := quantile(det, 0.50); !math.IsInf(q, 1) {
+			s.DetectP50S = ptr(round3(q))
+		}
+		if q := quantile(det, 0.99); !math.IsInf(q, 1) {
+			s.DetectP99S = ptr(round3(q))
+		}
 	}
 	if n > 0 && recovered == n {
 		rs := float64(last-restore) / 1e9

@@ -138,8 +138,14 @@ func (r *trunkRec) recoveryTx() uint64 {
 }
 
 // counters are what an embedded registrar answered to REGISTERs.
+//
+// A 2xx granting a binding after the restore marks the trunk registered
+// again even if the trunk saw no state change: one that never noticed the
+// outage (it stayed Registered) and was refreshed later.
 type counters struct {
 	registers, ok, rejected atomic.Uint64
+	m                       *marks
+	recs                    atomic.Pointer[map[string]*trunkRec] // by AoR "user@host"
 }
 
 func (c *counters) onRequest(ev registrar.Event) {
@@ -150,6 +156,11 @@ func (c *counters) onRequest(ev registrar.Event) {
 	switch {
 	case ev.Status >= 200 && ev.Status < 300:
 		c.ok.Add(1)
+		if recs := c.recs.Load(); recs != nil && ev.Expires > 0 {
+			if r := (*recs)[ev.AoR]; r != nil {
+				r.registered(ev.Time, c.m)
+			}
+		}
 	case ev.Status == 503:
 		c.rejected.Add(1)
 	}
@@ -191,7 +202,7 @@ func run(ctx context.Context, cfg config) (*outcome, error) {
 	// --- relink's side: registrar (embedded or real), proxy, fleet.
 	var (
 		regR    *registrar.Registrar
-		cntR    counters
+		cntR    = counters{m: m}
 		target  string // host:port the relink proxy forwards to
 		relUser = func(i int) string { return fmt.Sprintf("relink%04d", i) }
 		relHost = domain
@@ -271,6 +282,7 @@ func run(ctx context.Context, cfg config) (*outcome, error) {
 	})
 	regURI := "sip:" + proxyR.Addr() + ";transport=tcp"
 	trunks := make([]*sip.Trunk, 0, cfg.Trunks)
+	byAoR := make(map[string]*trunkRec, cfg.Trunks)
 	for i := range cfg.Trunks {
 		t, err := fleet.Add(sip.TrunkConfig{
 			Registrars: []string{regURI},
@@ -282,11 +294,13 @@ func run(ctx context.Context, cfg config) (*outcome, error) {
 			return nil, err
 		}
 		relRecs[t] = &trunkRec{name: relUser(i), tx: t.Transactions}
+		byAoR[relUser(i)+"@"+relHost] = relRecs[t]
 		trunks = append(trunks, t)
 	}
 
 	// --- the naive gateway's side, always embedded.
-	var cntN counters
+	cntR.recs.Store(&byAoR)
+	cntN := counters{m: m}
 	regN, err := newRegistrar(cfg, cntN.onRequest)
 	if err != nil {
 		return nil, err
@@ -301,6 +315,11 @@ func run(ctx context.Context, cfg config) (*outcome, error) {
 	if err != nil {
 		return nil, err
 	}
+	naiveByAoR := make(map[string]*trunkRec, cfg.Trunks)
+	for _, t := range naive.trunks {
+		naiveByAoR[t.user+"@"+domain] = &t.rec
+	}
+	cntN.recs.Store(&naiveByAoR)
 
 	// --- go.
 	fctx, stopFleet := context.WithCancel(ctx)
