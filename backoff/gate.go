@@ -110,6 +110,7 @@ const (
 	defaultStartupPeriod  = 100 * time.Millisecond
 	defaultProbePeriod    = time.Second
 	cruiseGain            = 0.95
+	hiMemory              = 10 * time.Second
 	minEpisodeOutcomes    = 16
 	minEpisodeDuration    = 50 * time.Millisecond
 	maxConfigurableRate   = 1e6
@@ -124,7 +125,9 @@ type GateConfig struct {
 	// Destination names the server the gate guards (host:port or a URI). It
 	// becomes the server.address attribute of the gate's metrics and logs.
 	Destination string
-	// Rate is the most attempts per second the gate admits. Zero means
+	// Rate is the most attempts per second the gate admits; it paces at 95 %
+	// of it, so that timing jitter does not overrun a server limited to
+	// exactly Rate. Zero means
 	// adaptive: the gate learns the rate the destination accepts (see Gate).
 	// Positive: a ceiling the gate never exceeds, and its starting pace; it
 	// still slows down when the destination rejects. Negative: no rate limit
@@ -251,17 +254,22 @@ type Gate struct {
 	nextScout  time.Time
 
 	// adaptive control
-	pace       float64
-	estimate   float64
-	startup    bool
-	growAt     time.Time // next startup doubling
-	probeAt    time.Time // next cruise probe
-	probeEvery time.Duration
-	probedAt   time.Time // last cruise probe
-	cleanProbe int       // consecutive probes without rejection
-	rejectedAt time.Time // last rejection
-	srtt       time.Duration
-	ep         episode
+	pace        float64
+	estimate    float64
+	startup     bool
+	growAt      time.Time // next startup doubling
+	probeAt     time.Time // next cruise probe
+	probeEvery  time.Duration
+	probedAt    time.Time     // last cruise probe
+	cleanProbe  int           // consecutive probes without rejection
+	rejectedAt  time.Time     // last rejection
+	minRTT      time.Duration // smallest round trip seen: the path, not the queue
+	probeFrom   float64       // the pace before the last probe
+	epoch       uint64        // counts reopenings: older permits do not steer the pace
+	lastSuccess time.Time
+	hi          float64 // a pace that drew a Retry-After, recently
+	hiAt        time.Time
+	ep          episode
 
 	stats GateStats
 }
@@ -293,6 +301,7 @@ type Permit struct {
 	g        *Gate
 	admitted time.Time
 	succSeq  uint64  // the gate's success count when admitted
+	epoch    uint64  // the gate's open period when admitted
 	pace     float64 // the gate's pace when admitted
 	scout    bool
 	done     bool // guarded by g.mu
@@ -355,9 +364,10 @@ func (g *Gate) resetPace(now time.Time) {
 	g.cleanProbe = 0
 	switch {
 	case g.cfg.Rate > 0:
-		// Told the rate: start every open period at it, and adapt
-		// below it only on the evidence of this period.
-		g.pace = g.cfg.Rate
+		// Told the rate: start every open period just below it (timing
+		// jitter would otherwise overrun a server limited to exactly
+		// Rate), and adapt below that only on the evidence of this period.
+		g.pace = cruiseGain * g.cfg.Rate
 		g.startup = false
 	case g.cfg.Rate < 0:
 		g.pace = math.Inf(1)
@@ -387,8 +397,12 @@ func (g *Gate) burst() float64 {
 	return math.Max(1, math.Floor(g.pace/50))
 }
 
+// startupPeriod is how often startup doubles the pace: every round trip
+// (so that a rejection can come back before the next doubling), at least
+// 100 ms and at most 1 s. The minimum round trip is the path's; a smoothed
+// one would include the queueing of the last herd.
 func (g *Gate) startupPeriod() time.Duration {
-	return max(defaultStartupPeriod, g.srtt)
+	return min(max(defaultStartupPeriod, g.minRTT), time.Second)
 }
 
 // Acquire waits in FIFO order until an attempt may be made, and returns its
@@ -538,8 +552,11 @@ func (p *Permit) Done(o Outcome) {
 	switch o.kind {
 	case kindSuccess:
 		g.stats.Succeeded++
-		g.observeRTT(now.Sub(p.admitted))
-		g.accepted(now, p.pace)
+		g.lastSuccess = now
+		if p.epoch == g.epoch {
+			g.observeRTT(now.Sub(p.admitted))
+			g.accepted(now, p.pace)
+		}
 		ev = g.reachableLocked(now)
 	case kindClientFailure:
 		g.stats.ClientFailures++
@@ -547,7 +564,11 @@ func (p *Permit) Done(o Outcome) {
 	case kindOverload:
 		g.stats.Overloaded++
 		ev = g.reachableLocked(now)
-		g.rejected(now, o.retryAfter)
+		if p.epoch == g.epoch {
+			// Admitted before the gate last closed, at a pace that no
+			// longer applies: such an outcome says nothing of today's.
+			g.rejected(now, o.retryAfter, p.pace)
+		}
 		if o.retryAfter > 0 {
 			ev = append(ev, g.pushBackLocked(now, o.retryAfter)...)
 		}
@@ -555,8 +576,11 @@ func (p *Permit) Done(o Outcome) {
 		g.stats.Unreachable++
 		if g.stats.Succeeded > p.succSeq {
 			// Others got through meanwhile: the destination is alive but
-			// not keeping up.
-			g.rejected(now, 0)
+			// not keeping up (or this attempt is a straggler from before
+			// the gate last closed, which says nothing).
+			if p.epoch == g.epoch {
+				g.rejected(now, 0, p.pace)
+			}
 		} else {
 			ev = g.unreachableLocked(now)
 		}
@@ -572,7 +596,10 @@ func (p *Permit) Done(o Outcome) {
 // to a request the gate does not pace (Overload), an answer on a flow the
 // gate did not admit (Success). Unreachable closes the gate at once: the
 // attempts that would follow would only go into the same black hole; the
-// scouts find out when the path is back. Observe does not count in Stats'
+// scouts find out when the path is back — unless an attempt succeeded within
+// the last ScoutMax: then the destination answers on other paths, and the
+// dead one was a straggler (a connection opened into the outage, found dead
+// after the path came back). Observe does not count in Stats'
 // outcome counters, which are for admitted attempts.
 func (g *Gate) Observe(o Outcome) {
 	if g == nil {
@@ -586,12 +613,14 @@ func (g *Gate) Observe(o Outcome) {
 		ev = g.reachableLocked(now)
 	case kindOverload:
 		ev = g.reachableLocked(now)
-		g.rejected(now, o.retryAfter)
+		g.rejected(now, o.retryAfter, g.pace)
 		if o.retryAfter > 0 {
 			ev = append(ev, g.pushBackLocked(now, o.retryAfter)...)
 		}
 	case kindUnreachable:
-		ev = g.unreachableLocked(now)
+		if g.lastSuccess.IsZero() || now.Sub(g.lastSuccess) > g.cfg.ScoutMax {
+			ev = g.unreachableLocked(now)
+		}
 	}
 	ev = append(ev, g.dispatchLocked(now)...)
 	g.mu.Unlock()
@@ -628,6 +657,7 @@ func (g *Gate) reachableLocked(now time.Time) []GateStateChange {
 		return nil
 	}
 	g.scoutFails = 0
+	g.epoch++
 	g.resetPace(now)
 	g.tokens = math.Min(g.tokens, g.burst())
 	return g.setStateLocked(GateOpen, time.Time{})
@@ -652,14 +682,9 @@ func (g *Gate) scoutDelay() time.Duration {
 }
 
 func (g *Gate) observeRTT(rtt time.Duration) {
-	if rtt < 0 {
-		return
+	if rtt >= 0 && (g.minRTT == 0 || rtt < g.minRTT) {
+		g.minRTT = rtt
 	}
-	if g.srtt == 0 {
-		g.srtt = rtt
-		return
-	}
-	g.srtt += (rtt - g.srtt) / 8
 }
 
 // accepted feeds a success into the adaptive controller.
@@ -672,16 +697,46 @@ func (g *Gate) accepted(now time.Time, pace float64) {
 }
 
 // rejected feeds a rejection into the adaptive controller.
-func (g *Gate) rejected(now time.Time, retryAfter time.Duration) {
-	if retryAfter > 0 && !g.probedAt.IsZero() && now.Sub(g.probedAt) < g.probeEvery && !g.rejectedAt.After(g.probedAt) {
+func (g *Gate) rejected(now time.Time, retryAfter time.Duration, atPace float64) {
+	probeOvershot := g.probeFrom > 0 && !g.probedAt.IsZero() && now.Sub(g.probedAt) < g.probeEvery
+	if retryAfter > 0 && probeOvershot && !g.rejectedAt.After(g.probedAt) {
 		// The last probe overshot, and the destination answered with a
 		// Retry-After, which pauses everyone: against such a destination
 		// probe half as often (up to every 16 s) while probes overshoot.
 		g.probeEvery = min(2*g.probeEvery, 16*defaultProbePeriod)
 	}
+	if probeOvershot {
+		// The probe overshot: back to the pace that did not, at once,
+		// rather than after the episode's measurement.
+		g.pace = g.probeFrom
+		g.probeFrom = 0
+		g.tokens = math.Min(g.tokens, g.burst())
+	}
 	g.rejectedAt = now
 	g.cleanProbe = 0
 	if !g.adaptive() || math.IsInf(g.pace, 1) {
+		return
+	}
+	if retryAfter > 0 {
+		// A destination that pauses everyone at each rejection cannot be
+		// measured while it rejects: all it says is that atPace was too
+		// fast. Remember that ceiling for a while (probes stay below it)
+		// and fall back to the last pace that ran clean.
+		if g.hi == 0 || atPace < g.hi || now.Sub(g.hiAt) > hiMemory {
+			g.hi = atPace
+		}
+		g.hiAt = now
+		switch {
+		case g.startup:
+			g.startup = false
+			g.pace = g.pace / 2
+		case !probeOvershot:
+			g.pace = 0.6 * math.Min(g.pace, atPace)
+		}
+		g.pace = math.Max(g.pace, g.cfg.MinRate)
+		g.estimate = g.pace / cruiseGain
+		g.tokens = math.Min(g.tokens, g.burst())
+		g.ep = episode{}
 		return
 	}
 	if g.startup {
@@ -770,7 +825,15 @@ func (g *Gate) control(now time.Time) {
 	// can hide a small excess for a while.
 	gain := math.Min(1+0.1*math.Exp2(float64(max(g.cleanProbe-1, 0))), 2)
 	g.cleanProbe++
-	g.pace = math.Min(g.pace*gain, g.ceiling())
+	target := g.pace * gain
+	if g.hi > 0 && now.Sub(g.hiAt) < hiMemory {
+		if g.pace >= 0.95*g.hi {
+			return // as close to a recent ceiling as is worth it
+		}
+		target = math.Min(target, (g.pace+g.hi)/2)
+	}
+	g.probeFrom = g.pace
+	g.pace = math.Min(target, g.ceiling())
 }
 
 // nextControl returns when control may next change the pace, or zero.
@@ -792,6 +855,13 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 	var ev []GateStateChange
 	if g.state == GatePaused && !now.Before(g.pausedUntil) {
 		g.pausedUntil = time.Time{}
+		// Resume at the pace, without the tokens saved up while paused:
+		// the server just said it was full.
+		g.refill(now)
+		g.tokens = math.Min(g.tokens, 1)
+		// The pace that drew the push-back has not run a clean period
+		// yet: no probe before it has.
+		g.rejectedAt = now
 		to := GateOpen
 		if g.scoutFails > 0 {
 			to = GateClosed
@@ -869,7 +939,7 @@ func (g *Gate) admitLocked(now time.Time, scout bool) {
 		q = &g.queue
 	}
 	w := q.Remove(q.Front()).(*waiter)
-	p := &Permit{g: g, admitted: now, succSeq: g.stats.Succeeded, pace: g.pace, scout: scout}
+	p := &Permit{g: g, admitted: now, succSeq: g.stats.Succeeded, epoch: g.epoch, pace: g.pace, scout: scout}
 	if scout {
 		g.scoutsOut++
 	}
