@@ -348,7 +348,7 @@ func attrs(set attribute.Set) string {
 	parts := make([]string, 0, set.Len())
 	for it := set.Iter(); it.Next(); {
 		kv := it.Attribute()
-		parts = append(parts, string(kv.Key)+"="+kv.Value.Emit())
+		parts = append(parts, string(kv.Key)+"="+kv.Value.String())
 	}
 	return strings.Join(parts, " ")
 }
