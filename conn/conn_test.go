@@ -559,6 +559,7 @@ func TestDeathIsLogged(t *testing.T) {
 		p := startCorePeer(b, false, false)
 		c := conn.Wrap(a, conn.Config{Probe: conn.CRLF, Logger: log})
 		<-c.Done()
+		synctest.Wait() // Done closes first; the log line follows on the dying goroutine
 		p.close()
 		out := buf.String()
 		for _, want := range []string{"conn: probe sent", "conn: connection ended", "reason=unresponsive", "since_last_inbound=15s"} {

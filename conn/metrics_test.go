@@ -38,6 +38,7 @@ func TestMetrics(t *testing.T) {
 		a, b = net.Pipe()
 		conn.Wrap(a, cfg).Close()
 		b.Close()
+		synctest.Wait() // each death is recorded just after its Done closes
 
 		var rm metricdata.ResourceMetrics
 		if err := reader.Collect(context.Background(), &rm); err != nil {
