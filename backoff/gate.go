@@ -267,7 +267,8 @@ type Gate struct {
 	probeFrom   float64       // the pace before the last probe
 	epoch       uint64        // counts reopenings: older permits do not steer the pace
 	lastSuccess time.Time
-	hi          float64 // a pace that drew a Retry-After, recently
+	paceSetAt   time.Time // when the pace last changed
+	hi          float64   // a pace that drew a Retry-After, recently
 	hiAt        time.Time
 	ep          episode
 
@@ -730,9 +731,16 @@ func (g *Gate) rejected(now time.Time, retryAfter time.Duration, atPace float64)
 		case g.startup:
 			g.startup = false
 			g.pace = g.pace / 2
+		case !probeOvershot && now.Sub(g.paceSetAt) >= defaultProbePeriod:
+			// A pace that ran clean for a probe period: the capacity
+			// moved a little, or jitter; step down gently.
+			g.pace = 0.9 * math.Min(g.pace, atPace)
 		case !probeOvershot:
+			// A pace never yet proven (just after startup or a cut):
+			// step down hard, or every step costs another pause.
 			g.pace = 0.6 * math.Min(g.pace, atPace)
 		}
+		g.paceSetAt = now
 		g.pace = math.Max(g.pace, g.cfg.MinRate)
 		g.estimate = g.pace / cruiseGain
 		g.tokens = math.Min(g.tokens, g.burst())
@@ -827,13 +835,17 @@ func (g *Gate) control(now time.Time) {
 	g.cleanProbe++
 	target := g.pace * gain
 	if g.hi > 0 && now.Sub(g.hiAt) < hiMemory {
-		if g.pace >= 0.95*g.hi {
-			return // as close to a recent ceiling as is worth it
+		// A recent pace drew a Retry-After: every overshoot pauses
+		// everyone, so creep up in 5 % steps, never past half-way to
+		// that pace, and stop within 10 % of it.
+		if g.pace >= 0.9*g.hi {
+			return
 		}
-		target = math.Min(target, (g.pace+g.hi)/2)
+		target = math.Min(g.pace*1.05, (g.pace+g.hi)/2)
 	}
 	g.probeFrom = g.pace
 	g.pace = math.Min(target, g.ceiling())
+	g.paceSetAt = now
 }
 
 // nextControl returns when control may next change the pace, or zero.
@@ -860,8 +872,9 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 		g.refill(now)
 		g.tokens = math.Min(g.tokens, 1)
 		// The pace that drew the push-back has not run a clean period
-		// yet: no probe before it has.
+		// yet: no probe before it has, and it is not proven.
 		g.rejectedAt = now
+		g.paceSetAt = now
 		to := GateOpen
 		if g.scoutFails > 0 {
 			to = GateClosed
