@@ -56,6 +56,7 @@ const (
 type Outcome struct {
 	kind       outcomeKind
 	retryAfter time.Duration
+	since      time.Time // UnreachableSince
 }
 
 var (
@@ -72,6 +73,13 @@ var (
 	// outcome counts as overload.
 	Unreachable = Outcome{kind: kindUnreachable}
 )
+
+// UnreachableSince is Unreachable for Gate.Observe, from a path that has
+// been silent since t (a flow's last inbound byte): it closes the gate unless
+// an attempt succeeded more than a second after t, which proves the destination reachable (the
+// dead path was a straggler, such as a connection opened into an outage and
+// found dead after the path came back).
+func UnreachableSince(t time.Time) Outcome { return Outcome{kind: kindUnreachable, since: t} }
 
 // Overload reports that the destination rejected the attempt because it is
 // overloaded (a SIP or HTTP 503). A positive retryAfter (the server's
@@ -604,9 +612,8 @@ func (p *Permit) Done(o Outcome) {
 // gate did not admit (Success). Unreachable closes the gate at once: the
 // attempts that would follow would only go into the same black hole; the
 // scouts find out when the path is back — unless an attempt succeeded within
-// the last ScoutMax: then the destination answers on other paths, and the
-// dead one was a straggler (a connection opened into the outage, found dead
-// after the path came back). Observe does not count in Stats'
+// the last ScoutMax (or, for UnreachableSince(t), after t): then the
+// destination answers on other paths. Observe does not count in Stats'
 // outcome counters, which are for admitted attempts.
 func (g *Gate) Observe(o Outcome) {
 	if g == nil {
@@ -625,7 +632,16 @@ func (g *Gate) Observe(o Outcome) {
 			ev = append(ev, g.pushBackLocked(now, o.retryAfter)...)
 		}
 	case kindUnreachable:
-		if g.lastSuccess.IsZero() || now.Sub(g.lastSuccess) > g.cfg.ScoutMax {
+		since := o.since
+		if since.IsZero() {
+			since = now.Add(-g.cfg.ScoutMax)
+		} else {
+			// The path's last bytes may themselves have completed an
+			// attempt (a 200 read just before the silence): only a
+			// success clearly later proves another path.
+			since = since.Add(time.Second)
+		}
+		if !g.lastSuccess.After(since) {
 			ev = g.unreachableLocked(now)
 		}
 	}

@@ -528,3 +528,24 @@ func TestGateObserveUnreachableClosesAtOnce(t *testing.T) {
 		}
 	})
 }
+
+func TestGateObserveUnreachableSince(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGate(GateConfig{Rate: 1000})
+		silent := time.Now()
+		time.Sleep(10 * time.Second)
+		p, _ := g.Acquire(t.Context())
+		p.Done(Success) // another connection got through after the flow went silent
+		time.Sleep(5 * time.Second)
+		g.Observe(UnreachableSince(silent))
+		if g.State() != GateOpen {
+			t.Fatalf("state %v: a success after the flow went silent should keep the gate open", g.State())
+		}
+		q, _ := g.Acquire(t.Context())
+		q.Done(Success) // completed by the flow's own last bytes
+		g.Observe(UnreachableSince(time.Now()))
+		if g.State() != GateClosed {
+			t.Fatalf("state %v: no success since the flow went silent, want closed", g.State())
+		}
+	})
+}

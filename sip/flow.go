@@ -71,7 +71,12 @@ func keyOf(local, remote net.Addr) (flowKey, bool) {
 
 // flowError is the error a dead flow reports: it matches ErrFlowDead and
 // unwraps to the cause (liveness.ErrNoResponse, a write error, ...).
-type flowError struct{ cause error }
+type flowError struct {
+	cause error
+	// silentSince is the flow's last inbound byte, when known: the
+	// registrar has been unreachable on it since then.
+	silentSince time.Time
+}
 
 func (e *flowError) Error() string {
 	if e.cause == nil {
@@ -356,7 +361,11 @@ func (f *flow) fail(err error) {
 func (f *flow) kill(cause error) {
 	f.dead = true
 	f.gen++
-	f.err = &flowError{cause: cause}
+	fe := &flowError{cause: cause}
+	if l := f.live.Load(); l != nil {
+		fe.silentSince = l.LastSeen()
+	}
+	f.err = fe
 	err := f.err
 	subs := make([]flowSub, 0, len(f.subs))
 	for s := range f.subs {

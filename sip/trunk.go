@@ -545,7 +545,14 @@ func (r *runner) flowLost(ctx context.Context, tg *regTarget, err error) {
 	// A dead flow proves the registrar unreachable: close its gate now,
 	// before this trunk and every other on the flow ask it for permits that
 	// would only send REGISTERs into the same black hole.
-	tg.gate.Observe(backoff.Unreachable)
+	o := backoff.Unreachable
+	var fe *flowError
+	if errors.As(err, &fe) && !fe.silentSince.IsZero() {
+		// A success after the flow went silent (on another connection)
+		// proves the registrar reachable: the gate then stays open.
+		o = backoff.UnreachableSince(fe.silentSince)
+	}
+	tg.gate.Observe(o)
 	r.on = -1
 	r.lost = true
 	t.setState(ctx, Registering, tg, err, 0)
