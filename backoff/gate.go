@@ -515,10 +515,6 @@ func (g *Gate) pushBackLocked(now time.Time, d time.Duration) []GateStateChange 
 	}
 	g.pausedUntil = until
 	g.ep.paused = g.ep.active
-	if g.state == GateClosed {
-		// The server answered: it is reachable.
-		g.scoutFails = 0
-	}
 	return g.setStateLocked(GatePaused, until)
 }
 
@@ -897,11 +893,7 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 		// yet: no probe before it has, and it is not proven.
 		g.rejectedAt = now
 		g.paceSetAt = now
-		to := GateOpen
-		if g.scoutFails > 0 {
-			to = GateClosed
-		}
-		ev = g.setStateLocked(to, time.Time{})
+		ev = g.setStateLocked(GateOpen, time.Time{})
 	}
 	g.control(now)
 	g.refill(now)
@@ -914,7 +906,10 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 			// One scout at a time; but a scout lost in a black hole (no
 			// answer, no error: its caller waits for a timeout) must not
 			// hide the path's return, so after ScoutMax another may go.
-			at := g.nextScout
+			// Scouts too respect a push-back that is still running (the
+			// gate closed during a pause: attempts admitted before it came
+			// back unreachable).
+			at := laterOf(g.nextScout, g.pausedUntil)
 			if g.scoutsOut > 0 {
 				at = laterOf(at, g.scoutAt.Add(g.cfg.ScoutMax))
 			}

@@ -549,3 +549,27 @@ func TestGateObserveUnreachableSince(t *testing.T) {
 		}
 	})
 }
+
+func TestGateScoutsRespectARunningPushBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGate(GateConfig{Rate: 100})
+		early, _ := g.Acquire(t.Context())
+		g.PushBack(5 * time.Second)
+		early.Done(Unreachable) // an attempt from before the pause times out
+		if g.State() != GateClosed {
+			t.Fatalf("state %v, want closed", g.State())
+		}
+		start := time.Now()
+		p, err := g.Acquire(t.Context()) // the first scout
+		if err != nil {
+			t.Fatal(err)
+		}
+		if el := time.Since(start); el < 5*time.Second {
+			t.Fatalf("scout sent %v into a 5 s push-back", el)
+		}
+		p.Done(Success)
+		if g.State() != GateOpen {
+			t.Fatalf("state %v after the scout succeeded, want open", g.State())
+		}
+	})
+}
