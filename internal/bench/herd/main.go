@@ -29,6 +29,8 @@ import (
 	"github.com/relinkgo/relink/backoff"
 )
 
+var trace bool
+
 // Result is one strategy's figures; the -json output is one Result per line.
 type Result struct {
 	Strategy          string  `json:"strategy"`
@@ -50,6 +52,7 @@ func main() {
 	limit := flag.Duration("timeout", 120*time.Second, "give up on a strategy after this long")
 	only := flag.String("strategies", "naive,cenkalti,full-jitter,gate,gate-adaptive", "comma-separated strategies to run")
 	asJSON := flag.Bool("json", false, "print one JSON object per strategy")
+	flag.BoolVar(&trace, "trace", false, "print the gates' pace and counters every 100 ms to stderr")
 	flag.Parse()
 	if *n <= 0 || !(*capacity > 0) || *rtt < 0 || *limit <= 0 {
 		fmt.Fprintln(os.Stderr, "herd: -n and -capacity must be positive, -rtt and -timeout non-negative")
@@ -200,7 +203,7 @@ func run(strategy string, n int, capacity float64, burst int, rtt, limit time.Du
 			cfg.Rate = capacity
 		}
 		g := backoff.NewGate(cfg)
-		if os.Getenv("HERD_TRACE") != "" {
+		if trace {
 			go func() {
 				for ctx.Err() == nil {
 					time.Sleep(100 * time.Millisecond)
