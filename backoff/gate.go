@@ -284,6 +284,8 @@ type Gate struct {
 	paceSetAt   time.Time // when the pace last changed
 	hi          float64   // a pace that drew a Retry-After, recently
 	hiAt        time.Time
+	cuts        uint64        // pace cuts for a Retry-After: one per overshoot
+	lastRA      time.Duration // the last Retry-After
 	ep          episode
 
 	stats GateStats
@@ -318,6 +320,7 @@ type Permit struct {
 	succSeq  uint64  // the gate's success count when admitted
 	epoch    uint64  // the gate's open period when admitted
 	pace     float64 // the gate's pace when admitted
+	cuts     uint64  // the gate's cut count when admitted
 	scout    bool
 	done     bool // guarded by g.mu
 }
@@ -578,7 +581,7 @@ func (p *Permit) Done(o Outcome) {
 		if p.epoch == g.epoch {
 			// Admitted before the gate last closed, at a pace that no
 			// longer applies: such an outcome says nothing of today's.
-			g.rejected(now, o.retryAfter, p.pace)
+			g.rejected(now, o.retryAfter, p.pace, p.cuts)
 		}
 		if o.retryAfter > 0 {
 			ev = append(ev, g.pushBackLocked(now, o.retryAfter)...)
@@ -590,7 +593,7 @@ func (p *Permit) Done(o Outcome) {
 			// not keeping up (or this attempt is a straggler from before
 			// the gate last closed, which says nothing).
 			if p.epoch == g.epoch {
-				g.rejected(now, 0, p.pace)
+				g.rejected(now, 0, p.pace, p.cuts)
 			}
 		} else {
 			ev = g.unreachableLocked(now)
@@ -623,7 +626,7 @@ func (g *Gate) Observe(o Outcome) {
 		ev = g.reachableLocked(now)
 	case kindOverload:
 		ev = g.reachableLocked(now)
-		g.rejected(now, o.retryAfter, g.pace)
+		g.rejected(now, o.retryAfter, g.pace, g.cuts)
 		if o.retryAfter > 0 {
 			ev = append(ev, g.pushBackLocked(now, o.retryAfter)...)
 		}
@@ -716,7 +719,20 @@ func (g *Gate) accepted(now time.Time, pace float64) {
 }
 
 // rejected feeds a rejection into the adaptive controller.
-func (g *Gate) rejected(now time.Time, retryAfter time.Duration, atPace float64) {
+func (g *Gate) rejected(now time.Time, retryAfter time.Duration, atPace float64, cuts uint64) {
+	if retryAfter > 0 {
+		g.lastRA = retryAfter
+		if cuts != g.cuts {
+			// Admitted before the pace was last cut for a Retry-After:
+			// the same overshoot, answered late (the attempts in flight
+			// when its first rejection came back). One cut per
+			// overshoot, as TCP reduces once per window: without this,
+			// a path with a 20 ms round trip cut the pace once per
+			// attempt in flight, down to the floor.
+			g.rejectedAt = now
+			return
+		}
+	}
 	probeOvershot := g.probeFrom > 0 && !g.probedAt.IsZero() && now.Sub(g.probedAt) < g.probeEvery
 	if retryAfter > 0 && probeOvershot && !g.rejectedAt.After(g.probedAt) {
 		// The last probe overshot, and the destination answered with a
@@ -759,6 +775,7 @@ func (g *Gate) rejected(now time.Time, retryAfter time.Duration, atPace float64)
 			g.pace = 0.6 * math.Min(g.pace, atPace)
 		}
 		g.paceSetAt = now
+		g.cuts++
 		g.pace = math.Max(g.pace, g.cfg.MinRate)
 		g.estimate = g.pace / cruiseGain
 		g.tokens = math.Min(g.tokens, g.burst())
@@ -844,26 +861,45 @@ func (g *Gate) control(now time.Time) {
 	if !demand || now.Sub(g.rejectedAt) < defaultProbePeriod || g.pace >= g.ceiling() {
 		return
 	}
-	g.probedAt = now
 	// A second without rejection while attempts queue: probe upward,
 	// faster after consecutive clean probes (1.1×, 1.1×, 1.2×, 1.4×,
 	// 1.8×, then 2×): a small step first, since the destination's own burst
 	// can hide a small excess for a while.
-	gain := math.Min(1+0.1*math.Exp2(float64(max(g.cleanProbe-1, 0))), 2)
-	g.cleanProbe++
-	target := g.pace * gain
+	target := g.pace * math.Min(1+0.1*math.Exp2(float64(max(g.cleanProbe-1, 0))), 2)
 	if g.hi > 0 && now.Sub(g.hiAt) < hiMemory {
-		// A recent pace drew a Retry-After: every overshoot pauses
-		// everyone, so creep up in 5 % steps, never past half-way to
-		// that pace, and stop within 10 % of it.
+		// A recent pace drew a Retry-After, and every overshoot pauses
+		// everyone. Step a quarter of the way to that ceiling (at least
+		// 5 %, at most half-way), and only while the step is worth its
+		// risk; stop within 10 % of the ceiling.
 		if g.pace >= 0.9*g.hi {
 			return
 		}
-		target = math.Min(g.pace*1.05, (g.pace+g.hi)/2)
+		target = math.Min(math.Max(g.pace*1.05, g.pace+(g.hi-g.pace)/4), (g.pace+g.hi)/2)
+		if !g.probeWorthIt(target) {
+			return
+		}
 	}
+	g.probedAt = now
+	g.cleanProbe++
 	g.probeFrom = g.pace
 	g.pace = math.Min(target, g.ceiling())
 	g.paceSetAt = now
+}
+
+// probeWorthIt weighs a probe from the pace up to target against a
+// destination that pauses everyone for a Retry-After at each overshoot. With
+// the capacity taken as equally likely anywhere between the pace and the
+// ceiling hi, the probe fails with probability (target-pace)/(hi-pace) and
+// then costs a pause; if it holds, the work still queued goes faster. Near
+// the end of a herd, or close under the ceiling, a probe is not worth it.
+func (g *Gate) probeWorthIt(target float64) bool {
+	if !(target > g.pace) || !(g.hi > g.pace) {
+		return false
+	}
+	pFail := math.Min(1, (target-g.pace)/(g.hi-g.pace))
+	remaining := float64(g.queued()) / g.pace // seconds of work at this pace
+	gain := (1 - pFail) * remaining * (1 - g.pace/target)
+	return gain > pFail*g.lastRA.Seconds()
 }
 
 // nextControl returns when control may next change the pace, or zero.
@@ -969,7 +1005,7 @@ func (g *Gate) admitLocked(now time.Time, scout bool) {
 		q = &g.queue
 	}
 	w := q.Remove(q.Front()).(*waiter)
-	p := &Permit{g: g, admitted: now, succSeq: g.stats.Succeeded, epoch: g.epoch, pace: g.pace, scout: scout}
+	p := &Permit{g: g, admitted: now, succSeq: g.stats.Succeeded, epoch: g.epoch, pace: g.pace, cuts: g.cuts, scout: scout}
 	if scout {
 		g.scoutsOut++
 	}

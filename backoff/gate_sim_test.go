@@ -1,0 +1,173 @@
+package backoff
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// limiter is a simulated server's admission: true admits one request now.
+type limiter interface{ admit(now time.Time) bool }
+
+// bucket is a token bucket: rate c, depth b, full at the start.
+type bucket struct {
+	c, b, tokens float64
+	last         time.Time
+}
+
+func (l *bucket) admit(now time.Time) bool {
+	if l.last.IsZero() {
+		l.tokens, l.last = l.b, now
+	}
+	l.tokens = math.Min(l.b, l.tokens+now.Sub(l.last).Seconds()*l.c)
+	l.last = now
+	if l.tokens >= 1 {
+		l.tokens--
+		return true
+	}
+	return false
+}
+
+// window admits c·w requests per fixed window of length w (Kamailio's
+// htable counters).
+type window struct {
+	c     float64
+	w     time.Duration
+	start time.Time
+	n     int
+}
+
+func (l *window) admit(now time.Time) bool {
+	if now.Sub(l.start) >= l.w {
+		l.start = now.Truncate(l.w)
+		l.n = 0
+	}
+	if float64(l.n+1) > l.c*l.w.Seconds() {
+		return false
+	}
+	l.n++
+	return true
+}
+
+// simRecovery runs n clients that each retry through a fresh adaptive gate
+// against lim until admitted; rejections carry retryAfter. It returns the time
+// all took and the rejections.
+func simRecovery(t *testing.T, lim limiter, n int, rtt, retryAfter time.Duration) (time.Duration, int) {
+	var mu sync.Mutex
+	rej := 0
+	g := NewGate(GateConfig{})
+	start := time.Now()
+	var wg sync.WaitGroup
+	if os.Getenv("RELINK_SIM_TRACE") != "" {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			tk := time.NewTicker(250 * time.Millisecond)
+			defer tk.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tk.C:
+					s := g.Stats()
+					mu.Lock()
+					r := rej
+					mu.Unlock()
+					t.Logf("t=%5.2f %-7v pace %6.1f ok %5d rej %3d queued %5d", time.Since(start).Seconds(), s.State, s.Rate, s.Succeeded, r, s.Queued)
+				}
+			}
+		}()
+	}
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				p, err := g.Acquire(t.Context())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				time.Sleep(rtt / 2)
+				mu.Lock()
+				ok := lim.admit(time.Now())
+				if !ok {
+					rej++
+				}
+				mu.Unlock()
+				time.Sleep(rtt / 2)
+				if ok {
+					p.Done(Success)
+					return
+				}
+				p.Done(Overload(retryAfter))
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(start), rej
+}
+
+// TestGateLearnsCapacityWithRetryAfter runs a herd of N = 10·C clients (N/C =
+// 10 s) through a gate that knows nothing, against servers of several
+// capacities, admission models and round trips, whose 503s carry Retry-After:
+// 1 s (each pauses the whole gate). It bounds the recovery for every case,
+// and more tightly for the servers that limit like the Kamailio
+// configuration of the integration tests (counters per 100 ms window) or with
+// a small burst.
+//
+// RELINK_SIM_C=c runs one capacity; RELINK_SIM_TRACE=1 logs the gate every
+// 250 ms (virtual time). The "RESULT" lines give the figures.
+func TestGateLearnsCapacityWithRetryAfter(t *testing.T) {
+	cs := []float64{50, 100, 200, 400, 1000}
+	if os.Getenv("RELINK_SIM_C") != "" {
+		c, err := strconv.ParseFloat(os.Getenv("RELINK_SIM_C"), 64)
+		if err != nil || !(c >= 1) {
+			t.Fatalf("RELINK_SIM_C=%q: want a capacity ≥ 1", os.Getenv("RELINK_SIM_C"))
+		}
+		cs = []float64{c}
+	}
+	for _, c := range cs {
+		models := []struct {
+			name  string
+			tight bool // limits like Kamailio's 100 ms windows, or a small burst
+			mk    func() limiter
+		}{
+			{"window-100ms", true, func() limiter { return &window{c: c, w: 100 * time.Millisecond} }},
+			{"bucket-20ms", true, func() limiter { return &bucket{c: c, b: math.Max(1, c/50)} }},
+			{"bucket-100ms", false, func() limiter { return &bucket{c: c, b: math.Max(1, c/10)} }},
+			{"window-1s", false, func() limiter { return &window{c: c, w: time.Second} }},
+		}
+		for _, m := range models {
+			for _, rtt := range []time.Duration{time.Millisecond, 20 * time.Millisecond, 80 * time.Millisecond} {
+				t.Run(fmt.Sprintf("C=%v/%s/rtt=%v", c, m.name, rtt), func(t *testing.T) {
+					synctest.Test(t, func(t *testing.T) {
+						n := int(10 * c)
+						d, rej := simRecovery(t, m.mk(), n, rtt, time.Second)
+						ratio := d.Seconds() / 10
+						t.Logf("RESULT C=%-5v %-13s rtt=%-5v ratio %.3f rejections %d", c, m.name, rtt, ratio, rej)
+						// Before one cut per overshoot, a 20 ms round trip
+						// cut the pace once per attempt in flight: 2–13 ×.
+						limit, rejLimit := 1.75, 0.25
+						if m.tight && rtt <= 20*time.Millisecond {
+							limit, rejLimit = 1.5, 0.05
+						}
+						if ratio > limit {
+							t.Errorf("recovery took %.2f × N/C, want ≤ %.2f", ratio, limit)
+						}
+						// Attempts in flight when a 503 comes back are
+						// rejected too: up to pace × round trip per overshoot.
+						if frac := float64(rej) / float64(n); frac > rejLimit {
+							t.Errorf("%d rejections = %.1f %% of N, want ≤ %.0f %%", rej, 100*frac, 100*rejLimit)
+						}
+					})
+				})
+			}
+		}
+	}
+}
