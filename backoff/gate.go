@@ -229,10 +229,13 @@ type GateStats struct {
 // AIMD's saw-tooth between C/2 and C. A rejection that carries a Retry-After
 // pauses everyone (PushBack), so nothing can be measured while the server
 // rejects; against such a server the gate remembers the pace that drew it as
-// a ceiling for 10 s, steps down (to the last clean pace after a probe, by
-// 10 % from a proven pace, by 40 % from an unproven one), and creeps back up
-// in 5 % steps, never past half-way to the ceiling. Outcomes of attempts
-// admitted before the gate last reopened do not steer the pace.
+// a ceiling for 10 s, steps down once per overshoot (to the last clean pace
+// after a probe, by 10 % from a proven pace, by 40 % from an unproven one; the
+// rejections of attempts already in flight do not cut again), and probes back
+// up every second a quarter of the way to the ceiling (at least 5 %, at most
+// half-way), only while the faster pace over the work still queued outweighs
+// the risk of another pause. Outcomes of attempts admitted before the gate
+// last reopened do not steer the pace.
 //
 // When attempts come back Unreachable and nothing has succeeded since they
 // were admitted, the gate closes: callers queue, and one scout attempt at a

@@ -587,7 +587,10 @@ func newRegistrar(cfg config, on func(registrar.Event)) (*registrar.Registrar, e
 		Password:   password,
 		MinExpires: -1,
 		MaxExpires: cfg.Grant,
-		OnRequest:  on,
+		// Capacity C is enforced as Kamailio's rate limit in
+		// internal/kamailio is: at most C/10 per 100 ms window.
+		Window:    100 * time.Millisecond,
+		OnRequest: on,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("incident: %w", err)

@@ -159,7 +159,7 @@ func (r *Registrar) register(now time.Time, req *sipmsg.Request, ev *Event) *sip
 	if f := r.takeFaultLocked(ev.AoR); f != nil {
 		return finish(faultResponse(req, f))
 	}
-	if !r.limiter.AllowN(now, 1) {
+	if !r.admitLocked(now) {
 		r.stats.shed++
 		res := sipmsg.NewResponseFromRequest(req, sipmsg.StatusServiceUnavailable, "Service Unavailable", nil)
 		if ra := r.cfg.retryAfter(); ra >= 0 {

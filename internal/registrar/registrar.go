@@ -60,11 +60,16 @@ type Config struct {
 	FlowTimer time.Duration
 
 	// Capacity is the number of REGISTERs per second the registrar serves
-	// (all of them, with or without credentials; a token bucket). The
-	// excess is answered at once with 503 and Retry-After. Zero or
-	// negative means unlimited.
+	// (all of them, with or without credentials). The excess is answered at
+	// once with 503 and Retry-After. Zero or negative means unlimited.
 	Capacity float64
+	// Window, when positive, enforces Capacity as at most Capacity·Window
+	// REGISTERs in each fixed window of this length, as the Kamailio
+	// configuration of the integration tests does with htable counters
+	// (100 ms windows). Zero or negative: a token bucket of depth Burst.
+	Window time.Duration
 	// Burst is the token bucket's depth. Zero means max(1, Capacity/10).
+	// Unused with Window.
 	Burst int
 	// RetryAfter is the Retry-After of a 503 sent for lack of capacity,
 	// rounded up to whole seconds. Zero means 1 s; negative means no
@@ -212,6 +217,45 @@ func ceilSeconds(d time.Duration) int {
 	return int(s)
 }
 
+// admitLocked applies the capacity limit to one REGISTER.
+func (r *Registrar) admitLocked(now time.Time) bool {
+	if r.cfg.Window > 0 {
+		return r.win.admit(now)
+	}
+	return r.limiter.AllowN(now, 1)
+}
+
+// windowCounter admits at most a fixed number of requests per fixed window
+// of length w (aligned on the clock), like Kamailio's htable counters.
+type windowCounter struct {
+	w     time.Duration
+	max   int // per window; < 0: unlimited
+	start time.Time
+	n     int
+}
+
+func (c *windowCounter) setCapacity(capacity float64) {
+	c.max = -1
+	if capacity > 0 && c.w > 0 {
+		c.max = max(1, int(math.Round(capacity*c.w.Seconds())))
+	}
+}
+
+// admit reports whether one more request fits in now's window.
+func (c *windowCounter) admit(now time.Time) bool {
+	if c.w <= 0 || c.max < 0 {
+		return true
+	}
+	if start := now.Truncate(c.w); !start.Equal(c.start) {
+		c.start, c.n = start, 0
+	}
+	if c.n >= c.max {
+		return false
+	}
+	c.n++
+	return true
+}
+
 // burstFor is the token bucket depth for a capacity: max(1, c/10).
 func burstFor(c float64, override int) int {
 	if override > 0 {
@@ -235,6 +279,7 @@ type Registrar struct {
 	udpConn net.PacketConn
 	secret  [32]byte
 	limiter *rate.Limiter
+	win     windowCounter // with Config.Window; guarded by mu
 	silent  atomic.Bool
 
 	serveWG   sync.WaitGroup // listeners and sampler
@@ -280,6 +325,8 @@ func New(cfg Config) (*Registrar, error) {
 	if cfg.Capacity > 0 {
 		r.limiter = rate.NewLimiter(rate.Limit(cfg.Capacity), burstFor(cfg.Capacity, cfg.Burst))
 	}
+	r.win = windowCounter{w: cfg.Window}
+	r.win.setCapacity(cfg.Capacity)
 
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("relink-registrar"),
@@ -406,6 +453,9 @@ func (r *Registrar) Realm() string { return r.cfg.realm() }
 // SetCapacity changes the capacity (REGISTERs per second) at run time,
 // with a burst of max(1, c/10) (or Config.Burst). Zero or negative: unlimited.
 func (r *Registrar) SetCapacity(c float64) {
+	r.mu.Lock()
+	r.win.setCapacity(c)
+	r.mu.Unlock()
 	if c <= 0 {
 		r.limiter.SetLimit(rate.Inf)
 		return

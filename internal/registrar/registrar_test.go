@@ -511,6 +511,60 @@ func TestCapacityRate(t *testing.T) {
 	}
 }
 
+// With Window, at most Capacity·Window REGISTERs pass per window: over a
+// second of requests every 2 ms (500/s offered), about Capacity pass.
+func TestCapacityWindow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("timing")
+	}
+	const capacity = 50
+	r := newRegistrar(t, Config{Capacity: capacity, Window: 100 * time.Millisecond})
+	c := newClient(t, r.URI(), "frank", "")
+	start := time.Now()
+	var ok, shed int
+	for time.Since(start) < time.Second {
+		switch c.do(c.request(60, "")).StatusCode {
+		case 200:
+			ok++
+		case 503:
+			shed++
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	// 5 per window; the second may span 11 windows.
+	if windows := int(time.Since(start)/(100*time.Millisecond)) + 1; ok > 5*windows || ok < capacity/2 || shed == 0 {
+		t.Errorf("%d admitted, %d shed in %v (%d windows of 5)", ok, shed, time.Since(start), windows)
+	}
+	r.SetCapacity(0)
+	if res := c.do(c.request(60, "")); res.StatusCode != 200 {
+		t.Errorf("unlimited: %d", res.StatusCode)
+	}
+}
+
+func TestWindowCounter(t *testing.T) {
+	c := windowCounter{w: 100 * time.Millisecond}
+	c.setCapacity(30) // 3 per window
+	t0 := time.Unix(1000, 0)
+	var got []bool
+	for _, at := range []time.Duration{0, 10, 20, 30, 99, 100, 150, 199, 200} {
+		got = append(got, c.admit(t0.Add(at*time.Millisecond)))
+	}
+	want := []bool{true, true, true, false, false, true, true, true, true}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("admit %v, want %v", got, want)
+	}
+	c.setCapacity(0.5) // under one per window: still one
+	if !c.admit(t0.Add(time.Second)) || c.admit(t0.Add(time.Second+time.Millisecond)) {
+		t.Error("capacity 0.5/s with 100 ms windows: want 1 per window")
+	}
+	c.setCapacity(0)
+	for range 10 {
+		if !c.admit(t0) {
+			t.Fatal("unlimited counter refused")
+		}
+	}
+}
+
 func TestFaults(t *testing.T) {
 	r := newRegistrar(t, Config{Password: "secret"})
 	c := newClient(t, r.URI(), "gina", "secret")
