@@ -124,6 +124,8 @@ const (
 	maxConfigurableRate   = 1e6
 	minConfigurableRate   = 1e-3
 	maxConfigurableFlight = 1 << 20
+	smoothWindow          = 100 * time.Millisecond
+	maxSmoothSlots        = 1024
 )
 
 // GateConfig configures a Gate. The zero value is a gate that learns the
@@ -142,7 +144,10 @@ type GateConfig struct {
 	// (only MaxInFlight, push-back and closing apply). At most 10^6.
 	Rate float64
 	// Burst is the token bucket's depth. Zero or negative means
-	// max(1, pace/50): a small burst, so admissions are paced, not bunched.
+	// max(1, pace/50): a small burst, so admissions are paced, not bunched;
+	// and then no 100 ms holds more than pace × 100 ms admissions, so that
+	// a late timer's catch-up does not overrun a server that counts its
+	// limit per 100 ms window.
 	Burst int
 	// MaxInFlight bounds the attempts admitted whose Permit.Done has not
 	// been called. Zero means DefaultMaxInFlight (128); negative means no
@@ -261,6 +266,10 @@ type Gate struct {
 	// token bucket
 	tokens float64
 	last   time.Time
+	// the last admissions, for the 100 ms smoothing guard (see smoothSlots)
+	recent     []time.Duration // since born, a ring
+	recentNext int
+	born       time.Time
 
 	pausedUntil time.Time
 
@@ -975,11 +984,66 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 				g.armLocked(at)
 				return ev
 			}
+			if at, ok := g.smoothedUntil(now); !ok {
+				g.armLocked(at)
+				return ev
+			}
 			g.tokens--
+			g.noteAdmission(now)
 		}
 		g.admitLocked(now, false)
 	}
 	return ev
+}
+
+// smoothSlots is the most admissions the gate lets through in any 100 ms:
+// pace × 100 ms. The token bucket alone lets a late timer catch up with a
+// burst, and a burst on top of a pace just under a server's limit overruns
+// a limit counted per 100 ms window (as Kamailio's are): the 503 then pauses
+// everyone. Zero: no guard (a configured Burst, a pace under 10/s or over
+// 10,240/s).
+func (g *Gate) smoothSlots() int {
+	if g.cfg.Burst > 0 || math.IsInf(g.pace, 1) {
+		return 0
+	}
+	k := math.Floor(g.pace * smoothWindow.Seconds())
+	if k < 1 || k > maxSmoothSlots {
+		return 0
+	}
+	return int(k)
+}
+
+// smoothedUntil reports whether an admission at now keeps the last 100 ms
+// within smoothSlots, and if not, when it will.
+func (g *Gate) smoothedUntil(now time.Time) (time.Time, bool) {
+	k := g.smoothSlots()
+	if k == 0 || len(g.recent) < k {
+		return time.Time{}, true
+	}
+	// The k-th most recent admission.
+	kth := g.born.Add(g.recent[(g.recentNext-k+len(g.recent))%len(g.recent)])
+	if free := kth.Add(smoothWindow); now.Before(free) {
+		return free, false
+	}
+	return time.Time{}, true
+}
+
+func (g *Gate) noteAdmission(now time.Time) {
+	if g.smoothSlots() == 0 && g.recent == nil {
+		return
+	}
+	if g.recent == nil {
+		g.born = now
+		g.recent = make([]time.Duration, 0, maxSmoothSlots)
+	}
+	d := now.Sub(g.born)
+	if len(g.recent) < maxSmoothSlots {
+		g.recent = append(g.recent, d)
+		g.recentNext = len(g.recent) % maxSmoothSlots
+		return
+	}
+	g.recent[g.recentNext] = d
+	g.recentNext = (g.recentNext + 1) % maxSmoothSlots
 }
 
 func (g *Gate) queued() int { return g.queue.Len() + g.prio.Len() }

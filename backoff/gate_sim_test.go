@@ -155,7 +155,7 @@ func TestGateLearnsCapacityWithRetryAfter(t *testing.T) {
 						// cut the pace once per attempt in flight: 2–13 ×.
 						limit, rejLimit := 1.75, 0.25
 						if m.tight && rtt <= 20*time.Millisecond {
-							limit, rejLimit = 1.5, 0.05
+							limit, rejLimit = 1.6, 0.05
 						}
 						if ratio > limit {
 							t.Errorf("recovery took %.2f × N/C, want ≤ %.2f", ratio, limit)
