@@ -588,8 +588,9 @@ func newRegistrar(cfg config, on func(registrar.Event)) (*registrar.Registrar, e
 		MinExpires: -1,
 		MaxExpires: cfg.Grant,
 		// Capacity C is enforced as Kamailio's rate limit in
-		// internal/kamailio is: at most C/10 per 100 ms window.
-		Window:    100 * time.Millisecond,
+		// internal/kamailio is: at most C/10 per 100 ms window; windows
+		// are longer for a small C, so that each admits at least 10.
+		Window:    max(100*time.Millisecond, time.Duration(10/cfg.Capacity*float64(time.Second))),
 		OnRequest: on,
 	})
 	if err != nil {
