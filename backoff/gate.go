@@ -297,6 +297,7 @@ type Gate struct {
 	hi          float64   // a pace that drew a Retry-After, recently
 	hiAt        time.Time
 	cuts        uint64        // pace cuts for a Retry-After: one per overshoot
+	trustAt     time.Time     // a Retry-After forgiven at a configured Rate
 	lastRA      time.Duration // the last Retry-After
 	ep          episode
 
@@ -382,7 +383,8 @@ func (g *Gate) adaptive() bool { return g.cfg.Rate >= 0 }
 
 func (g *Gate) ceiling() float64 {
 	if g.cfg.Rate > 0 {
-		return g.cfg.Rate
+		// Paced at 95 % of the configured rate: probes stop there too.
+		return cruiseGain * g.cfg.Rate
 	}
 	return maxConfigurableRate
 }
@@ -762,6 +764,16 @@ func (g *Gate) rejected(now time.Time, retryAfter time.Duration, atPace float64,
 	g.rejectedAt = now
 	g.cleanProbe = 0
 	if !g.adaptive() || math.IsInf(g.pace, 1) {
+		return
+	}
+	if retryAfter > 0 && g.cfg.Rate > 0 && !probeOvershot && g.pace >= 0.9*g.ceiling() &&
+		(g.trustAt.IsZero() || now.Sub(g.trustAt) > hiMemory) {
+		// Told the rate and pacing just under it: a lone rejection is
+		// timing jitter at the destination (a burst across its counting
+		// window), and the pause honours it. A second within 10 s means
+		// the capacity is lower than configured: cut then.
+		g.trustAt = now
+		g.cuts++
 		return
 	}
 	if retryAfter > 0 {

@@ -58,9 +58,13 @@ func (l *window) admit(now time.Time) bool {
 // against lim until admitted; rejections carry retryAfter. It returns the time
 // all took and the rejections.
 func simRecovery(t *testing.T, lim limiter, n int, rtt, retryAfter time.Duration) (time.Duration, int) {
+	return simRecoveryGate(t, NewGate(GateConfig{}), lim, n, rtt, retryAfter)
+}
+
+// simRecoveryGate is simRecovery through g.
+func simRecoveryGate(t *testing.T, g *Gate, lim limiter, n int, rtt, retryAfter time.Duration) (time.Duration, int) {
 	var mu sync.Mutex
 	rej := 0
-	g := NewGate(GateConfig{})
 	start := time.Now()
 	var wg sync.WaitGroup
 	if os.Getenv("RELINK_SIM_TRACE") != "" {
@@ -170,4 +174,44 @@ func TestGateLearnsCapacityWithRetryAfter(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Told the rate, the gate paces at 95 % of it and never probes past that; a
+// lone Retry-After rejection pauses it without a cut (timing jitter at a
+// server that counts per window); a second within 10 s cuts.
+func TestGateConfiguredRateForgivesOneRejection(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGate(GateConfig{Rate: 200})
+		attempt := func(o Outcome) {
+			t.Helper()
+			p, err := g.Acquire(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Done(o)
+		}
+		for range 400 { // 2 s at the pace: time for probes, were there any
+			attempt(Success)
+		}
+		if r := g.Stats().Rate; r != 190 {
+			t.Fatalf("pace %v after 2 s, want 190 (95 %% of Rate, never more)", r)
+		}
+		attempt(Overload(time.Second))
+		st := g.Stats()
+		if st.Rate != 190 || st.State != GatePaused {
+			t.Fatalf("after one 503: pace %v state %v, want 190 and paused", st.Rate, st.State)
+		}
+		start := time.Now()
+		attempt(Success)
+		if d := time.Since(start); d < time.Second {
+			t.Fatalf("admitted %v after the 503, want the 1 s Retry-After", d)
+		}
+		for range 100 {
+			attempt(Success)
+		}
+		attempt(Overload(time.Second))
+		if r := g.Stats().Rate; r >= 190 {
+			t.Fatalf("pace %v after a second 503 within 10 s, want a cut", r)
+		}
+	})
 }
