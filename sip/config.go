@@ -111,8 +111,11 @@ type TrunkConfig struct {
 	// means DefaultRequestTimeout (32 s); at least 100 ms.
 	RequestTimeout time.Duration
 	// UnregisterTimeout bounds the unregistration (Expires: 0) Run sends
-	// when its context ends. Zero means DefaultUnregisterTimeout (5 s);
-	// negative skips unregistration (the binding expires by itself).
+	// when its context ends. The unregistration goes through the
+	// registrar's gate like any REGISTER (a Fleet that stops unregisters
+	// every trunk at once) and is retried after a 503 within this bound.
+	// Zero means DefaultUnregisterTimeout (5 s); negative skips
+	// unregistration (the binding expires by itself).
 	UnregisterTimeout time.Duration
 
 	// Backoff makes the policy applied, before going through the gate,

@@ -171,3 +171,35 @@ func TestFleetFlowDeath(t *testing.T) {
 		t.Errorf("gate admitted %d attempts in ~1.5 s of silence for %d trunks", admitted, n)
 	}
 }
+
+// TestFleetShutdownUnregistersThroughTheGate: a fleet that stops unregisters
+// every trunk at once; against a registrar that limits its rate, the
+// unregistrations go through the registrar's gate and retry after a 503, so
+// that no binding is left behind. (Sent all at once, most drew a 503 and
+// their bindings stayed until they expired.)
+func TestFleetShutdownUnregistersThroughTheGate(t *testing.T) {
+	t.Parallel()
+	reg := newRegistrar(t, registrar.Config{Password: testPassword, MinExpires: -1,
+		Capacity: 50, Window: 100 * time.Millisecond})
+	f := NewFleet(newTestUA(t), FleetConfig{})
+	const n = 40
+	for i := range n {
+		tc := fleetTrunk(i, reg.URI())
+		tc.UnregisterTimeout = 10 * time.Second
+		if _, err := f.Add(tc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := running(t, f)
+	waitFleet(t, f, Registered, n, 20*time.Second)
+	before := reg.Stats().ByStatus[503]
+	start := time.Now()
+	if err := stop(); !errors.Is(err, context.Canceled) {
+		t.Errorf("Run: %v", err)
+	}
+	st := reg.Stats()
+	t.Logf("unregistered %d trunks in %v; 503s during the shutdown: %d", n, time.Since(start), st.ByStatus[503]-before)
+	if st.Bindings != 0 {
+		t.Errorf("%d bindings left after Run, want 0", st.Bindings)
+	}
+}

@@ -87,7 +87,10 @@ func (b *stateBox) get() State {
 }
 
 // set changes the state and reports the previous one and whether it changed.
-func (b *stateBox) set(s State) (State, bool) {
+// hook, if not nil, runs under the box's lock before the change is visible,
+// so that what it updates (a Fleet's counts) agrees with State() for anyone
+// the change wakes.
+func (b *stateBox) set(s State, hook func(from, to State)) (State, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	from := b.state
@@ -95,6 +98,9 @@ func (b *stateBox) set(s State) (State, bool) {
 		return from, false
 	}
 	b.state = s
+	if hook != nil {
+		hook(from, s)
+	}
 	close(b.ch)
 	b.ch = make(chan struct{})
 	return from, true

@@ -153,14 +153,11 @@ func (t *Trunk) Registrar() string {
 func (t *Trunk) Transactions() uint64 { return t.txCount.Load() }
 
 func (t *Trunk) setState(ctx context.Context, to State, tg *regTarget, err error, expires time.Duration) {
-	from, changed := t.box.set(to)
+	from, changed := t.box.set(to, t.onState)
 	if !changed {
 		return
 	}
 	t.inst.stateChanged(ctx, from, to, true)
-	if t.onState != nil {
-		t.onState(from, to)
-	}
 	reg := ""
 	if tg != nil {
 		reg = tg.raw
@@ -588,7 +585,18 @@ func (r *runner) unregisterFrom(ctx context.Context, tg *regTarget) {
 	}
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.UnregisterTimeout)
 	defer cancel()
-	res := t.exchange(uctx, tg, 0, nil, false)
+	var res result
+	for {
+		// Through the registrar's gate like every REGISTER: a fleet that
+		// stops unregisters all its trunks at once, and a registrar that
+		// limits its rate answers the excess with 503, which would leave
+		// those bindings behind until they expire. A 503 is retried within
+		// the bound, after its Retry-After (the gate pauses for it).
+		res = t.exchange(uctx, tg, 0, tg.gate, false)
+		if res.kind != kOverload || uctx.Err() != nil {
+			break
+		}
+	}
 	if res.kind != kRegistered && t.log.Enabled(ctx, slog.LevelDebug) {
 		t.log.LogAttrs(ctx, slog.LevelDebug, "sip unregister failed",
 			slog.String("registrar", tg.raw), slog.Any("error", res.err))
