@@ -5,6 +5,12 @@
 //
 //	go run ./internal/bench/herd -n 2000 -capacity 400
 //	go run ./internal/bench/herd -json
+//	go run ./internal/bench/herd -capacity 200 -window 100ms -retry-after 1s
+//
+// -window counts the capacity per fixed window (as Kamailio's htable
+// counters do) instead of a token bucket; -retry-after puts a Retry-After on
+// every rejection, which the gate strategies honour for everyone (a pause)
+// and the backoff strategies as a floor on their own delay. Naive ignores it.
 //
 // Strategies: naive (retry at once), cenkalti (cenkalti/backoff/v4's default
 // ExponentialBackOff), full-jitter (relink's Exponential, no gate), gate
@@ -42,6 +48,8 @@ type Result struct {
 	AttemptsPerClient float64 `json:"attempts_per_client"`
 	RejectedFrac      float64 `json:"rejected_frac"`
 	PeakLoadRatio     float64 `json:"peak_load_ratio"`
+	Limiter           string  `json:"limiter"`
+	RetryAfterS       float64 `json:"retry_after_s"`
 }
 
 func main() {
@@ -52,10 +60,12 @@ func main() {
 	limit := flag.Duration("timeout", 120*time.Second, "give up on a strategy after this long")
 	only := flag.String("strategies", "naive,cenkalti,full-jitter,gate,gate-adaptive", "comma-separated strategies to run")
 	asJSON := flag.Bool("json", false, "print one JSON object per strategy")
+	window := flag.Duration("window", 0, "count the capacity per fixed window of this length instead of a token bucket")
+	retryAfter := flag.Duration("retry-after", 0, "Retry-After on every rejection (0: none)")
 	flag.BoolVar(&trace, "trace", false, "print the gates' pace and counters every 100 ms to stderr")
 	flag.Parse()
-	if *n <= 0 || !(*capacity > 0) || *rtt < 0 || *limit <= 0 {
-		fmt.Fprintln(os.Stderr, "herd: -n and -capacity must be positive, -rtt and -timeout non-negative")
+	if *n <= 0 || !(*capacity > 0) || *rtt < 0 || *limit <= 0 || *window < 0 || *retryAfter < 0 {
+		fmt.Fprintln(os.Stderr, "herd: -n and -capacity must be positive; -rtt, -timeout, -window and -retry-after non-negative")
 		os.Exit(2)
 	}
 	b := *burst
@@ -63,8 +73,16 @@ func main() {
 		b = max(1, int(*capacity/10))
 	}
 	if !*asJSON {
-		fmt.Printf("herd: N=%d clients, server capacity C=%.0f/s (burst %d), rtt %v; physical limit N/C = %.2f s\n\n",
-			*n, *capacity, b, *rtt, float64(*n) / *capacity)
+		lim := fmt.Sprintf("burst %d", b)
+		if *window > 0 {
+			lim = fmt.Sprintf("per %v window", *window)
+		}
+		ra := ""
+		if *retryAfter > 0 {
+			ra = fmt.Sprintf(", Retry-After %v", *retryAfter)
+		}
+		fmt.Printf("herd: N=%d clients, server capacity C=%.0f/s (%s%s), rtt %v; physical limit N/C = %.2f s\n\n",
+			*n, *capacity, lim, ra, *rtt, float64(*n) / *capacity)
 		fmt.Printf("%-14s %10s %10s %14s %10s %10s %10s\n", "strategy", "recovered", "time (s)", "× N/C", "att/client", "rejected", "peak/C")
 	}
 	for i, s := range strings.Split(*only, ",") {
@@ -75,7 +93,7 @@ func main() {
 			runtime.GC()
 			time.Sleep(500 * time.Millisecond)
 		}
-		r, err := run(s, *n, *capacity, b, *rtt, *limit)
+		r, err := run(s, *n, *capacity, b, *window, *retryAfter, *rtt, *limit)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "herd:", err)
 			os.Exit(2)
@@ -98,6 +116,9 @@ type server struct {
 	burst    float64
 	tokens   float64
 	last     time.Time
+	window   time.Duration // > 0: count per fixed window instead
+	winStart time.Time
+	winN     int
 	start    time.Time
 	bins     []int
 	attempts atomic.Int64
@@ -116,6 +137,17 @@ func (s *server) serve() bool {
 			s.bins = append(s.bins, 0)
 		}
 		s.bins[i]++
+	}
+	if s.window > 0 {
+		if ws := now.Truncate(s.window); !ws.Equal(s.winStart) {
+			s.winStart, s.winN = ws, 0
+		}
+		if float64(s.winN+1) <= math.Max(1, math.Round(s.rate*s.window.Seconds())) {
+			s.winN++
+			return true
+		}
+		s.rejected.Add(1)
+		return false
 	}
 	s.tokens = math.Min(s.burst, s.tokens+now.Sub(s.last).Seconds()*s.rate)
 	s.last = now
@@ -143,9 +175,9 @@ func (s *server) peak() float64 {
 	return float64(best)
 }
 
-func run(strategy string, n int, capacity float64, burst int, rtt, limit time.Duration) (Result, error) {
+func run(strategy string, n int, capacity float64, burst int, window, retryAfter, rtt, limit time.Duration) (Result, error) {
 	start := time.Now()
-	srv := &server{rate: capacity, burst: float64(burst), tokens: float64(burst), last: start, start: start}
+	srv := &server{rate: capacity, burst: float64(burst), tokens: float64(burst), last: start, start: start, window: window}
 	attempt := func() bool {
 		if rtt > 0 {
 			time.Sleep(rtt / 2)
@@ -191,7 +223,10 @@ func run(strategy string, n int, capacity float64, burst int, rtt, limit time.Du
 					return true
 				}
 				d := b.NextBackOff()
-				if d == cenkalti.Stop || !sleep(d) {
+				if d == cenkalti.Stop {
+					return false
+				}
+				if !sleep(max(d, retryAfter)) {
 					return false
 				}
 			}
@@ -225,7 +260,7 @@ func run(strategy string, n int, capacity float64, burst int, rtt, limit time.Du
 					p.Done(backoff.Success)
 					return true
 				}
-				p.Done(backoff.Overload(0))
+				p.Done(backoff.Overload(retryAfter))
 			}
 		}
 	default:
@@ -267,7 +302,16 @@ func run(strategy string, n int, capacity float64, burst int, rtt, limit time.Du
 		AttemptsPerClient: round(float64(att) / float64(n)),
 		RejectedFrac:      round(float64(srv.rejected.Load()) / float64(att)),
 		PeakLoadRatio:     round(srv.peak() / capacity),
+		Limiter:           limiterName(burst, window),
+		RetryAfterS:       retryAfter.Seconds(),
 	}, nil
+}
+
+func limiterName(burst int, window time.Duration) string {
+	if window > 0 {
+		return "window " + window.String()
+	}
+	return fmt.Sprintf("bucket %d", burst)
 }
 
 func round(v float64) float64 { return math.Round(v*1000) / 1000 }
