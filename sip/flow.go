@@ -376,12 +376,25 @@ func (f *flow) kill(cause error) {
 
 	f.m.remove(f)
 	f.m.deaths.Add(1)
-	// Tell the subscribers first, so that a transaction failed by the
-	// close below is attributed to the dead flow.
+	pool := f.m.tp.Pool(f.network)
+	if pool != nil {
+		// Out of the pool before anyone hears of the death: the
+		// subscribers re-REGISTER at once, and sipgo would hand them the
+		// dead connection again. (No replacement can be pooled at this
+		// address meanwhile: sipgo dials only when the address is free.)
+		if c := pool.Get(f.raddr); c != nil {
+			if c == f.conn {
+				pool.Delete(f.raddr)
+			}
+			c.TryClose() // Get took a reference
+		}
+	}
+	// Tell the subscribers before closing, so that a transaction failed by
+	// the close below is attributed to the dead flow.
 	for _, s := range subs {
 		s.flowDead(f, err)
 	}
-	if pool := f.m.tp.Pool(f.network); pool != nil {
+	if pool != nil {
 		_ = pool.CloseAndDelete(f.conn, f.raddr)
 	} else {
 		_ = f.conn.Close()
