@@ -153,11 +153,17 @@ func (t *Trunk) Registrar() string {
 func (t *Trunk) Transactions() uint64 { return t.txCount.Load() }
 
 func (t *Trunk) setState(ctx context.Context, to State, tg *regTarget, err error, expires time.Duration) {
-	from, changed := t.box.set(to, t.onState)
+	// The counts (a Fleet's, the registrations-by-state instrument)
+	// change with the state, before anyone waiting on it wakes.
+	from, changed := t.box.set(to, func(from, to State) {
+		t.inst.stateChanged(ctx, from, to, true)
+		if t.onState != nil {
+			t.onState(from, to)
+		}
+	})
 	if !changed {
 		return
 	}
-	t.inst.stateChanged(ctx, from, to, true)
 	reg := ""
 	if tg != nil {
 		reg = tg.raw
