@@ -9,50 +9,14 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/relinkgo/relink/internal/ratelimit"
 )
 
 // limiter is a simulated server's admission: true admits one request now.
-type limiter interface{ admit(now time.Time) bool }
-
-// bucket is a token bucket: rate c, depth b, full at the start.
-type bucket struct {
-	c, b, tokens float64
-	last         time.Time
-}
-
-func (l *bucket) admit(now time.Time) bool {
-	if l.last.IsZero() {
-		l.tokens, l.last = l.b, now
-	}
-	l.tokens = math.Min(l.b, l.tokens+now.Sub(l.last).Seconds()*l.c)
-	l.last = now
-	if l.tokens >= 1 {
-		l.tokens--
-		return true
-	}
-	return false
-}
-
-// window admits c·w requests per fixed window of length w (Kamailio's
-// htable counters).
-type window struct {
-	c     float64
-	w     time.Duration
-	start time.Time
-	n     int
-}
-
-func (l *window) admit(now time.Time) bool {
-	if now.Sub(l.start) >= l.w {
-		l.start = now.Truncate(l.w)
-		l.n = 0
-	}
-	if float64(l.n+1) > l.c*l.w.Seconds() {
-		return false
-	}
-	l.n++
-	return true
-}
+// simServer (a token bucket) and ratelimit.Window (Kamailio's counters per
+// window) are the two kinds.
+type limiter interface{ Admit(now time.Time) bool }
 
 // simRecovery runs n clients that each retry through a fresh adaptive gate
 // against lim until admitted; rejections carry retryAfter. It returns the time
@@ -99,7 +63,7 @@ func simRecoveryGate(t *testing.T, g *Gate, lim limiter, n int, rtt, retryAfter 
 				}
 				time.Sleep(rtt / 2)
 				mu.Lock()
-				ok := lim.admit(time.Now())
+				ok := lim.Admit(time.Now())
 				if !ok {
 					rej++
 				}
@@ -142,10 +106,10 @@ func TestGateLearnsCapacityWithRetryAfter(t *testing.T) {
 			tight bool // limits like Kamailio's 100 ms windows, or a small burst
 			mk    func() limiter
 		}{
-			{"window-100ms", true, func() limiter { return &window{c: c, w: 100 * time.Millisecond} }},
-			{"bucket-20ms", true, func() limiter { return &bucket{c: c, b: math.Max(1, c/50)} }},
-			{"bucket-100ms", false, func() limiter { return &bucket{c: c, b: math.Max(1, c/10)} }},
-			{"window-1s", false, func() limiter { return &window{c: c, w: time.Second} }},
+			{"window-100ms", true, func() limiter { return ratelimit.NewWindow(100*time.Millisecond, c) }},
+			{"bucket-20ms", true, func() limiter { return newSimServer(c, math.Max(1, c/50)) }},
+			{"bucket-100ms", false, func() limiter { return newSimServer(c, math.Max(1, c/10)) }},
+			{"window-1s", false, func() limiter { return ratelimit.NewWindow(time.Second, c) }},
 		}
 		for _, m := range models {
 			for _, rtt := range []time.Duration{time.Millisecond, 20 * time.Millisecond, 80 * time.Millisecond} {

@@ -155,25 +155,28 @@ func TestGatePushBackPausesEveryone(t *testing.T) {
 	})
 }
 
-// simServer serves at most rate attempts per second (token bucket with burst)
-// and rejects the rest at once.
+// simServer serves at most rate attempts per second (token bucket with burst,
+// full at the start) and rejects the rest at once.
 type simServer struct {
 	mu          sync.Mutex
 	rate, burst float64
 	tokens      float64
 	last        time.Time
-	ok, rej     int
+	rej         int
 }
 
-func (s *simServer) serve() bool {
+func newSimServer(rate, burst float64) *simServer {
+	return &simServer{rate: rate, burst: burst, tokens: burst, last: time.Now()}
+}
+
+// Admit serves one attempt at now.
+func (s *simServer) Admit(now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
 	s.tokens = math.Min(s.burst, s.tokens+now.Sub(s.last).Seconds()*s.rate)
 	s.last = now
 	if s.tokens >= 1 {
 		s.tokens--
-		s.ok++
 		return true
 	}
 	s.rej++
@@ -193,36 +196,15 @@ func herd(t *testing.T, g *Gate, srv *simServer, n int) time.Duration {
 
 // herdRA is herd against a server whose rejections carry a Retry-After.
 func herdRA(t *testing.T, g *Gate, srv *simServer, n int, retryAfter time.Duration) time.Duration {
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				p, err := g.Acquire(t.Context())
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				time.Sleep(5 * time.Millisecond)
-				if srv.serve() {
-					p.Done(Success)
-					return
-				}
-				p.Done(Overload(retryAfter))
-			}
-		}()
-	}
-	wg.Wait()
-	return time.Since(start)
+	d, _ := simRecoveryGate(t, g, srv, n, 5*time.Millisecond, retryAfter)
+	return d
 }
 
 func TestGateAdaptiveAgainstRetryAfter(t *testing.T) {
 	// Each rejection pauses everyone for 1 s, so probing past the capacity
 	// is expensive: the gate must learn the rate and then probe rarely.
 	synctest.Test(t, func(t *testing.T) {
-		srv := &simServer{rate: 200, burst: 20, tokens: 20, last: time.Now()}
+		srv := newSimServer(200, 20)
 		g := NewGate(GateConfig{})
 		first := herdRA(t, g, srv, 1000, time.Second)
 		firstRej := srv.rej
@@ -263,7 +245,7 @@ func TestGateScoutLostInBlackHoleDoesNotBlockTheNext(t *testing.T) {
 
 func TestGateAdaptiveFollowsCapacity(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		srv := &simServer{rate: 200, burst: 20, tokens: 20, last: time.Now()}
+		srv := newSimServer(200, 20)
 		g := NewGate(GateConfig{})
 		took := herd(t, g, srv, 1000)
 		s := g.Stats()

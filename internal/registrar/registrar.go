@@ -16,6 +16,8 @@ import (
 	"github.com/emiago/sipgo"
 	sipmsg "github.com/emiago/sipgo/sip"
 	"golang.org/x/time/rate"
+
+	"github.com/relinkgo/relink/internal/ratelimit"
 )
 
 // Config configures a Registrar. The zero value is a registrar on a free
@@ -220,40 +222,9 @@ func ceilSeconds(d time.Duration) int {
 // admitLocked applies the capacity limit to one REGISTER.
 func (r *Registrar) admitLocked(now time.Time) bool {
 	if r.cfg.Window > 0 {
-		return r.win.admit(now)
+		return r.win.Admit(now)
 	}
 	return r.limiter.AllowN(now, 1)
-}
-
-// windowCounter admits at most a fixed number of requests per fixed window
-// of length w (aligned on the clock), like Kamailio's htable counters.
-type windowCounter struct {
-	w     time.Duration
-	max   int // per window; < 0: unlimited
-	start time.Time
-	n     int
-}
-
-func (c *windowCounter) setCapacity(capacity float64) {
-	c.max = -1
-	if capacity > 0 && c.w > 0 {
-		c.max = max(1, int(math.Round(capacity*c.w.Seconds())))
-	}
-}
-
-// admit reports whether one more request fits in now's window.
-func (c *windowCounter) admit(now time.Time) bool {
-	if c.w <= 0 || c.max < 0 {
-		return true
-	}
-	if start := now.Truncate(c.w); !start.Equal(c.start) {
-		c.start, c.n = start, 0
-	}
-	if c.n >= c.max {
-		return false
-	}
-	c.n++
-	return true
 }
 
 // burstFor is the token bucket depth for a capacity: max(1, c/10).
@@ -279,7 +250,7 @@ type Registrar struct {
 	udpConn net.PacketConn
 	secret  [32]byte
 	limiter *rate.Limiter
-	win     windowCounter // with Config.Window; guarded by mu
+	win     *ratelimit.Window // with Config.Window; guarded by mu
 	silent  atomic.Bool
 
 	serveWG   sync.WaitGroup // listeners and sampler
@@ -325,8 +296,7 @@ func New(cfg Config) (*Registrar, error) {
 	if cfg.Capacity > 0 {
 		r.limiter = rate.NewLimiter(rate.Limit(cfg.Capacity), burstFor(cfg.Capacity, cfg.Burst))
 	}
-	r.win = windowCounter{w: cfg.Window}
-	r.win.setCapacity(cfg.Capacity)
+	r.win = ratelimit.NewWindow(cfg.Window, cfg.Capacity)
 
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("relink-registrar"),
@@ -454,7 +424,7 @@ func (r *Registrar) Realm() string { return r.cfg.realm() }
 // with a burst of max(1, c/10) (or Config.Burst). Zero or negative: unlimited.
 func (r *Registrar) SetCapacity(c float64) {
 	r.mu.Lock()
-	r.win.setCapacity(c)
+	r.win.SetCapacity(c)
 	r.mu.Unlock()
 	if c <= 0 {
 		r.limiter.SetLimit(rate.Inf)

@@ -541,30 +541,6 @@ func TestCapacityWindow(t *testing.T) {
 	}
 }
 
-func TestWindowCounter(t *testing.T) {
-	c := windowCounter{w: 100 * time.Millisecond}
-	c.setCapacity(30) // 3 per window
-	t0 := time.Unix(1000, 0)
-	var got []bool
-	for _, at := range []time.Duration{0, 10, 20, 30, 99, 100, 150, 199, 200} {
-		got = append(got, c.admit(t0.Add(at*time.Millisecond)))
-	}
-	want := []bool{true, true, true, false, false, true, true, true, true}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("admit %v, want %v", got, want)
-	}
-	c.setCapacity(0.5) // under one per window: still one
-	if !c.admit(t0.Add(time.Second)) || c.admit(t0.Add(time.Second+time.Millisecond)) {
-		t.Error("capacity 0.5/s with 100 ms windows: want 1 per window")
-	}
-	c.setCapacity(0)
-	for range 10 {
-		if !c.admit(t0) {
-			t.Fatal("unlimited counter refused")
-		}
-	}
-}
-
 func TestFaults(t *testing.T) {
 	r := newRegistrar(t, Config{Password: "secret"})
 	c := newClient(t, r.URI(), "gina", "secret")

@@ -33,6 +33,7 @@ import (
 	cenkalti "github.com/cenkalti/backoff/v4"
 
 	"github.com/relinkgo/relink/backoff"
+	"github.com/relinkgo/relink/internal/ratelimit"
 )
 
 var trace bool
@@ -73,16 +74,12 @@ func main() {
 		b = max(1, int(*capacity/10))
 	}
 	if !*asJSON {
-		lim := fmt.Sprintf("burst %d", b)
-		if *window > 0 {
-			lim = fmt.Sprintf("per %v window", *window)
-		}
 		ra := ""
 		if *retryAfter > 0 {
 			ra = fmt.Sprintf(", Retry-After %v", *retryAfter)
 		}
 		fmt.Printf("herd: N=%d clients, server capacity C=%.0f/s (%s%s), rtt %v; physical limit N/C = %.2f s\n\n",
-			*n, *capacity, lim, ra, *rtt, float64(*n) / *capacity)
+			*n, *capacity, limiterName(b, *window), ra, *rtt, float64(*n) / *capacity)
 		fmt.Printf("%-14s %10s %10s %14s %10s %10s %10s\n", "strategy", "recovered", "time (s)", "× N/C", "att/client", "rejected", "peak/C")
 	}
 	for i, s := range strings.Split(*only, ",") {
@@ -116,9 +113,7 @@ type server struct {
 	burst    float64
 	tokens   float64
 	last     time.Time
-	window   time.Duration // > 0: count per fixed window instead
-	winStart time.Time
-	winN     int
+	window   *ratelimit.Window // not nil: counts per fixed window instead
 	start    time.Time
 	bins     []int
 	attempts atomic.Int64
@@ -138,12 +133,8 @@ func (s *server) serve() bool {
 		}
 		s.bins[i]++
 	}
-	if s.window > 0 {
-		if ws := now.Truncate(s.window); !ws.Equal(s.winStart) {
-			s.winStart, s.winN = ws, 0
-		}
-		if float64(s.winN+1) <= math.Max(1, math.Round(s.rate*s.window.Seconds())) {
-			s.winN++
+	if s.window != nil {
+		if s.window.Admit(now) {
 			return true
 		}
 		s.rejected.Add(1)
@@ -177,7 +168,10 @@ func (s *server) peak() float64 {
 
 func run(strategy string, n int, capacity float64, burst int, window, retryAfter, rtt, limit time.Duration) (Result, error) {
 	start := time.Now()
-	srv := &server{rate: capacity, burst: float64(burst), tokens: float64(burst), last: start, start: start, window: window}
+	srv := &server{rate: capacity, burst: float64(burst), tokens: float64(burst), last: start, start: start}
+	if window > 0 {
+		srv.window = ratelimit.NewWindow(window, capacity)
+	}
 	attempt := func() bool {
 		if rtt > 0 {
 			time.Sleep(rtt / 2)
