@@ -266,9 +266,11 @@ type Gate struct {
 	// token bucket
 	tokens float64
 	last   time.Time
-	// the last admissions, for the 100 ms smoothing guard (see smoothSlots)
-	recent     []time.Duration // since born, a ring
-	recentNext int
+	// the last admissions, for the 100 ms smoothing guard (see smoothSlots):
+	// a ring of maxSmoothSlots times since born, allocated on first use
+	recent     []time.Duration
+	recentNext int // where the next admission goes
+	recentN    int // admissions in the ring
 	born       time.Time
 
 	pausedUntil time.Time
@@ -1029,11 +1031,11 @@ func (g *Gate) smoothSlots() int {
 // within smoothSlots, and if not, when it will.
 func (g *Gate) smoothedUntil(now time.Time) (time.Time, bool) {
 	k := g.smoothSlots()
-	if k == 0 || len(g.recent) < k {
+	if k == 0 || g.recentN < k {
 		return time.Time{}, true
 	}
 	// The k-th most recent admission.
-	kth := g.born.Add(g.recent[(g.recentNext-k+len(g.recent))%len(g.recent)])
+	kth := g.born.Add(g.recent[(g.recentNext-k+maxSmoothSlots)%maxSmoothSlots])
 	if free := kth.Add(smoothWindow); now.Before(free) {
 		return free, false
 	}
@@ -1041,21 +1043,16 @@ func (g *Gate) smoothedUntil(now time.Time) (time.Time, bool) {
 }
 
 func (g *Gate) noteAdmission(now time.Time) {
-	if g.smoothSlots() == 0 && g.recent == nil {
-		return
-	}
 	if g.recent == nil {
+		if g.smoothSlots() == 0 {
+			return // never needed yet: no ring
+		}
 		g.born = now
-		g.recent = make([]time.Duration, 0, maxSmoothSlots)
+		g.recent = make([]time.Duration, maxSmoothSlots)
 	}
-	d := now.Sub(g.born)
-	if len(g.recent) < maxSmoothSlots {
-		g.recent = append(g.recent, d)
-		g.recentNext = len(g.recent) % maxSmoothSlots
-		return
-	}
-	g.recent[g.recentNext] = d
+	g.recent[g.recentNext] = now.Sub(g.born)
 	g.recentNext = (g.recentNext + 1) % maxSmoothSlots
+	g.recentN = min(g.recentN+1, maxSmoothSlots)
 }
 
 func (g *Gate) queued() int { return g.queue.Len() + g.prio.Len() }

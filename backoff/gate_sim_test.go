@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
+	"sort"
 	"strconv"
 	"sync"
 	"testing"
@@ -176,6 +178,42 @@ func TestGateConfiguredRateForgivesOneRejection(t *testing.T) {
 		attempt(Overload(time.Second))
 		if r := g.Stats().Rate; r >= 190 {
 			t.Fatalf("pace %v after a second 503 within 10 s, want a cut", r)
+		}
+	})
+}
+
+// No 100 ms holds more than pace × 100 ms admissions, not even the first,
+// when the token bucket starts full (without the guard: 3 + 19 = 22 in the
+// first 100 ms at 190/s, which a server counting 20 per 100 ms rejects).
+func TestGateSmoothsEvery100ms(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGate(GateConfig{Rate: 200}) // paced at 190/s: 19 per 100 ms
+		var mu sync.Mutex
+		var at []time.Duration
+		start := time.Now()
+		var wg sync.WaitGroup
+		for range 200 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p, err := g.Acquire(t.Context())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				at = append(at, time.Since(start))
+				mu.Unlock()
+				p.Done(Success)
+			}()
+		}
+		wg.Wait()
+		slices.Sort(at)
+		for i := range at {
+			j := sort.Search(len(at), func(j int) bool { return at[j] >= at[i]+100*time.Millisecond })
+			if n := j - i; n > 19 {
+				t.Fatalf("%d admissions in the 100 ms from %v, want ≤ 19", n, at[i])
+			}
 		}
 	})
 }
