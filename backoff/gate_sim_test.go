@@ -16,8 +16,8 @@ import (
 )
 
 // limiter is a simulated server's admission: true admits one request now.
-// simServer (a token bucket) and ratelimit.Window (Kamailio's counters per
-// window) are the two kinds.
+// ratelimit.Bucket (a token bucket) and ratelimit.Window (Kamailio's
+// counters per window) are the two kinds.
 type limiter interface{ Admit(now time.Time) bool }
 
 // simRecovery runs n clients that each retry through a fresh adaptive gate
@@ -109,8 +109,8 @@ func TestGateLearnsCapacityWithRetryAfter(t *testing.T) {
 			mk    func() limiter
 		}{
 			{"window-100ms", true, func() limiter { return ratelimit.NewWindow(100*time.Millisecond, c) }},
-			{"bucket-20ms", true, func() limiter { return newSimServer(c, math.Max(1, c/50)) }},
-			{"bucket-100ms", false, func() limiter { return newSimServer(c, math.Max(1, c/10)) }},
+			{"bucket-20ms", true, func() limiter { return ratelimit.NewBucket(c, math.Max(1, c/50)) }},
+			{"bucket-100ms", false, func() limiter { return ratelimit.NewBucket(c, math.Max(1, c/10)) }},
 			{"window-1s", false, func() limiter { return ratelimit.NewWindow(time.Second, c) }},
 		}
 		for _, m := range models {

@@ -11,6 +11,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/relinkgo/relink/internal/ratelimit"
 	"go.uber.org/goleak"
 )
 
@@ -155,28 +156,24 @@ func TestGatePushBackPausesEveryone(t *testing.T) {
 	})
 }
 
-// simServer serves at most rate attempts per second (token bucket with burst,
-// full at the start) and rejects the rest at once.
+// simServer is the shared token-bucket model (ratelimit.Bucket) for a herd
+// of clients: it serves at most rate attempts per second (full at the
+// start), rejects the rest at once and counts the rejections.
 type simServer struct {
-	mu          sync.Mutex
-	rate, burst float64
-	tokens      float64
-	last        time.Time
-	rej         int
+	mu  sync.Mutex
+	b   *ratelimit.Bucket
+	rej int
 }
 
 func newSimServer(rate, burst float64) *simServer {
-	return &simServer{rate: rate, burst: burst, tokens: burst, last: time.Now()}
+	return &simServer{b: ratelimit.NewBucket(rate, burst)}
 }
 
 // Admit serves one attempt at now.
 func (s *simServer) Admit(now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.tokens = math.Min(s.burst, s.tokens+now.Sub(s.last).Seconds()*s.rate)
-	s.last = now
-	if s.tokens >= 1 {
-		s.tokens--
+	if s.b.Admit(now) {
 		return true
 	}
 	s.rej++
@@ -185,7 +182,7 @@ func (s *simServer) Admit(now time.Time) bool {
 
 func (s *simServer) setRate(r float64) {
 	s.mu.Lock()
-	s.rate, s.burst = r, r/10
+	s.b.SetRate(r, r/10)
 	s.mu.Unlock()
 }
 

@@ -1,6 +1,7 @@
-// Package ratelimit holds the fixed-window counter the test registrar, the
-// herd benchmark and the gate's simulation use to model a server that
-// limits its rate the way Kamailio's htable counters do. It is not API.
+// Package ratelimit holds the server models that the test registrar, the
+// herd benchmark and the gate's tests share: Window, a fixed-window counter
+// that limits the way Kamailio's htable counters do, and Bucket, a token
+// bucket. It is not API.
 package ratelimit
 
 import (
