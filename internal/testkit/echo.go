@@ -227,7 +227,7 @@ func EchoOnce(c net.Conn, msg string, within time.Duration) error {
 	if err := c.SetDeadline(time.Now().Add(within)); err != nil {
 		return err
 	}
-	defer c.SetDeadline(time.Time{})
+	defer func() { _ = c.SetDeadline(time.Time{}) }()
 	if _, err := io.WriteString(c, msg); err != nil {
 		return err
 	}
