@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"syscall"
+
+	"github.com/relinkgo/relink/internal/neterr"
 )
 
 // ErrUnresponsive is the cause reported by Err (and by I/O on the Conn) when
@@ -78,7 +80,7 @@ func classifyIOError(err error) (cause error, reason int, terminal bool) {
 			inner = oe.Err // the caller's *net.OpError names the op and addresses
 		}
 		return &unresponsiveError{cause: inner}, reasonKernelTimeout, true
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+	case neterr.Reset(err):
 		return err, reasonReset, true
 	case errors.Is(err, net.ErrClosed):
 		// Closed under us (by Close, racing with this I/O, or by the

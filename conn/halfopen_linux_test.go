@@ -302,7 +302,7 @@ func TestHalfOpenLinkRecovers(t *testing.T) {
 
 			sessions := make(chan *hoLinkSession, 16)
 			var smu sync.Mutex
-			var states []conn.State
+			var states []conn.LinkState
 			l, err := conn.NewLink(conn.LinkConfig{
 				Dialer: &conn.Dialer{
 					Config: conn.Config{Probe: conn.CRLF, ProbeInterval: time.Second, ProbeTimeout: time.Second},
@@ -311,7 +311,7 @@ func TestHalfOpenLinkRecovers(t *testing.T) {
 				Addrs:       []string{p.ServerAddr(port)},
 				Backoff:     backoff.NewFactory(backoff.Exponential{Base: 200 * time.Millisecond, Max: time.Second}),
 				DialTimeout: time.Second,
-				OnStateChange: func(sc conn.StateChange) {
+				OnStateChange: func(sc conn.LinkStateChange) {
 					smu.Lock()
 					states = append(states, sc.To)
 					smu.Unlock()
@@ -356,7 +356,7 @@ func TestHalfOpenLinkRecovers(t *testing.T) {
 			}
 			// Keep the path cut a while: the Link's redials time out.
 			time.Sleep(3 * time.Second)
-			if st := l.State(); st == conn.Ready {
+			if st := l.State(); st == conn.LinkReady {
 				t.Fatal("Link Ready while the path is cut")
 			}
 			select {
@@ -377,8 +377,8 @@ func TestHalfOpenLinkRecovers(t *testing.T) {
 			if second.c == first.c {
 				t.Fatal("session ran again on the dead connection")
 			}
-			if st := l.State(); st != conn.Ready {
-				t.Fatalf("State = %v, want READY", st)
+			if st := l.State(); st != conn.LinkReady {
+				t.Fatalf("State = %v, want ready", st)
 			}
 			smu.Lock()
 			defer smu.Unlock()

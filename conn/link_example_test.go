@@ -57,7 +57,7 @@ func ExampleLink() {
 			return nil
 		},
 		Backoff: backoff.NewFactory(backoff.Exponential{Base: 10 * time.Millisecond}),
-		OnStateChange: func(e conn.StateChange) {
+		OnStateChange: func(e conn.LinkStateChange) {
 			if e.Err != nil {
 				fmt.Printf("%v -> %v: %v\n", e.From, e.To, e.Err)
 				return
@@ -72,13 +72,13 @@ func ExampleLink() {
 	err = link.Run(ctx)
 	fmt.Println("Run:", err)
 	// Output:
-	// IDLE -> CONNECTING
-	// CONNECTING -> READY
+	// idle -> connecting
+	// connecting -> ready
 	// echo: hello 1
-	// READY -> TRANSIENT_FAILURE: session over
-	// TRANSIENT_FAILURE -> CONNECTING
-	// CONNECTING -> READY
+	// ready -> transient-failure: session over
+	// transient-failure -> connecting
+	// connecting -> ready
 	// echo: hello 2
-	// READY -> SHUTDOWN: context canceled
+	// ready -> shutdown: context canceled
 	// Run: context canceled
 }

@@ -171,23 +171,23 @@ func noJitter() backoff.Factory {
 // recorder collects StateChanges.
 type recorder struct {
 	mu  sync.Mutex
-	evs []StateChange
+	evs []LinkStateChange
 }
 
-func (r *recorder) record(e StateChange) {
+func (r *recorder) record(e LinkStateChange) {
 	r.mu.Lock()
 	r.evs = append(r.evs, e)
 	r.mu.Unlock()
 }
 
-func (r *recorder) events() []StateChange {
+func (r *recorder) events() []LinkStateChange {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.evs)
 }
 
-func (r *recorder) states() []State {
-	var s []State
+func (r *recorder) states() []LinkState {
+	var s []LinkState
 	for _, e := range r.events() {
 		s = append(s, e.To)
 	}
@@ -210,7 +210,7 @@ func mustLink(t *testing.T, cfg LinkConfig) *Link {
 	return l
 }
 
-func wantState(t *testing.T, l *Link, want State) {
+func wantState(t *testing.T, l *Link, want LinkState) {
 	t.Helper()
 	if got := l.State(); got != want {
 		t.Fatalf("State() = %v, want %v", got, want)
@@ -224,29 +224,29 @@ func TestLinkRestartsSessionWhenConnDies(t *testing.T) {
 		var rec recorder
 		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session,
 			Backoff: noJitter(), OnStateChange: rec.record})
-		wantState(t, l, Idle)
+		wantState(t, l, LinkIdle)
 		ctx, cancel := context.WithCancel(t.Context())
 		wait := startRun(ctx, l)
 
 		synctest.Wait()
-		wantState(t, l, Ready)
+		wantState(t, l, LinkReady)
 		if n := count(); n != 1 {
 			t.Fatalf("sessions = %d, want 1", n)
 		}
 		fn.peer(0).Close() // the server hangs up: the session's Read sees EOF
 		synctest.Wait()
-		wantState(t, l, TransientFailure)
+		wantState(t, l, LinkTransientFailure)
 		evs := rec.events()
-		if last := evs[len(evs)-1]; last.From != Ready || !errors.Is(last.Err, io.EOF) || last.Addr != "srv:5060" {
-			t.Fatalf("last event = %+v, want READY→TRANSIENT_FAILURE with io.EOF at srv:5060", last)
+		if last := evs[len(evs)-1]; last.From != LinkReady || !errors.Is(last.Err, io.EOF) || last.Destination != "srv:5060" {
+			t.Fatalf("last event = %+v, want ready→transient-failure with io.EOF at srv:5060", last)
 		}
 		// The session lived less than HealthyAfter: the first delay, 1 s.
 		time.Sleep(time.Second - time.Nanosecond)
 		synctest.Wait()
-		wantState(t, l, TransientFailure)
+		wantState(t, l, LinkTransientFailure)
 		time.Sleep(time.Nanosecond)
 		synctest.Wait()
-		wantState(t, l, Ready)
+		wantState(t, l, LinkReady)
 		if n := count(); n != 2 {
 			t.Fatalf("sessions = %d, want 2", n)
 		}
@@ -254,7 +254,7 @@ func TestLinkRestartsSessionWhenConnDies(t *testing.T) {
 		if err := wait(); !errors.Is(err, context.Canceled) {
 			t.Fatalf("Run = %v, want context.Canceled", err)
 		}
-		wantState(t, l, Shutdown)
+		wantState(t, l, LinkShutdown)
 		if got, want := fn.dialTimes(), []time.Duration{0, time.Second}; !slices.Equal(got, want) {
 			t.Fatalf("dial times = %v, want %v", got, want)
 		}
@@ -282,7 +282,7 @@ func TestLinkConnDeathCancelsSession(t *testing.T) {
 		wait := startRun(ctx, l)
 
 		synctest.Wait()
-		wantState(t, l, Ready)
+		wantState(t, l, LinkReady)
 		// The peer reads the probe but never answers: dead at 1 s + 1 s.
 		time.Sleep(2 * time.Second)
 		synctest.Wait()
@@ -294,10 +294,10 @@ func TestLinkConnDeathCancelsSession(t *testing.T) {
 		default:
 			t.Fatal("session still running 2 s after the peer went silent")
 		}
-		wantState(t, l, TransientFailure)
+		wantState(t, l, LinkTransientFailure)
 		evs := rec.events()
 		if last := evs[len(evs)-1]; !errors.Is(last.Err, ErrUnresponsive) {
-			t.Fatalf("StateChange.Err = %v, want ErrUnresponsive", last.Err)
+			t.Fatalf("LinkStateChange.Err = %v, want ErrUnresponsive", last.Err)
 		}
 		cancel()
 		if err := wait(); !errors.Is(err, context.Canceled) {
@@ -319,7 +319,7 @@ func TestLinkBackoffAppliedAndReset(t *testing.T) {
 		wait := startRun(ctx, l)
 		time.Sleep(time.Minute)
 		synctest.Wait()
-		wantState(t, l, Ready)
+		wantState(t, l, LinkReady)
 		cancel()
 		if err := wait(); !errors.Is(err, context.Canceled) {
 			t.Fatalf("Run = %v", err)
@@ -395,12 +395,12 @@ func TestLinkRotatesAddrs(t *testing.T) {
 		}
 		var readyAt []string
 		for _, e := range rec.events() {
-			if e.To == Ready {
-				readyAt = append(readyAt, e.Addr)
+			if e.To == LinkReady {
+				readyAt = append(readyAt, e.Destination)
 			}
 		}
 		if want := []string{"c:1", "b:1", "c:1"}; !slices.Equal(readyAt, want) {
-			t.Fatalf("READY at %v, want %v", readyAt, want)
+			t.Fatalf("ready at %v, want %v", readyAt, want)
 		}
 		fn.wg.Wait()
 	})
@@ -418,7 +418,7 @@ func TestLinkUsesGate(t *testing.T) {
 		wait := startRun(ctx, l)
 		time.Sleep(time.Minute)
 		synctest.Wait()
-		wantState(t, l, Ready)
+		wantState(t, l, LinkReady)
 		s := gate.Stats()
 		// 5 dials, the immediate redial after the healthy session included.
 		if s.Admitted != 5 || s.Unreachable != 2 || s.ClientFailures != 1 || s.Succeeded != 2 || s.InFlight != 0 {
@@ -435,7 +435,7 @@ func TestLinkUsesGate(t *testing.T) {
 }
 
 // The Link waits for the Gate's admission: while another holder keeps the
-// only in-flight slot, it stays Connecting, queued, without dialing.
+// only in-flight slot, it stays LinkConnecting, queued, without dialing.
 func TestLinkWaitsForGate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fn := newFakeNet(func(int, string) dialAnswer { return accept })
@@ -450,13 +450,13 @@ func TestLinkWaitsForGate(t *testing.T) {
 		wait := startRun(ctx, l)
 		time.Sleep(time.Hour)
 		synctest.Wait()
-		wantState(t, l, Connecting)
+		wantState(t, l, LinkConnecting)
 		if q, n := gate.Stats().Queued, len(fn.dialTimes()); q != 1 || n != 0 {
 			t.Fatalf("queued %d, dials %d; want 1 and 0", q, n)
 		}
 		held.Done(backoff.Success)
 		synctest.Wait()
-		wantState(t, l, Ready)
+		wantState(t, l, LinkReady)
 		// Cancelled while queued: Run returns at once and leaves no waiter.
 		held, err = gate.Acquire(t.Context()) // the Link's permit was done at connect
 		if err != nil {
@@ -465,7 +465,7 @@ func TestLinkWaitsForGate(t *testing.T) {
 		fn.peer(0).Close()
 		time.Sleep(time.Hour) // past any backoff delay
 		synctest.Wait()
-		wantState(t, l, Connecting)
+		wantState(t, l, LinkConnecting)
 		if q := gate.Stats().Queued; q != 1 {
 			t.Fatalf("queued %d, want 1", q)
 		}
@@ -509,7 +509,7 @@ func TestLinkCancelWaitsForSession(t *testing.T) {
 		ctx, cancel := context.WithCancelCause(t.Context())
 		wait := startRun(ctx, l)
 		synctest.Wait()
-		wantState(t, l, Ready)
+		wantState(t, l, LinkReady)
 
 		errStop := errors.New("operator said stop")
 		cancel(errStop)
@@ -527,8 +527,8 @@ func TestLinkCancelWaitsForSession(t *testing.T) {
 			t.Fatal("the connection was still open while the session wound down")
 		}
 		evs := rec.events()
-		if last := evs[len(evs)-1]; last.To != Shutdown || !errors.Is(last.Err, errStop) {
-			t.Fatalf("last event = %+v, want SHUTDOWN with %v", last, errStop)
+		if last := evs[len(evs)-1]; last.To != LinkShutdown || !errors.Is(last.Err, errStop) {
+			t.Fatalf("last event = %+v, want shutdown with %v", last, errStop)
 		}
 		fn.wg.Wait()
 	})
@@ -538,10 +538,10 @@ func TestLinkCancelWhileNotConnected(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		answer dialAnswer
-		state  State // where the Link waits when cancelled
+		state  LinkState // where the Link waits when cancelled
 	}{
-		{"in backoff", refuse, TransientFailure},
-		{"in dial", hang, Connecting},
+		{"in backoff", refuse, LinkTransientFailure},
+		{"in dial", hang, LinkConnecting},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -581,7 +581,7 @@ func TestLinkStateSequence(t *testing.T) {
 			Backoff: noJitter(), OnStateChange: rec.record})
 
 		// An observer that follows the Link with WaitForStateChange.
-		var seen []State
+		var seen []LinkState
 		observed := make(chan struct{})
 		go func() {
 			defer close(observed)
@@ -591,7 +591,7 @@ func TestLinkStateSequence(t *testing.T) {
 				}
 				s = l.State()
 				seen = append(seen, s)
-				if s == Shutdown {
+				if s == LinkShutdown {
 					return
 				}
 			}
@@ -600,17 +600,17 @@ func TestLinkStateSequence(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		wait := startRun(ctx, l)
 		synctest.Wait()
-		wantState(t, l, Ready)
+		wantState(t, l, LinkReady)
 		fn.peer(0).Close()
 		time.Sleep(10 * time.Second)
 		synctest.Wait()
-		wantState(t, l, Ready)
+		wantState(t, l, LinkReady)
 		cancel()
 		wait()
 		<-observed
 
 		type ev struct {
-			from, to State
+			from, to LinkState
 			err      error
 		}
 		var got []ev
@@ -618,17 +618,17 @@ func TestLinkStateSequence(t *testing.T) {
 			got = append(got, ev{e.From, e.To, e.Err})
 		}
 		want := []struct {
-			from, to State
+			from, to LinkState
 			err      error
 		}{
-			{Idle, Connecting, nil},
-			{Connecting, Ready, nil},
-			{Ready, TransientFailure, io.EOF},
-			{TransientFailure, Connecting, nil},
-			{Connecting, TransientFailure, syscall.ECONNREFUSED},
-			{TransientFailure, Connecting, nil},
-			{Connecting, Ready, nil},
-			{Ready, Shutdown, context.Canceled},
+			{LinkIdle, LinkConnecting, nil},
+			{LinkConnecting, LinkReady, nil},
+			{LinkReady, LinkTransientFailure, io.EOF},
+			{LinkTransientFailure, LinkConnecting, nil},
+			{LinkConnecting, LinkTransientFailure, syscall.ECONNREFUSED},
+			{LinkTransientFailure, LinkConnecting, nil},
+			{LinkConnecting, LinkReady, nil},
+			{LinkReady, LinkShutdown, context.Canceled},
 		}
 		if len(got) != len(want) {
 			t.Fatalf("events %v, want %d", got, len(want))
@@ -640,16 +640,16 @@ func TestLinkStateSequence(t *testing.T) {
 			}
 		}
 		// The observer saw the states that lasted, in order, ending at
-		// SHUTDOWN; it may skip instantaneous ones but never reorders.
-		if !isSubsequence(seen, rec.states()) || seen[len(seen)-1] != Shutdown ||
-			!slices.Contains(seen, Ready) || !slices.Contains(seen, TransientFailure) {
+		// shutdown; it may skip instantaneous ones but never reorders.
+		if !isSubsequence(seen, rec.states()) || seen[len(seen)-1] != LinkShutdown ||
+			!slices.Contains(seen, LinkReady) || !slices.Contains(seen, LinkTransientFailure) {
 			t.Fatalf("observer saw %v; all changes %v", seen, rec.states())
 		}
 		fn.wg.Wait()
 	})
 }
 
-func isSubsequence(sub, seq []State) bool {
+func isSubsequence(sub, seq []LinkState) bool {
 	i := 0
 	for _, s := range seq {
 		if i < len(sub) && sub[i] == s {
@@ -663,14 +663,14 @@ func TestLinkWaitForStateChange(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		session, _ := scriptedSessions()
 		l := mustLink(t, LinkConfig{Addrs: []string{"srv:5060"}, Session: session})
-		if !l.WaitForStateChange(t.Context(), Ready) {
-			t.Fatal("WaitForStateChange(Ready) on an Idle link = false, want true at once")
+		if !l.WaitForStateChange(t.Context(), LinkReady) {
+			t.Fatal("WaitForStateChange(LinkReady) on an LinkIdle link = false, want true at once")
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
 		start := time.Now()
-		if l.WaitForStateChange(ctx, Idle) {
-			t.Fatal("WaitForStateChange(Idle) on an Idle link = true")
+		if l.WaitForStateChange(ctx, LinkIdle) {
+			t.Fatal("WaitForStateChange(LinkIdle) on an LinkIdle link = true")
 		}
 		if d := time.Since(start); d != time.Second {
 			t.Fatalf("returned after %v, want 1s (ctx)", d)
@@ -681,7 +681,7 @@ func TestLinkWaitForStateChange(t *testing.T) {
 		var woken sync.WaitGroup
 		for range 10 {
 			woken.Go(func() {
-				if !l.WaitForStateChange(t.Context(), Idle) {
+				if !l.WaitForStateChange(t.Context(), LinkIdle) {
 					t.Error("waiter not woken")
 				}
 			})
@@ -706,15 +706,15 @@ func TestLinkRunTwice(t *testing.T) {
 		if err := l.Run(t.Context()); !errors.Is(err, ErrLinkRunning) {
 			t.Fatalf("concurrent Run = %v, want ErrLinkRunning", err)
 		}
-		wantState(t, l, Ready) // the first Run is unaffected
+		wantState(t, l, LinkReady) // the first Run is unaffected
 		cancel()
 		wait()
-		wantState(t, l, Shutdown)
+		wantState(t, l, LinkShutdown)
 		// After it returned, Run starts over.
 		ctx, cancel = context.WithCancel(t.Context())
 		wait = startRun(ctx, l)
 		synctest.Wait()
-		wantState(t, l, Ready)
+		wantState(t, l, LinkReady)
 		cancel()
 		if err := wait(); !errors.Is(err, context.Canceled) {
 			t.Fatalf("second Run = %v", err)
@@ -760,7 +760,7 @@ func TestLinkGivesUpOnlyWhenTold(t *testing.T) {
 				if n := len(fn.dialTimes()); n != tc.wantDials {
 					t.Fatalf("dials = %d, want %d", n, tc.wantDials)
 				}
-				wantState(t, l, Shutdown)
+				wantState(t, l, LinkShutdown)
 				fn.wg.Wait()
 			})
 		})
@@ -818,39 +818,36 @@ func TestNewLinkValidates(t *testing.T) {
 }
 
 func TestStateString(t *testing.T) {
-	for s, want := range map[State]string{Idle: "IDLE", Connecting: "CONNECTING", Ready: "READY",
-		TransientFailure: "TRANSIENT_FAILURE", Shutdown: "SHUTDOWN", State(9): "State(9)"} {
+	for s, want := range map[LinkState]string{LinkIdle: "idle", LinkConnecting: "connecting", LinkReady: "ready",
+		LinkTransientFailure: "transient-failure", LinkShutdown: "shutdown", LinkState(9): "LinkState(9)", LinkState(-1): "LinkState(-1)"} {
 		if got := s.String(); got != want {
-			t.Errorf("State(%d).String() = %q, want %q", int(s), got, want)
+			t.Errorf("LinkState(%d).String() = %q, want %q", int(s), got, want)
 		}
 	}
 }
 
-func TestDialOutcome(t *testing.T) {
-	op := func(err error) error { return &net.OpError{Op: "dial", Net: "tcp", Err: err} }
+func TestClassifyDial(t *testing.T) {
+	live := context.Background()
+	canceled, cancel := context.WithCancel(live)
+	cancel()
+	expired, cancel2 := context.WithTimeout(live, -time.Second)
+	defer cancel2()
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 	for _, tc := range []struct {
-		err         error
-		unreachable bool
-		typ         string
+		name      string
+		ctx, dctx context.Context
+		err       error
+		want      attemptOutcome
 	}{
-		{op(os.NewSyscallError("connect", syscall.ECONNREFUSED)), true, "connection_refused"},
-		{op(os.NewSyscallError("connect", syscall.ECONNRESET)), true, "connection_reset"},
-		{op(os.NewSyscallError("connect", syscall.EHOSTUNREACH)), true, "host_unreachable"},
-		{op(os.NewSyscallError("connect", syscall.ENETUNREACH)), true, "network_unreachable"},
-		{op(os.NewSyscallError("connect", syscall.ETIMEDOUT)), true, "timeout"},
-		{op(os.ErrDeadlineExceeded), true, "timeout"},
-		{context.DeadlineExceeded, true, "timeout"},
-		{op(&net.DNSError{Err: "no such host", Name: "x", IsNotFound: true}), false, "dns"},
-		{op(&net.DNSError{Err: "timeout", Name: "x", IsTimeout: true}), true, "dns"},
-		{fmt.Errorf("tls: %w", io.EOF), true, "eof"},
-		{op(os.NewSyscallError("connect", syscall.EACCES)), false, "_OTHER"},
-		{errors.New("x509: certificate signed by unknown authority"), false, "_OTHER"},
+		{"connected", live, live, nil, outcomeSuccess},
+		{"Run cancelled", canceled, canceled, refused, outcomeCanceled},
+		{"refused", live, live, refused, outcomeUnreachable},
+		{"dial timeout", live, expired, errors.New("handshake stopped"), outcomeUnreachable},
+		{"permanent refused", live, live, backoff.Permanent(refused), outcomeClientFailure},
+		{"unknown host", live, live, &net.DNSError{Err: "no such host", Name: "x", IsNotFound: true}, outcomeClientFailure},
 	} {
-		if got := dialUnreachable(tc.err); got != tc.unreachable {
-			t.Errorf("dialUnreachable(%v) = %v, want %v", tc.err, got, tc.unreachable)
-		}
-		if got := dialErrorType(tc.err); got != tc.typ {
-			t.Errorf("dialErrorType(%v) = %q, want %q", tc.err, got, tc.typ)
+		if got := classifyDial(tc.ctx, tc.dctx, tc.err); got != tc.want {
+			t.Errorf("%s: classifyDial = %s, want %s", tc.name, attemptOutcomeNames[got], attemptOutcomeNames[tc.want])
 		}
 	}
 }
@@ -994,12 +991,12 @@ func TestLinkTelemetry(t *testing.T) {
 		synctest.Wait()
 
 		addr, tcp := attribute.String("server.address", "srv:5060"), attribute.String("network.transport", "tcp")
-		state := func(s State) int64 {
+		state := func(s LinkState) int64 {
 			return mp.get("relink.link.connections", tcp, attribute.String("relink.link.state", s.String()))
 		}
-		if state(Ready) != 1 || state(Connecting) != 0 || state(TransientFailure) != 0 {
+		if state(LinkReady) != 1 || state(LinkConnecting) != 0 || state(LinkTransientFailure) != 0 {
 			t.Fatalf("links by state: ready %d, connecting %d, transient %d; want 1, 0, 0",
-				state(Ready), state(Connecting), state(TransientFailure))
+				state(LinkReady), state(LinkConnecting), state(LinkTransientFailure))
 		}
 		attempts := func(o string) int64 {
 			return mp.get("relink.link.attempts", addr, tcp, attribute.String("relink.outcome", o))
@@ -1024,7 +1021,7 @@ func TestLinkTelemetry(t *testing.T) {
 		}
 		cancel()
 		wait()
-		if state(Ready) != 0 || state(Connecting) != 0 || state(TransientFailure) != 0 {
+		if state(LinkReady) != 0 || state(LinkConnecting) != 0 || state(LinkTransientFailure) != 0 {
 			t.Fatal("a stopped link is still counted")
 		}
 		fn.wg.Wait()
@@ -1064,12 +1061,12 @@ func TestLinkLoopbackEchoServerRestart(t *testing.T) {
 		return err
 	}
 	var rec recorder
-	changes := make(chan StateChange, 64)
+	changes := make(chan LinkStateChange, 64)
 	l := mustLink(t, LinkConfig{
 		Dialer: &Dialer{Config: Config{Probe: CRLF, ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond}},
 		Addrs:  []string{addr}, Session: session,
 		Backoff:       backoff.NewFactory(backoff.Exponential{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond}),
-		OnStateChange: func(e StateChange) { rec.record(e); changes <- e },
+		OnStateChange: func(e LinkStateChange) { rec.record(e); changes <- e },
 	})
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -1092,7 +1089,7 @@ func TestLinkLoopbackEchoServerRestart(t *testing.T) {
 		for {
 			select {
 			case e := <-changes:
-				if e.From == Ready {
+				if e.From == LinkReady {
 					if !slices.ContainsFunc(want, func(w error) bool { return errors.Is(e.Err, w) }) {
 						t.Fatalf("connection lost with %v, want %v", e.Err, want)
 					}

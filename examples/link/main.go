@@ -104,10 +104,10 @@ func run(addr string, interval, timeout, duration time.Duration) error {
 		// the defaults (500 ms…60 s, 30 s) suit a server.
 		Backoff:      backoff.NewFactory(backoff.Exponential{Base: 200 * time.Millisecond, Max: 5 * time.Second}),
 		HealthyAfter: 1500 * time.Millisecond,
-		OnStateChange: func(e conn.StateChange) {
+		OnStateChange: func(e conn.LinkStateChange) {
 			msg := fmt.Sprintf("link: %v → %v", e.From, e.To)
-			if e.Addr != "" && e.To != conn.Shutdown {
-				msg += " " + e.Addr
+			if e.Destination != "" && e.To != conn.LinkShutdown {
+				msg += " " + e.Destination
 			}
 			if e.Err != nil {
 				msg += ": " + e.Err.Error()

@@ -187,7 +187,7 @@ func run(ctx context.Context, out io.Writer) error {
 	}
 	registered := func() int { return fleet.Stats().Registered }
 
-	if err := waitFor("registration", func() bool { return registered() == trunks && link.State() == conn.Ready }); err != nil {
+	if err := waitFor("registration", func() bool { return registered() == trunks && link.State() == conn.LinkReady }); err != nil {
 		return err
 	}
 	logf("%d trunks registered; link ready", trunks)
@@ -195,7 +195,7 @@ func run(ctx context.Context, out io.Writer) error {
 	sipPath.Freeze()
 	linkPath.Freeze()
 	logf("both paths silent (no FIN, no RST)")
-	if err := waitFor("detection", func() bool { return registered() == 0 && link.State() != conn.Ready }); err != nil {
+	if err := waitFor("detection", func() bool { return registered() == 0 && link.State() != conn.LinkReady }); err != nil {
 		return err
 	}
 	logf("relink noticed: trunks re-registering, link %v", link.State())
@@ -211,7 +211,7 @@ func run(ctx context.Context, out io.Writer) error {
 	fmt.Fprint(out, exp.take("export during the recovery (gates paused by the 503's Retry-After)"))
 	time.Sleep(150 * time.Millisecond)
 	reg.ClearOverload()
-	if err := waitFor("recovery", func() bool { return registered() == trunks && link.State() == conn.Ready }); err != nil {
+	if err := waitFor("recovery", func() bool { return registered() == trunks && link.State() == conn.LinkReady }); err != nil {
 		return err
 	}
 	logf("%d trunks registered again; link ready", trunks)
