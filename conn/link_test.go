@@ -35,7 +35,10 @@ const (
 	refuse              // ECONNREFUSED at once
 	hang                // blocks until the dial's ctx ends
 	notFound            // DNS: no such host
+	permanent           // errDenied marked by backoff.Permanent
 )
+
+var errDenied = errors.New("denied by policy")
 
 type dialRec struct {
 	addr string
@@ -71,6 +74,8 @@ func (f *fakeNet) dial(ctx context.Context, network, addr string) (net.Conn, err
 	case hang:
 		<-ctx.Done()
 		return nil, &net.OpError{Op: "dial", Net: network, Err: ctx.Err()}
+	case permanent:
+		return nil, backoff.Permanent(&net.OpError{Op: "dial", Net: network, Err: errDenied})
 	case notFound:
 		host, _, _ := net.SplitHostPort(addr)
 		return nil, &net.OpError{Op: "dial", Net: network, Err: &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}}
@@ -259,6 +264,98 @@ func TestLinkRestartsSessionWhenConnDies(t *testing.T) {
 			t.Fatalf("dial times = %v, want %v", got, want)
 		}
 		fn.wg.Wait()
+	})
+}
+
+// A Session that returns an error marked by backoff.Permanent stops the
+// Link, whether it ended the connection itself or saw it die first: Run
+// returns that error, still marked, and no redial follows.
+func TestLinkPermanentSessionErrorStops(t *testing.T) {
+	errAuth := errors.New("login rejected")
+	for _, tc := range []struct {
+		name    string
+		session func(ctx context.Context, c *Conn) error
+		peerEOF bool // the peer hangs up first
+	}{
+		{"session ends the connection", func(context.Context, *Conn) error {
+			time.Sleep(time.Second)
+			return backoff.Permanent(errAuth)
+		}, false},
+		{"after the connection died", func(_ context.Context, c *Conn) error {
+			_, err := c.Read(make([]byte, 1))
+			return backoff.Permanent(fmt.Errorf("%w: %w", errAuth, err))
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				fn := newFakeNet(func(int, string) dialAnswer { return accept })
+				var rec recorder
+				l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"},
+					Session: tc.session, Backoff: noJitter(), HealthyAfter: -1, OnStateChange: rec.record})
+				wait := startRun(t.Context(), l)
+				synctest.Wait()
+				wantState(t, l, LinkReady)
+				if tc.peerEOF {
+					fn.peer(0).Close()
+				}
+				err := wait()
+				if !errors.Is(err, errAuth) || !backoff.IsPermanent(err) {
+					t.Fatalf("Run = %v, want errAuth marked permanent", err)
+				}
+				wantState(t, l, LinkShutdown)
+				want := []LinkState{LinkConnecting, LinkReady, LinkShutdown}
+				if got := rec.states(); !slices.Equal(got, want) {
+					t.Fatalf("states = %v, want %v", got, want)
+				}
+				if last := rec.events()[2]; !errors.Is(last.Err, errAuth) || last.Destination != "srv:5060" {
+					t.Fatalf("shutdown event = %+v, want errAuth at srv:5060", last)
+				}
+				time.Sleep(time.Minute) // no redial follows
+				if n := len(fn.dialTimes()); n != 1 {
+					t.Fatalf("dials = %d, want 1", n)
+				}
+				<-fn.peerEnded(0) // the Link closed the connection
+				fn.wg.Wait()
+			})
+		})
+	}
+}
+
+// A dial that returns an error marked by backoff.Permanent stops the Link
+// at once, with a Gate told of a client failure (not of an unreachable
+// server).
+func TestLinkPermanentDialErrorStops(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fn := newFakeNet(func(n int, _ string) dialAnswer {
+			if n == 1 {
+				return refuse
+			}
+			return permanent
+		})
+		session, count := scriptedSessions()
+		var rec recorder
+		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"a:1", "b:2"}, Session: session,
+			Backoff: noJitter(), OnStateChange: rec.record})
+		err := l.Run(t.Context())
+		if !errors.Is(err, errDenied) || !backoff.IsPermanent(err) {
+			t.Fatalf("Run = %v, want errDenied marked permanent", err)
+		}
+		if errors.Is(err, ErrLinkGaveUp) {
+			t.Fatalf("Run = %v: a permanent error is not giving up after MaxAttempts", err)
+		}
+		want := []LinkState{LinkConnecting, LinkTransientFailure, LinkConnecting, LinkShutdown}
+		if got := rec.states(); !slices.Equal(got, want) {
+			t.Fatalf("states = %v, want %v", got, want)
+		}
+		if last := rec.events()[3]; last.Destination != "b:2" || !errors.Is(last.Err, errDenied) {
+			t.Fatalf("shutdown event = %+v, want errDenied at b:2", last)
+		}
+		if got, want := fn.dialTimes(), []time.Duration{0, time.Second}; !slices.Equal(got, want) {
+			t.Fatalf("dial times = %v, want %v", got, want)
+		}
+		if count() != 0 {
+			t.Fatalf("sessions = %d, want 0", count())
+		}
 	})
 }
 
