@@ -31,11 +31,11 @@ import (
 type dialAnswer int
 
 const (
-	accept   dialAnswer = iota
-	refuse              // ECONNREFUSED at once
-	hang                // blocks until the dial's ctx ends
-	notFound            // DNS: no such host
-	permanent           // errDenied marked by backoff.Permanent
+	accept    dialAnswer = iota
+	refuse               // ECONNREFUSED at once
+	hang                 // blocks until the dial's ctx ends
+	notFound             // DNS: no such host
+	permanent            // errDenied marked by backoff.Permanent
 )
 
 var errDenied = errors.New("denied by policy")
