@@ -9,21 +9,18 @@ import (
 	"time"
 
 	"github.com/relinkgo/relink/internal/faultproxy"
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 func ExampleNew() {
 	// An echo server stands for the far end.
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			io.Copy(c, c)
-			c.Close()
-		}
-	}()
+	srv, err := testkit.ListenEcho("")
+	if err != nil {
+		panic(err)
+	}
+	defer srv.Close()
 
-	p, err := faultproxy.New(ln.Addr().String())
+	p, err := faultproxy.New(srv.Addr())
 	if err != nil {
 		panic(err)
 	}

@@ -16,30 +16,29 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/relinkgo/relink/internal/faultproxy"
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// server is an echo server that hands each accepted connection to the test.
+// server hands each accepted connection to the test, which plays the far
+// end by hand; tests that only need an echo use newEcho.
 type server struct {
 	ln    net.Listener
 	conns chan net.Conn
 	wg    sync.WaitGroup
-	echo  bool
 }
 
-func newServer(t *testing.T, echo bool) *server {
+func newServer(t *testing.T) *server {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{ln: ln, conns: make(chan net.Conn, 4096), echo: echo}
+	s := &server{ln: ln, conns: make(chan net.Conn, 4096)}
 	var mu sync.Mutex
 	var all []net.Conn
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	s.wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -49,16 +48,8 @@ func newServer(t *testing.T, echo bool) *server {
 			all = append(all, c)
 			mu.Unlock()
 			s.conns <- c
-			if echo {
-				s.wg.Add(1)
-				go func() {
-					defer s.wg.Done()
-					io.Copy(c, c)
-					c.(*net.TCPConn).CloseWrite()
-				}()
-			}
 		}
-	}()
+	})
 	t.Cleanup(func() {
 		ln.Close()
 		mu.Lock()
@@ -69,6 +60,17 @@ func newServer(t *testing.T, echo bool) *server {
 		s.wg.Wait()
 	})
 	return s
+}
+
+// newEcho starts testkit's echo server until the test ends.
+func newEcho(t *testing.T) *testkit.Echo {
+	t.Helper()
+	srv, err := testkit.ListenEcho("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
 }
 
 // next returns the server side of the next accepted connection.
@@ -106,17 +108,8 @@ func dial(t *testing.T, p *faultproxy.Proxy) *net.TCPConn {
 // roundTrip writes msg and expects it echoed within 5 s.
 func roundTrip(t *testing.T, c net.Conn, msg string) {
 	t.Helper()
-	if _, err := c.Write([]byte(msg)); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatalf("read echo: %v", err)
-	}
-	c.SetReadDeadline(time.Time{})
-	if string(got) != msg {
-		t.Fatalf("echo = %q, want %q", got, msg)
+	if err := testkit.EchoOnce(c, msg, 5*time.Second); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -134,9 +127,9 @@ func expectSilence(t *testing.T, c net.Conn, d time.Duration) {
 }
 
 func TestForwardsBothWaysAndCounts(t *testing.T) {
-	srv := newServer(t, true)
-	p := newProxy(t, srv.ln.Addr().String())
-	if p.Target() != srv.ln.Addr().String() {
+	srv := newEcho(t)
+	p := newProxy(t, srv.Addr())
+	if p.Target() != srv.Addr() {
 		t.Fatalf("Target = %q", p.Target())
 	}
 	c := dial(t, p)
@@ -153,7 +146,7 @@ func TestForwardsBothWaysAndCounts(t *testing.T) {
 }
 
 func TestHalfCloseIsForwarded(t *testing.T) {
-	srv := newServer(t, false)
+	srv := newServer(t)
 	p := newProxy(t, srv.ln.Addr().String())
 	c := dial(t, p)
 	s := srv.next(t)
@@ -173,7 +166,7 @@ func TestHalfCloseIsForwarded(t *testing.T) {
 }
 
 func TestFreezeHoldsSocketsOpenAndResumeLosesNothing(t *testing.T) {
-	srv := newServer(t, false)
+	srv := newServer(t)
 	p := newProxy(t, srv.ln.Addr().String())
 	c := dial(t, p)
 	s := srv.next(t)
@@ -218,7 +211,7 @@ func TestFreezeHoldsSocketsOpenAndResumeLosesNothing(t *testing.T) {
 }
 
 func TestForgetKeepsOldConnsSilentAndForwardsNewOnes(t *testing.T) {
-	srv := newServer(t, false)
+	srv := newServer(t)
 	p := newProxy(t, srv.ln.Addr().String())
 	old := dial(t, p)
 	oldSrv := srv.next(t)
@@ -257,7 +250,7 @@ func TestConnAcceptedWhileFrozenWaitsForThaw(t *testing.T) {
 			name = "forget"
 		}
 		t.Run(name, func(t *testing.T) {
-			srv := newServer(t, false)
+			srv := newServer(t)
 			p := newProxy(t, srv.ln.Addr().String())
 			p.Freeze()
 			c := dial(t, p)
@@ -287,7 +280,7 @@ func TestConnAcceptedWhileFrozenWaitsForThaw(t *testing.T) {
 }
 
 func TestResetSendsRSTBothWays(t *testing.T) {
-	srv := newServer(t, false)
+	srv := newServer(t)
 	p := newProxy(t, srv.ln.Addr().String())
 	c := dial(t, p)
 	s := srv.next(t)
@@ -309,8 +302,8 @@ func TestResetSendsRSTBothWays(t *testing.T) {
 }
 
 func TestResetAlsoEndsFrozenAndForgottenConns(t *testing.T) {
-	srv := newServer(t, true)
-	p := newProxy(t, srv.ln.Addr().String())
+	srv := newEcho(t)
+	p := newProxy(t, srv.Addr())
 	a := dial(t, p)
 	roundTrip(t, a, "a")
 	p.Freeze()
@@ -328,7 +321,7 @@ func TestResetAlsoEndsFrozenAndForgottenConns(t *testing.T) {
 }
 
 func TestCloseAllSendsFIN(t *testing.T) {
-	srv := newServer(t, false)
+	srv := newServer(t)
 	p := newProxy(t, srv.ln.Addr().String())
 	c := dial(t, p)
 	s := srv.next(t)
@@ -343,8 +336,8 @@ func TestCloseAllSendsFIN(t *testing.T) {
 }
 
 func TestCloseEndsEverythingAndIsIdempotent(t *testing.T) {
-	srv := newServer(t, true)
-	p, err := faultproxy.New(srv.ln.Addr().String())
+	srv := newEcho(t)
+	p, err := faultproxy.New(srv.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,8 +419,8 @@ func TestManyConnections(t *testing.T) {
 	if testing.Short() {
 		n = 200
 	}
-	srv := newServer(t, true)
-	p := newProxy(t, srv.ln.Addr().String())
+	srv := newEcho(t)
+	p := newProxy(t, srv.Addr())
 	conns := make([]net.Conn, n)
 	for i := range conns {
 		c, err := net.Dial("tcp", p.Addr())
@@ -437,7 +430,7 @@ func TestManyConnections(t *testing.T) {
 		defer c.Close()
 		conns[i] = c
 	}
-	each(t, conns, func(c net.Conn) error { return echoOnce(c, "a") })
+	each(t, conns, func(c net.Conn) error { return testkit.EchoOnce(c, "a", 10*time.Second) })
 	// A counter is updated just after its Write returns: let them settle.
 	waitBytes(t, p, int64(n), int64(n))
 
@@ -469,7 +462,7 @@ func TestManyConnections(t *testing.T) {
 		if _, err := io.ReadFull(c, got); err != nil || got[0] != 'b' {
 			return errors.New("held byte not delivered after Resume")
 		}
-		return echoOnce(c, "c")
+		return testkit.EchoOnce(c, "c", 10*time.Second)
 	})
 	t.Logf("%d connections: %+v", n, p.Stats())
 }
@@ -508,22 +501,6 @@ func randomBytes(t *testing.T, n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
 	return b
-}
-
-func echoOnce(c net.Conn, msg string) error {
-	if _, err := c.Write([]byte(msg)); err != nil {
-		return err
-	}
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	defer c.SetReadDeadline(time.Time{})
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		return err
-	}
-	if string(got) != msg {
-		return errors.New("wrong echo")
-	}
-	return nil
 }
 
 // each runs f on every conn, 64 at a time, and fails on the first error.

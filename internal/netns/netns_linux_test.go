@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,59 +16,19 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkgo/relink/internal/netns"
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// echo serves an echo server on ln until the test ends.
+// echo serves testkit's echo server on ln until the test ends.
 func echo(t *testing.T, ln net.Listener) {
 	t.Helper()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() { defer wg.Done(); io.Copy(c, c); c.Close() }()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
+	srv := testkit.ServeEcho(ln)
+	t.Cleanup(func() { srv.Close() })
 }
 
 func port(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
-
-func echoOnce(c net.Conn, msg string, within time.Duration) error {
-	c.SetDeadline(time.Now().Add(within))
-	defer c.SetDeadline(time.Time{})
-	if _, err := c.Write([]byte(msg)); err != nil {
-		return err
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		return err
-	}
-	if string(got) != msg {
-		return errors.New("wrong echo " + strconv.Quote(string(got)))
-	}
-	return nil
-}
 
 func TestPairConnectsServerAndClient(t *testing.T) {
 	p := netns.ForTest(t)
@@ -89,7 +48,7 @@ func TestPairConnectsServerAndClient(t *testing.T) {
 	if got := c.LocalAddr().(*net.TCPAddr).IP.String(); got != netns.ClientIP.String() {
 		t.Fatalf("client address %s, want %s", got, netns.ClientIP)
 	}
-	if err := echoOnce(c, "hello", 5*time.Second); err != nil {
+	if err := testkit.EchoOnce(c, "hello", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	// The server's address is not reachable from the root namespace.
@@ -144,7 +103,7 @@ func TestBlackHoleIsSilentAndRestorable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := echoOnce(c, "before", 5*time.Second); err != nil {
+	if err := testkit.EchoOnce(c, "before", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 
@@ -188,7 +147,7 @@ func TestBlackHoleIsSilentAndRestorable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	if err := echoOnce(c2, "after", 5*time.Second); err != nil {
+	if err := testkit.EchoOnce(c2, "after", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	for _, ns := range []*netns.Namespace{p.Server(), p.Client()} {
@@ -219,7 +178,7 @@ func TestBlackHoleOnlyAffectsItsPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := echoOnce(c, "other port", 5*time.Second); err != nil {
+	if err := testkit.EchoOnce(c, "other port", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -248,7 +207,7 @@ func TestPairsAreIndependent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := echoOnce(c, "unaffected", 5*time.Second); err != nil {
+	if err := testkit.EchoOnce(c, "unaffected", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -280,7 +239,7 @@ func TestLossDropsSomeButNotAll(t *testing.T) {
 	// the kernel counts the retransmissions the drops caused (the chance
 	// that 50 round trips lose no packet at all is about 1e-4).
 	for i := range 50 {
-		if err := echoOnce(c, "packet "+strconv.Itoa(i), 30*time.Second); err != nil {
+		if err := testkit.EchoOnce(c, "packet "+strconv.Itoa(i), 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
