@@ -313,7 +313,7 @@ func TestGateClosesScoutsAndReopens(t *testing.T) {
 			if s := g.Stats(); s.InFlight != 1 {
 				t.Fatalf("closed gate has %d in flight, want 1 scout", s.InFlight)
 			}
-			if time.Since(p.admitted) < 0 || scouts > 40 {
+			if time.Since(p.stamp.at) < 0 || scouts > 40 {
 				t.Fatal("too many scouts")
 			}
 			if next == 15 {
@@ -399,7 +399,7 @@ func TestGateCancelWhileQueuedLeavesNoTrace(t *testing.T) {
 			t.Fatalf("Acquire on an ended ctx: %v", err)
 		}
 		var nilGate *Gate
-		if _, err := nilGate.Acquire(t.Context()); !errors.Is(err, ErrNilGate) {
+		if _, err := nilGate.Acquire(t.Context()); !errors.Is(err, errNilGate) {
 			t.Fatalf("nil gate: %v", err)
 		}
 	})

@@ -20,6 +20,7 @@ type gateInstruments struct {
 	outcomes metric.Int64Counter
 	attrs    metric.MeasurementOption
 	byKind   [4]metric.MeasurementOption
+	reg      metric.Registration // the observable callback; nil if none
 }
 
 func newGateInstruments(g *Gate) *gateInstruments {
@@ -53,9 +54,9 @@ func newGateInstruments(g *Gate) *gateInstruments {
 	state, _ := m.Int64ObservableGauge("relink.gate.state",
 		metric.WithDescription("0 open, 1 closed (scouting), 2 paused (push-back)."))
 	if admitted != nil {
-		// The callback keeps the gate reachable only through the provider;
-		// gates are long-lived, one per destination.
-		_, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		// The callback keeps the gate reachable through the provider
+		// until Close unregisters it.
+		in.reg, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 			s := g.Stats()
 			o.ObserveInt64(admitted, int64(s.Admitted), in.attrs)
 			o.ObserveInt64(inFlight, int64(s.InFlight), in.attrs)
@@ -76,6 +77,14 @@ func (in *gateInstruments) waited(ctx context.Context, d time.Duration) {
 
 func (in *gateInstruments) shed(ctx context.Context) { in.shedC.Add(ctx, 1, in.attrs) }
 
-func (in *gateInstruments) outcome(k outcomeKind) {
-	in.outcomes.Add(context.Background(), 1, in.byKind[k])
+func (in *gateInstruments) outcome(o Outcome) {
+	in.outcomes.Add(context.Background(), 1, in.byKind[o.kind()])
+}
+
+// close unregisters the observable callback: a closed gate's instruments
+// stop reporting, and the provider no longer holds the gate.
+func (in *gateInstruments) close() {
+	if in.reg != nil {
+		_ = in.reg.Unregister()
+	}
 }

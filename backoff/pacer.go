@@ -1,0 +1,422 @@
+package backoff
+
+import (
+	"math"
+	"time"
+)
+
+// Constants of the pacer.
+const (
+	defaultStartupPeriod = 100 * time.Millisecond
+	defaultProbePeriod   = time.Second
+	cruiseGain           = 0.95
+	hiMemory             = 10 * time.Second
+	minEpisodeOutcomes   = 16
+	minEpisodeDuration   = 50 * time.Millisecond
+)
+
+// pacer is the Gate's adaptive controller: how fast to admit, when to probe
+// upward, how to react to a rejection and to a Retry-After. It is a value
+// with no lock, no timer and no clock of its own: every method takes now,
+// as x/time/rate's reserveN(t, n) does, so a table of (now, event) rows
+// drives it in tests, and the Gate (which owns the queue, the permits, the
+// token bucket, the scouts, the pause and the timer, under its lock) asks it
+// for the pace and tells it the outcomes.
+//
+// The Gate's calls: stamp when it admits an attempt (the attempt carries
+// the pace, cut count and epoch it was admitted under); accepted and
+// rejected when the attempt's outcome comes back; control before each
+// admission decision (startup doubling, cruise probes, an episode that
+// timed out) and next for when control may change the pace again; reopen
+// when a closed gate reopens; paused and resumed around a push-back.
+//
+// Where state shared between processes enters (the fleet-wide gate): a
+// fleet of processes admitting towards one destination should share
+//   - the pace (p.pace, p.estimate, p.hi/p.hiAt and p.cuts): one process's
+//     measurement or Retry-After cut becomes every process's, each admitting
+//     at its share; accepted and rejected are where an outcome would be
+//     published, and stamp/control where the fleet's pace would be read;
+//   - the outcome counts behind an episode (p.ep), summed over the fleet;
+//   - the pause-until and the closed state's scout lease, which the Gate
+//     holds (Gate.pausedUntil, Gate.nextScout/scoutsOut): one Retry-After
+//     pauses every process, one scout probes a dead destination for all.
+//
+// A shared store would sit behind these methods, never inside the Gate's
+// admission loop: the pacer would read a cached fleet pace and publish its
+// outcomes asynchronously, so that admission never waits on the store.
+type pacer struct {
+	// configuration, resolved by NewGate
+	rate        float64 // GateConfig.Rate: > 0 a ceiling, < 0 unlimited, 0 adaptive
+	initialRate float64
+	minRate     float64
+
+	pace       float64
+	estimate   float64
+	startup    bool
+	growAt     time.Time // next startup doubling
+	probeAt    time.Time // next cruise probe
+	probeEvery time.Duration
+	probedAt   time.Time     // last cruise probe
+	cleanProbe int           // consecutive probes without rejection
+	rejectedAt time.Time     // last rejection
+	minRTT     time.Duration // smallest round trip seen: the path, not the queue
+	probeFrom  float64       // the pace before the last probe
+	epoch      uint64        // counts reopenings: older permits do not steer the pace
+	paceSetAt  time.Time     // when the pace last changed
+	hi         float64       // a pace that drew a Retry-After, recently
+	hiAt       time.Time
+	cuts       uint64        // pace cuts for a Retry-After: one per overshoot
+	trustAt    time.Time     // a Retry-After forgiven at a configured Rate
+	lastRA     time.Duration // the last Retry-After
+	ep         episode
+}
+
+// episode is a measurement of the destination's acceptance while it rejects.
+type episode struct {
+	active    bool
+	start     time.Time
+	succ, rej int
+	// paused: a push-back happened during the episode, so successes per
+	// second of wall time say nothing about the destination.
+	paused bool
+	// offered sums, over the accepted outcomes, the pace at which each was
+	// admitted: offered/(succ+rej) is the rate the destination accepted.
+	offered float64
+}
+
+// stamp is what an admitted attempt carries back to the pacer with its
+// outcome: when it was admitted and under which pace, cut count and epoch.
+type stamp struct {
+	at    time.Time
+	pace  float64
+	cuts  uint64
+	epoch uint64
+}
+
+// newPacer returns a pacer for a gate created at now; rate, initialRate and
+// minRate are GateConfig's, already resolved and clamped.
+func newPacer(rate, initialRate, minRate float64, now time.Time) pacer {
+	p := pacer{rate: rate, initialRate: initialRate, minRate: minRate}
+	p.reset(now)
+	return p
+}
+
+// adaptive reports whether the pace adapts to outcomes (no negative Rate).
+func (p *pacer) adaptive() bool { return p.rate >= 0 }
+
+// unlimited reports whether the gate admits without a rate limit.
+func (p *pacer) unlimited() bool { return math.IsInf(p.pace, 1) }
+
+// ceiling is the highest pace: 95 % of a configured Rate, else the most a
+// gate can be configured with.
+func (p *pacer) ceiling() float64 {
+	if p.rate > 0 {
+		// Paced at 95 % of the configured rate: probes stop there too.
+		return cruiseGain * p.rate
+	}
+	return maxConfigurableRate
+}
+
+// stamp returns what an attempt admitted at now carries.
+func (p *pacer) stamp(now time.Time) stamp {
+	return stamp{at: now, pace: p.pace, cuts: p.cuts, epoch: p.epoch}
+}
+
+// reset sets the pace for a fresh start (creation or reopening): the
+// configured rate, the measured estimate, or startup from InitialRate.
+func (p *pacer) reset(now time.Time) {
+	p.ep = episode{}
+	p.cleanProbe = 0
+	switch {
+	case p.rate > 0:
+		// Told the rate: start every open period just below it (timing
+		// jitter would otherwise overrun a server limited to exactly
+		// Rate), and adapt below that only on the evidence of this period.
+		p.pace = cruiseGain * p.rate
+		p.startup = false
+	case p.rate < 0:
+		p.pace = math.Inf(1)
+		p.startup = false
+	case p.estimate > 0:
+		p.pace = cruiseGain * p.estimate
+		p.startup = false
+	case p.initialRate < 0:
+		// Startup turned off: from the floor, by cruise probes only.
+		p.pace = p.minRate
+		p.startup = false
+	default:
+		p.pace = p.initialRate
+		p.startup = true
+	}
+	p.pace = math.Max(p.pace, p.minRate)
+	p.growAt = now.Add(p.startupPeriod())
+	if p.probeEvery == 0 {
+		p.probeEvery = defaultProbePeriod
+	}
+	p.probeAt = now.Add(p.probeEvery)
+}
+
+// reopen starts a new open period after the gate was closed: outcomes of
+// attempts admitted before it no longer steer the pace.
+func (p *pacer) reopen(now time.Time) {
+	p.epoch++
+	p.reset(now)
+}
+
+// paused notes a push-back: an episode running through it cannot use wall
+// time.
+func (p *pacer) paused() { p.ep.paused = p.ep.active }
+
+// resumed notes the end of a push-back at now: the pace that drew it has not
+// run a clean period yet, so no probe before it has, and it is not proven.
+func (p *pacer) resumed(now time.Time) {
+	p.rejectedAt = now
+	p.paceSetAt = now
+}
+
+// startupPeriod is how often startup doubles the pace: every round trip
+// (so that a rejection can come back before the next doubling), at least
+// 100 ms and at most 1 s. The minimum round trip is the path's; a smoothed
+// one would include the queueing of the last herd.
+func (p *pacer) startupPeriod() time.Duration {
+	return min(max(defaultStartupPeriod, p.minRTT), time.Second)
+}
+
+// accepted feeds a success at now of an attempt admitted under s.
+func (p *pacer) accepted(now time.Time, s stamp) {
+	if s.epoch != p.epoch {
+		return
+	}
+	if rtt := now.Sub(s.at); rtt >= 0 && (p.minRTT == 0 || rtt < p.minRTT) {
+		p.minRTT = rtt
+	}
+	if p.ep.active {
+		p.ep.succ++
+		p.ep.offered += s.pace
+		p.maybeEndEpisode(now)
+	}
+}
+
+// rejected feeds a rejection at now of an attempt admitted under s: an
+// overload (with the server's Retry-After, or zero) or an attempt that came
+// back unreachable while others got through.
+func (p *pacer) rejected(now time.Time, retryAfter time.Duration, s stamp) {
+	if s.epoch != p.epoch {
+		// Admitted before the gate last closed, at a pace that no longer
+		// applies: such an outcome says nothing of today's.
+		return
+	}
+	if retryAfter > 0 {
+		p.lastRA = retryAfter
+		if s.cuts != p.cuts {
+			// Admitted before the pace was last cut for a Retry-After:
+			// the same overshoot, answered late (the attempts in flight
+			// when its first rejection came back). One cut per
+			// overshoot, as TCP reduces once per window: without this,
+			// a path with a 20 ms round trip cut the pace once per
+			// attempt in flight, down to the floor.
+			p.rejectedAt = now
+			return
+		}
+	}
+	probeOvershot := p.probeFrom > 0 && !p.probedAt.IsZero() && now.Sub(p.probedAt) < p.probeEvery
+	if retryAfter > 0 && probeOvershot && !p.rejectedAt.After(p.probedAt) {
+		// The last probe overshot, and the destination answered with a
+		// Retry-After, which pauses everyone: against such a destination
+		// probe half as often (up to every 16 s) while probes overshoot.
+		p.probeEvery = min(2*p.probeEvery, 16*defaultProbePeriod)
+	}
+	if probeOvershot {
+		// The probe overshot: back to the pace that did not, at once,
+		// rather than after the episode's measurement.
+		p.pace = p.probeFrom
+		p.probeFrom = 0
+	}
+	p.rejectedAt = now
+	p.cleanProbe = 0
+	if !p.adaptive() || p.unlimited() {
+		return
+	}
+	if retryAfter > 0 {
+		p.retryAfterCut(now, s.pace, probeOvershot)
+		return
+	}
+	if p.startup {
+		// The pace just doubled past capacity: back to the last pace that
+		// got no rejection, and measure.
+		p.startup = false
+		p.pace = math.Max(p.pace/2, p.minRate)
+	}
+	if !p.ep.active {
+		p.ep = episode{active: true, start: now}
+	}
+	p.ep.rej++
+	p.maybeEndEpisode(now)
+}
+
+// retryAfterCut handles a rejection with a Retry-After of an attempt
+// admitted at atPace, the first of its overshoot.
+func (p *pacer) retryAfterCut(now time.Time, atPace float64, probeOvershot bool) {
+	if p.rate > 0 && !probeOvershot && p.pace >= 0.9*p.ceiling() &&
+		(p.trustAt.IsZero() || now.Sub(p.trustAt) > hiMemory) {
+		// Told the rate and pacing just under it: a lone rejection is
+		// timing jitter at the destination (a burst across its counting
+		// window), and the pause honours it. A second within 10 s means
+		// the capacity is lower than configured: cut then.
+		p.trustAt = now
+		p.cuts++
+		return
+	}
+	// A destination that pauses everyone at each rejection cannot be
+	// measured while it rejects: all it says is that atPace was too fast.
+	// Remember that ceiling for a while (probes stay below it) and fall
+	// back to the last pace that ran clean.
+	if p.hi == 0 || atPace < p.hi || now.Sub(p.hiAt) > hiMemory {
+		p.hi = atPace
+	}
+	p.hiAt = now
+	switch {
+	case p.startup:
+		p.startup = false
+		p.pace = p.pace / 2
+	case !probeOvershot && now.Sub(p.paceSetAt) >= defaultProbePeriod:
+		// A pace that ran clean for a probe period: the capacity moved a
+		// little, or jitter; step down gently.
+		p.pace = 0.9 * math.Min(p.pace, atPace)
+	case !probeOvershot:
+		// A pace never yet proven (just after startup or a cut): step
+		// down hard, or every step costs another pause.
+		p.pace = 0.6 * math.Min(p.pace, atPace)
+	}
+	p.paceSetAt = now
+	p.cuts++
+	p.pace = math.Max(p.pace, p.minRate)
+	p.estimate = p.pace / cruiseGain
+	p.ep = episode{}
+}
+
+// maybeEndEpisode turns a long enough measurement into an estimate of the
+// rate the destination accepts while it rejects: the larger of the successes
+// per second since the first rejection (exact once the destination is
+// saturated) and the admission pace times the accepted fraction (exact when
+// outcomes lag the pace). Sporadic rejections (under 5 %) at a pace the
+// destination otherwise keeps up with are noise: they never lower an
+// estimate.
+func (p *pacer) maybeEndEpisode(now time.Time) {
+	e := &p.ep
+	n := e.succ + e.rej
+	el := now.Sub(e.start)
+	if n < minEpisodeOutcomes || el < minEpisodeDuration {
+		return
+	}
+	est := e.offered / float64(n)
+	if !e.paused {
+		est = math.Max(est, float64(e.succ)/el.Seconds())
+	}
+	if float64(e.rej) < 0.05*float64(n) && p.estimate > 0 {
+		est = math.Max(est, p.estimate)
+	}
+	p.estimate = math.Max(est, p.minRate)
+	p.pace = math.Max(math.Min(cruiseGain*p.estimate, p.ceiling()), p.minRate)
+	p.ep = episode{}
+	p.probeAt = now.Add(p.probeEvery)
+}
+
+// control advances the controller's clock at now, with queued attempts
+// waiting: startup doubling and cruise probing, only while attempts are
+// queued (a gate with no demand does not inflate its pace). The Gate calls
+// it only while open.
+func (p *pacer) control(now time.Time, queued int) {
+	if !p.adaptive() || p.unlimited() {
+		return
+	}
+	if p.startup {
+		if now.Before(p.growAt) {
+			return
+		}
+		p.growAt = now.Add(p.startupPeriod())
+		if queued > 0 {
+			p.pace = math.Min(p.pace*2, p.ceiling())
+		}
+		return
+	}
+	if p.ep.active {
+		if now.Sub(p.ep.start) > 4*defaultProbePeriod {
+			// Too few outcomes to measure: fall back to halving.
+			p.pace = math.Max(p.pace/2, p.minRate)
+			p.ep = episode{}
+		}
+		return
+	}
+	if now.Before(p.probeAt) {
+		return
+	}
+	p.probeAt = now.Add(p.probeEvery)
+	if !p.probedAt.IsZero() && p.rejectedAt.Before(p.probedAt) {
+		// The last probe went unpunished: probe more often again.
+		p.probeEvery = max(p.probeEvery/2, defaultProbePeriod)
+	}
+	if queued == 0 || now.Sub(p.rejectedAt) < defaultProbePeriod || p.pace >= p.ceiling() {
+		return
+	}
+	if target, ok := p.probeTarget(now, queued); ok {
+		p.probedAt = now
+		p.cleanProbe++
+		p.probeFrom = p.pace
+		p.pace = math.Min(target, p.ceiling())
+		p.paceSetAt = now
+	}
+}
+
+// probeTarget returns the pace a probe at now would try, and whether to
+// probe at all. A second without rejection while attempts queue: probe
+// upward, faster after consecutive clean probes (1.1×, 1.1×, 1.2×, 1.4×,
+// 1.8×, then 2×): a small step first, since the destination's own burst can
+// hide a small excess for a while.
+func (p *pacer) probeTarget(now time.Time, queued int) (float64, bool) {
+	target := p.pace * math.Min(1+0.1*math.Exp2(float64(max(p.cleanProbe-1, 0))), 2)
+	if p.hi > 0 && now.Sub(p.hiAt) < hiMemory {
+		// A recent pace drew a Retry-After, and every overshoot pauses
+		// everyone. Step a quarter of the way to that ceiling (at least
+		// 5 %, at most half-way), and only while the step is worth its
+		// risk; stop within 10 % of the ceiling.
+		if p.pace >= 0.9*p.hi {
+			return 0, false
+		}
+		target = math.Min(math.Max(p.pace*1.05, p.pace+(p.hi-p.pace)/4), (p.pace+p.hi)/2)
+		if !p.probeWorthIt(target, queued) {
+			return 0, false
+		}
+	}
+	return target, true
+}
+
+// probeWorthIt weighs a probe from the pace up to target against a
+// destination that pauses everyone for a Retry-After at each overshoot. With
+// the capacity taken as equally likely anywhere between the pace and the
+// ceiling hi, the probe fails with probability (target-pace)/(hi-pace) and
+// then costs a pause; if it holds, the queued attempts go faster. Near the
+// end of a herd, or close under the ceiling, a probe is not worth it.
+func (p *pacer) probeWorthIt(target float64, queued int) bool {
+	if !(target > p.pace) || !(p.hi > p.pace) {
+		return false
+	}
+	pFail := math.Min(1, (target-p.pace)/(p.hi-p.pace))
+	remaining := float64(queued) / p.pace // seconds of work at this pace
+	gain := (1 - pFail) * remaining * (1 - p.pace/target)
+	return gain > pFail*p.lastRA.Seconds()
+}
+
+// next returns when control may next change the pace, or zero. The Gate
+// asks it only while open.
+func (p *pacer) next() time.Time {
+	switch {
+	case !p.adaptive() || p.unlimited():
+		return time.Time{}
+	case p.startup:
+		return p.growAt
+	case p.ep.active:
+		return p.ep.start.Add(4 * defaultProbePeriod)
+	}
+	return p.probeAt
+}
