@@ -43,8 +43,10 @@ import (
 	"time"
 
 	"github.com/relinkgo/relink/conn"
+	"github.com/relinkgo/relink/internal/ctxtime"
 	"github.com/relinkgo/relink/internal/faultproxy"
 	"github.com/relinkgo/relink/internal/netns"
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 // Result is the -json output.
@@ -163,27 +165,62 @@ type env struct {
 	close  func()
 }
 
+// run measures once: setup (the environment, every flow up) → warm-up
+// (the flows exchange probes) → fault (the cut, then waiting for every flow
+// to end) → report.
 func run(ctx context.Context, o options, logf func(string, ...any)) (*report, error) {
-	if err := raiseFileLimit(uint64(4*o.flows + 256)); err != nil {
+	need := uint64(4*o.flows + 256)
+	lim, err := testkit.RaiseFileLimit(need)
+	if err != nil {
 		return nil, err
 	}
-	method, why := o.method, ""
-	if method == "auto" {
-		if err := netns.Available(); err != nil {
-			method, why = "proxy", fmt.Sprintf("network namespaces unavailable (%v)", err)
-		} else {
-			method, why = "netns", "running as root with ip and nft"
-		}
-	} else {
-		why = "chosen with -method"
+	if lim < need {
+		return nil, fmt.Errorf("RLIMIT_NOFILE hard limit %d < %d descriptors needed; raise it (ulimit -Hn) or use fewer -flows", lim, need)
 	}
 	start := time.Now()
-	e, err := newEnv(method, why)
+	e, err := newEnv(pickMethod(o.method))
 	if err != nil {
 		return nil, err
 	}
 	defer e.close()
 	bound := o.interval + o.timeout
+	logSetup(logf, e, o, bound)
+	d := conn.Dialer{
+		Config: conn.Config{Probe: conn.CRLF, ProbeInterval: o.interval, ProbeTimeout: o.timeout},
+		Dial:   e.dial,
+	}
+	flows, err := dialAll(ctx, &d, e.addr, o.flows, o.interval)
+	defer closeAll(flows)
+	if err != nil {
+		return nil, err
+	}
+	setup := time.Since(start)
+	logf("%d flows up in %v; exchanging probes for %v, then cutting\n", len(flows), setup.Round(time.Millisecond), o.settle)
+	if err := warmUp(ctx, flows, o.settle); err != nil {
+		return nil, err
+	}
+	cutAt, err := cutAndWait(ctx, e, flows, 2*bound+5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	r := measure(flows, cutAt)
+	r.why, r.setup = e.why, setup
+	r.Method, r.BoundS = e.method, bound.Seconds()
+	return r, nil
+}
+
+// pickMethod resolves "auto" and says why the method was chosen.
+func pickMethod(method string) (string, string) {
+	if method != "auto" {
+		return method, "chosen with -method"
+	}
+	if err := netns.Available(); err != nil {
+		return "proxy", fmt.Sprintf("network namespaces unavailable (%v)", err)
+	}
+	return "netns", "running as root with ip and nft"
+}
+
+func logSetup(logf func(string, ...any), e *env, o options, bound time.Duration) {
 	switch e.method {
 	case "netns":
 		logf("method: netns — echo server and clients in two network namespaces, one nft DROP rule on the server port both ways (%s)\n", e.why)
@@ -191,56 +228,58 @@ func run(ctx context.Context, o options, logf func(string, ...any)) (*report, er
 		logf("method: proxy — in-process freeze proxy (no FIN, no RST; its kernel keeps ACKing, so only application probes can see it) (%s)\n", e.why)
 	}
 	logf("flows %d, ProbeInterval %v, ProbeTimeout %v: bound %v\n", o.flows, o.interval, o.timeout, bound)
+}
 
-	d := conn.Dialer{
-		Config: conn.Config{Probe: conn.CRLF, ProbeInterval: o.interval, ProbeTimeout: o.timeout},
-		Dial:   e.dial,
+// closeAll closes every flow and waits for its reader.
+func closeAll(flows []*flow) {
+	for _, f := range flows {
+		f.c.Close()
 	}
-	flows, err := dialAll(ctx, &d, e.addr, o.flows, o.interval)
-	defer func() {
-		for _, f := range flows {
-			f.c.Close()
-		}
-		for _, f := range flows {
-			<-f.done
-		}
-	}()
-	if err != nil {
-		return nil, err
+	for _, f := range flows {
+		<-f.done
 	}
-	setup := time.Since(start)
-	logf("%d flows up in %v; exchanging probes for %v, then cutting\n", len(flows), setup.Round(time.Millisecond), o.settle)
-	if err := sleep(ctx, o.settle); err != nil {
-		return nil, err
+}
+
+// warmUp lets the flows exchange probes for settle; none may end.
+func warmUp(ctx context.Context, flows []*flow, settle time.Duration) error {
+	if !ctxtime.Sleep(ctx, settle) {
+		return context.Cause(ctx)
 	}
 	for _, f := range flows {
 		select {
 		case <-f.done:
-			return nil, fmt.Errorf("a flow ended before the cut: %v", f.c.Err())
+			return fmt.Errorf("a flow ended before the cut: %v", f.c.Err())
 		default:
 		}
 	}
+	return nil
+}
 
+// cutAndWait cuts the path and waits for every flow to end, or for limit.
+// It returns when the cut was in place: when cut returned (installing the
+// nft rules takes a few ms, during which answers may still arrive).
+func cutAndWait(ctx context.Context, e *env, flows []*flow, limit time.Duration) (time.Time, error) {
 	if err := e.cut(); err != nil {
-		return nil, err
+		return time.Time{}, err
 	}
-	// The cut is in place when cut returns (installing the nft rules takes
-	// a few ms, during which answers may still arrive).
 	cutAt := time.Now()
-	// Wait for every flow to end, or well past the bound.
-	wait := time.NewTimer(2*bound + 5*time.Second)
+	wait := time.NewTimer(limit)
 	defer wait.Stop()
 	for _, f := range flows {
 		select {
 		case <-f.done:
 		case <-wait.C:
 		case <-ctx.Done():
-			return nil, context.Cause(ctx)
+			return cutAt, context.Cause(ctx)
 		}
 	}
+	return cutAt, nil
+}
 
-	r := &report{why: e.why, otherEnds: map[string]int{}, setup: setup}
-	r.Flows, r.Method, r.BoundS = len(flows), e.method, bound.Seconds()
+// measure collects the detection times of the flows that ended, unresponsive.
+func measure(flows []*flow, cutAt time.Time) *report {
+	r := &report{otherEnds: map[string]int{}}
+	r.Flows = len(flows)
 	for _, f := range flows {
 		select {
 		case <-f.done:
@@ -262,7 +301,7 @@ func run(ctx context.Context, o options, logf func(string, ...any)) (*report, er
 		r.P99S = pct(r.fromLast, 99).Seconds()
 		r.MaxS = r.fromLast[n-1].Seconds()
 	}
-	return r, nil
+	return r
 }
 
 func newEnv(method, why string) (*env, error) {
@@ -278,7 +317,7 @@ func newEnv(method, why string) (*env, error) {
 			return nil, err
 		}
 		port := ln.Addr().(*net.TCPAddr).Port
-		stopEcho := serveEcho(ln)
+		srv := testkit.ServeEcho(ln)
 		return &env{
 			method: method,
 			why:    why,
@@ -289,19 +328,18 @@ func newEnv(method, why string) (*env, error) {
 				return err
 			},
 			close: func() {
-				stopEcho()
+				srv.Close()
 				p.Close()
 			},
 		}, nil
 	case "proxy":
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		srv, err := testkit.ListenEcho("")
 		if err != nil {
 			return nil, err
 		}
-		stopEcho := serveEcho(ln)
-		px, err := faultproxy.New(ln.Addr().String())
+		px, err := faultproxy.New(srv.Addr())
 		if err != nil {
-			stopEcho()
+			srv.Close()
 			return nil, err
 		}
 		return &env{
@@ -311,65 +349,11 @@ func newEnv(method, why string) (*env, error) {
 			cut:    func() error { px.Freeze(); return nil },
 			close: func() {
 				px.Close()
-				stopEcho()
+				srv.Close()
 			},
 		}, nil
 	}
 	return nil, fmt.Errorf("unknown method %q", method)
-}
-
-// serveEcho echoes every connection accepted on ln (CRLF probes included,
-// which answers them) until the returned function is called.
-func serveEcho(ln net.Listener) (stop func()) {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]struct{}{}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				time.Sleep(10 * time.Millisecond) // EMFILE: do not spin
-				continue
-			}
-			mu.Lock()
-			conns[c] = struct{}{}
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				buf := make([]byte, 512)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							break
-						}
-					}
-					if err != nil {
-						break
-					}
-				}
-				c.Close()
-				mu.Lock()
-				delete(conns, c)
-				mu.Unlock()
-			}()
-		}
-	}()
-	return func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	}
 }
 
 // flow is one monitored connection and its reader.
@@ -390,8 +374,8 @@ func dialAll(ctx context.Context, d *conn.Dialer, addr string, n int, spread tim
 	var wg sync.WaitGroup
 	start := time.Now()
 	for i := range flows {
-		if err := sleep(ctx, time.Until(start.Add(spread*time.Duration(i)/time.Duration(n)))); err != nil {
-			errs <- err
+		if !ctxtime.Sleep(ctx, time.Until(start.Add(spread*time.Duration(i)/time.Duration(n)))) {
+			errs <- context.Cause(ctx)
 			break
 		}
 		sem <- struct{}{}
@@ -436,38 +420,4 @@ func (f *flow) read() {
 	}
 	<-f.c.Done()
 	f.doneAt = time.Now()
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-}
-
-// raiseFileLimit makes sure the process may open need descriptors, raising
-// RLIMIT_NOFILE's soft limit towards the hard one if necessary.
-func raiseFileLimit(need uint64) error {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return nil // not knowable here; try anyway
-	}
-	if rl.Cur >= need {
-		return nil
-	}
-	if rl.Max < need {
-		return fmt.Errorf("RLIMIT_NOFILE hard limit %d < %d descriptors needed; raise it (ulimit -Hn) or use fewer -flows", rl.Max, need)
-	}
-	rl.Cur = need
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return fmt.Errorf("raise RLIMIT_NOFILE to %d: %w", need, err)
-	}
-	return nil
 }
