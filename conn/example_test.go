@@ -77,7 +77,7 @@ func ExampleWrap() {
 // Config.NetDialer gives the kernel options to libraries that take a
 // net.Dialer, such as sipgo's TransportTCP.DialerCreate.
 func ExampleConfig_NetDialer() {
-	cfg := conn.Config{} // keepalive 5 s/5 s/2 and TCP_USER_TIMEOUT 15 s
+	cfg := conn.Config{} // keepalive 5 s idle, 1 s interval, 10 probes; TCP_USER_TIMEOUT 15 s
 	dialerCreate := func(laddr net.Addr) net.Dialer {
 		d := cfg.NetDialer()
 		d.LocalAddr = laddr
@@ -88,12 +88,70 @@ func ExampleConfig_NetDialer() {
 	// Output: 5s 1s 10
 }
 
-// A Prober for a protocol of your own: any byte the peer sends back proves
-// it alive.
+// The zero Config is the documented default; a negative value turns a
+// setting off: here kernel keepalive and TCP_USER_TIMEOUT, leaving detection
+// to the application probe.
+func ExampleConfig() {
+	def := conn.Config{}.NetDialer()
+	fmt.Println("default keepalive:", def.KeepAliveConfig.Idle, def.KeepAliveConfig.Interval, def.KeepAliveConfig.Count,
+		"TCP_USER_TIMEOUT set:", def.ControlContext != nil)
+
+	cfg := conn.Config{
+		KeepAlive:   net.KeepAliveConfig{Idle: -1}, // off
+		UserTimeout: -1,                            // off: the kernel's own bound
+		Probe:       conn.CRLF,
+		// ProbeInterval and ProbeTimeout zero: 10 s and 5 s.
+	}
+	off := cfg.NetDialer()
+	fmt.Println("keepalive off:", off.KeepAlive < 0, "TCP_USER_TIMEOUT set:", off.ControlContext != nil)
+	// Output:
+	// default keepalive: 5s 1s 10 TCP_USER_TIMEOUT set: true
+	// keepalive off: true TCP_USER_TIMEOUT set: false
+}
+
+// A Prober for a protocol of your own: the Conn writes "PING\n" after
+// ProbeInterval without inbound bytes, and any byte the peer sends back (here
+// its "PONG\n") proves it alive.
 func ExampleProberFunc() {
 	ping := conn.ProberFunc(func(w io.Writer) error {
 		_, err := io.WriteString(w, "PING\n")
 		return err
 	})
-	_ = conn.Config{Probe: ping, ProbeInterval: 30 * time.Second, ProbeTimeout: 10 * time.Second}
+
+	client, server := net.Pipe()
+	go func() { // the peer answers each PING with a PONG
+		defer server.Close()
+		r := bufio.NewReader(server)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if line == "PING\n" {
+				if _, err := io.WriteString(server, "PONG\n"); err != nil {
+					return
+				}
+			}
+		}
+	}()
+
+	c := conn.Wrap(client, conn.Config{
+		Probe:         ping,
+		ProbeInterval: 20 * time.Millisecond, // 10 s by default
+		ProbeTimeout:  time.Second,           // 5 s by default
+	})
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for range 3 { // three quiet intervals, three probes, three answers
+		line, err := r.ReadString('\n')
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		fmt.Print(line)
+	}
+	// Output:
+	// PONG
+	// PONG
+	// PONG
 }

@@ -13,7 +13,6 @@ package conn_test
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -26,6 +25,7 @@ import (
 	"github.com/relinkgo/relink/backoff"
 	"github.com/relinkgo/relink/conn"
 	"github.com/relinkgo/relink/internal/netns"
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 // hoFlowKinds are the two shapes of a flow when the path goes silent.
@@ -35,46 +35,17 @@ var hoFlowKinds = []string{"idle", "busy"}
 // socket buffer, so Write returns and the bytes wait unacknowledged.
 const hoInFlight = 4 << 10
 
-// hoEchoServer runs an echo server in p's server namespace and returns its
-// port. It answers relink's CRLF probes by echoing them.
+// hoEchoServer runs testkit's echo server in p's server namespace and
+// returns its port. It answers relink's CRLF probes by echoing them.
 func hoEchoServer(t *testing.T, p *netns.Pair) int {
 	t.Helper()
 	ln, err := p.ListenTCP(0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				io.Copy(c, c)
-				c.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().(*net.TCPAddr).Port
+	srv := testkit.ServeEcho(ln)
+	t.Cleanup(func() { srv.Close() })
+	return srv.Port()
 }
 
 // hoReader drains c in a goroutine, as an application's read loop does: with

@@ -25,6 +25,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/relinkgo/relink/backoff"
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 // dialAnswer is how fakeNet answers one dial.
@@ -1130,8 +1131,8 @@ func TestLinkTelemetry(t *testing.T) {
 // which only the Conn's probe detects.
 func TestLinkLoopbackEchoServerRestart(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	srv := startEcho(t, "127.0.0.1:0")
-	addr := srv.addr
+	srv := listenEcho(t, "")
+	addr := srv.Addr()
 
 	type result struct {
 		n    int
@@ -1200,17 +1201,18 @@ func TestLinkLoopbackEchoServerRestart(t *testing.T) {
 	expect(1)
 
 	// Restart: everything closed, the port refuses for 300 ms, then serves.
-	srv.stop()
+	srv.Close()
 	waitLoss(io.EOF, syscall.ECONNRESET)
 	time.Sleep(300 * time.Millisecond)
-	srv = startEcho(t, addr)
+	srv = listenEcho(t, addr)
 	back := time.Now()
 	expect(2)
 	t.Logf("session 2 ran %v after the server came back", time.Since(back))
 
-	// Freeze: the server keeps the connection open but stops answering.
+	// Freeze: the server keeps the connection open but stops reading and
+	// answering.
 	start := time.Now()
-	srv.freeze()
+	srv.Freeze()
 	waitLoss(ErrUnresponsive)
 	d := time.Since(start)
 	if d > 2*time.Second {
@@ -1223,88 +1225,17 @@ func TestLinkLoopbackEchoServerRestart(t *testing.T) {
 	if err := wait(); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Run = %v", err)
 	}
-	srv.stop()
+	srv.Close()
 }
 
-// echoServer is a loopback echo server that can be stopped (closing every
-// connection) and can freeze its current connections: they stay open (the
-// kernel keeps acknowledging) but the server answers nothing on them, as a
-// hung peer application would. New connections are served normally.
-type echoServer struct {
-	addr  string
-	ln    net.Listener
-	mu    sync.Mutex
-	conns map[net.Conn]bool // true: frozen
-	wg    sync.WaitGroup
-}
-
-func startEcho(t *testing.T, addr string) *echoServer {
+// listenEcho starts testkit's echo server on addr ("" for a new port).
+func listenEcho(t *testing.T, addr string) *testkit.Echo {
 	t.Helper()
-	var ln net.Listener
-	var err error
-	for range 50 { // the port may linger briefly after a restart
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	srv, err := testkit.ListenEcho(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &echoServer{addr: ln.Addr().String(), ln: ln, conns: map[net.Conn]bool{}}
-	s.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.conns[c] = false
-			s.mu.Unlock()
-			s.wg.Go(func() { s.serve(c) })
-		}
-	})
-	return s
-}
-
-func (s *echoServer) serve(c net.Conn) {
-	defer c.Close()
-	buf := make([]byte, 4096)
-	for {
-		n, err := c.Read(buf)
-		if err != nil {
-			return
-		}
-		s.mu.Lock()
-		frozen := s.conns[c]
-		s.mu.Unlock()
-		if frozen {
-			io.Copy(io.Discard, c) // hold the socket open, answer nothing
-			return
-		}
-		if _, err := c.Write(buf[:n]); err != nil {
-			return
-		}
-	}
-}
-
-// freeze silences the current connections from their next inbound byte on.
-func (s *echoServer) freeze() {
-	s.mu.Lock()
-	for c := range s.conns {
-		s.conns[c] = true
-	}
-	s.mu.Unlock()
-}
-
-func (s *echoServer) stop() {
-	s.ln.Close()
-	s.mu.Lock()
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
+	return srv
 }
 
 func startAttrs(opts []trace.SpanStartOption) []attribute.KeyValue {
