@@ -28,11 +28,9 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -43,6 +41,8 @@ import (
 
 	"github.com/relinkgo/relink/backoff"
 	"github.com/relinkgo/relink/conn"
+	"github.com/relinkgo/relink/internal/ctxtime"
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 func main() {
@@ -77,16 +77,17 @@ func run(addr string, interval, timeout, duration time.Duration) error {
 		defer cancel()
 	}
 	if builtin {
-		srv, err := startDemoServer("127.0.0.1:0")
+		srv, err := testkit.ListenEcho("")
 		if err != nil {
 			return err
 		}
-		addr = srv.addr
+		addr = srv.Addr()
 		logf("server: echo server listening on %s", addr)
+		d := &demoServer{srv: srv}
 		var wg sync.WaitGroup
 		defer wg.Wait()
-		defer srv.stop()
-		wg.Go(func() { srv.misbehave(ctx) })
+		defer d.stop()
+		wg.Go(func() { d.misbehave(ctx) })
 	}
 
 	var sessions atomic.Int64
@@ -171,136 +172,57 @@ func session(ctx context.Context, c *conn.Conn, n int) error {
 	}
 }
 
-// demoServer is an echo server that can hang (its connections stay open
-// but answer nothing) and restart (close everything, refuse for a while).
+// demoServer is testkit's echo server on a schedule: it hangs (its
+// connections stay open but answer nothing) and restarts (closes everything,
+// refuses for a while).
 type demoServer struct {
-	addr string
-	wg   sync.WaitGroup
-
-	mu    sync.Mutex
-	ln    net.Listener
-	conns map[net.Conn]bool // true: hung
+	mu      sync.Mutex
+	srv     *testkit.Echo // nil while restarting
+	stopped bool
 }
 
-func startDemoServer(addr string) (*demoServer, error) {
-	s := &demoServer{conns: map[net.Conn]bool{}}
-	if err := s.listen(addr); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
+// stop closes the server; final says that it stays closed.
+func (d *demoServer) stop() { d.close(true) }
 
-func (s *demoServer) listen(addr string) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
+func (d *demoServer) close(final bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopped = d.stopped || final
+	if d.srv != nil {
+		d.srv.Close()
+		d.srv = nil
 	}
-	s.mu.Lock()
-	s.ln, s.addr = ln, ln.Addr().String()
-	s.mu.Unlock()
-	s.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.conns[c] = false
-			s.mu.Unlock()
-			s.wg.Go(func() { s.serve(c) })
-		}
-	})
-	return nil
-}
-
-func (s *demoServer) serve(c net.Conn) {
-	defer func() {
-		c.Close()
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-	}()
-	buf := make([]byte, 4096)
-	for {
-		n, err := c.Read(buf)
-		if err != nil {
-			return
-		}
-		s.mu.Lock()
-		hung := s.conns[c]
-		s.mu.Unlock()
-		if hung {
-			io.Copy(io.Discard, c) // keep the socket open, answer nothing
-			return
-		}
-		if _, err := c.Write(buf[:n]); err != nil {
-			return
-		}
-	}
-}
-
-// hang makes the current connections silent; new ones are served.
-func (s *demoServer) hang() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.conns {
-		s.conns[c] = true
-	}
-}
-
-// closeAll closes the listener and every connection.
-func (s *demoServer) closeAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ln != nil {
-		s.ln.Close()
-		s.ln = nil
-	}
-	for c := range s.conns {
-		c.Close()
-	}
-}
-
-func (s *demoServer) stop() {
-	s.closeAll()
-	s.wg.Wait()
 }
 
 // misbehave runs the demonstration's schedule until ctx ends.
-func (s *demoServer) misbehave(ctx context.Context) {
-	t := time.NewTimer(2 * time.Second)
-	defer t.Stop()
-	wait := func(d time.Duration) bool {
-		t.Reset(d)
-		select {
-		case <-t.C:
-			return true
-		case <-ctx.Done():
-			return false
-		}
-	}
-	if !wait(2 * time.Second) {
+func (d *demoServer) misbehave(ctx context.Context) {
+	if !ctxtime.Sleep(ctx, 2*time.Second) {
 		return
 	}
 	logf("server: hanging — connections stay open, nothing is answered")
-	s.hang()
-	if !wait(4 * time.Second) {
+	d.mu.Lock()
+	d.srv.Hang()
+	addr := d.srv.Addr()
+	d.mu.Unlock()
+	if !ctxtime.Sleep(ctx, 4*time.Second) {
 		return
 	}
 	logf("server: restarting — all connections closed, port closed for 1s")
-	s.closeAll()
-	if !wait(time.Second) {
+	d.close(false)
+	if !ctxtime.Sleep(ctx, time.Second) {
 		return
 	}
-	for {
-		err := s.listen(s.addr)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, syscall.EADDRINUSE) || !wait(50*time.Millisecond) {
-			logf("server: cannot listen again: %v", err)
-			return
-		}
+	srv, err := testkit.ListenEcho(addr)
+	if err != nil {
+		logf("server: cannot listen again: %v", err)
+		return
 	}
-	logf("server: listening again on %s", s.addr)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped {
+		srv.Close()
+		return
+	}
+	d.srv = srv
+	logf("server: listening again on %s", addr)
 }
