@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	cenkalti "github.com/cenkalti/backoff/v4"
@@ -13,13 +12,13 @@ import (
 )
 
 func ExampleExponential() {
-	// Seeded for a reproducible example; leave Rand nil in production.
 	b := &backoff.Exponential{Base: 100 * time.Millisecond, Max: time.Second, Jitter: backoff.NoJitter}
 	for range 5 {
 		fmt.Println(b.NextBackOff())
 	}
+	// With the default FullJitter, the n-th delay is drawn from
+	// [0, min(Max, Base·2^n)].
 	b.Jitter = backoff.FullJitter
-	b.Rand = rand.New(rand.NewPCG(1, 2))
 	b.Reset()
 	d := b.NextBackOff()
 	fmt.Println(d >= 0 && d <= 100*time.Millisecond)
@@ -46,10 +45,26 @@ func ExampleExponential_retry() {
 	// Output: 3 <nil>
 }
 
+func ExampleNewFactory() {
+	// A Link or a Trunk takes a Factory: each retry loop gets its own copy.
+	mk := backoff.NewFactory(backoff.Exponential{Base: time.Second, Jitter: backoff.NoJitter})
+	a, b := mk(), mk()
+	fmt.Println(a.NextBackOff(), a.NextBackOff(), b.NextBackOff())
+	// Output: 1s 2s 1s
+}
+
 func ExampleFlowRecovery() {
-	f := &backoff.FlowRecovery{} // RFC 5626 §4.5: base 30 s, max 1800 s
-	fmt.Println(f.Window(1), f.Window(3), f.Window(10))
-	// Output: 1m0s 4m0s 30m0s
+	// RFC 5626 §4.5: after the n-th failure, W = min(1800 s, 30 s·2^n) and
+	// the wait is uniform in [W/2, W].
+	f := &backoff.FlowRecovery{}
+	for _, w := range []time.Duration{60 * time.Second, 120 * time.Second, 240 * time.Second} {
+		d := f.NextBackOff()
+		fmt.Println(w, d >= w/2 && d <= w)
+	}
+	// Output:
+	// 1m0s true
+	// 2m0s true
+	// 4m0s true
 }
 
 func ExampleFloor() {
@@ -60,11 +75,23 @@ func ExampleFloor() {
 	// Output: true 2s
 }
 
-func ExampleGate() {
+func ExamplePermanent() {
+	errAuth := errors.New("credentials rejected")
+	calls := 0
+	err := cenkalti.Retry(func() error {
+		calls++
+		return backoff.Permanent(errAuth) // retrying cannot help
+	}, &backoff.Exponential{Base: time.Millisecond})
+	fmt.Println(calls, errors.Is(err, errAuth), backoff.IsPermanent(backoff.Permanent(errAuth)))
+	// Output: 1 true true
+}
+
+func ExampleNewGate() {
 	gate := backoff.NewGate(backoff.GateConfig{Destination: "registrar.example:5060", Rate: 100})
+	defer gate.Close()
 	ctx := context.Background()
 	for i := range 3 {
-		permit, err := gate.Acquire(ctx)
+		permit, err := gate.Acquire(ctx) // FIFO, paced, bounded in flight
 		if err != nil {
 			return
 		}
@@ -77,4 +104,29 @@ func ExampleGate() {
 	s := gate.Stats()
 	fmt.Println(s.State, s.Admitted, s.Succeeded, s.Overloaded)
 	// Output: open 3 2 1
+}
+
+func ExampleGate_WaitForStateChange() {
+	gate := backoff.NewGate(backoff.GateConfig{Destination: "registrar.example:5060"})
+	defer gate.Close()
+	changed := make(chan backoff.GateState)
+	go func() {
+		gate.WaitForStateChange(context.Background(), backoff.GateOpen)
+		changed <- gate.State()
+	}()
+	permit, err := gate.Acquire(context.Background())
+	if err != nil {
+		return
+	}
+	permit.Done(backoff.Unreachable) // nothing got through: the gate closes
+	fmt.Println(<-changed)
+	// Output: closed
+}
+
+func ExampleGate_Close() {
+	gate := backoff.NewGate(backoff.GateConfig{})
+	gate.Close()
+	_, err := gate.Acquire(context.Background())
+	fmt.Println(errors.Is(err, backoff.ErrClosed), err)
+	// Output: true backoff: gate closed
 }

@@ -245,6 +245,9 @@ func (g *Gate) pushBackLocked(now time.Time, d time.Duration) []GateStateChange 
 	}
 	g.pausedUntil = until
 	g.pacer.paused()
+	if !g.closed {
+		g.armLocked(until) // the pause ends on time, queue or no queue
+	}
 	return g.setStateLocked(now, GatePaused, until)
 }
 

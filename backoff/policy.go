@@ -75,7 +75,9 @@ const (
 // "Exponential Backoff and Jitter": the n-th delay (n from 0) is drawn from
 // min(Max, Base·Multiplier^n) according to Jitter.
 //
-// The zero value is ready to use with the documented defaults. Unlike
+// The zero value is ready to use with the documented defaults; in every
+// numeric field zero means the default and a negative value turns the
+// feature off, as each field says. Unlike
 // cenkalti/backoff's ExponentialBackOff (which gives up after 15 minutes by
 // default), Exponential never gives up unless MaxAttempts or MaxElapsed is set.
 //
@@ -83,29 +85,34 @@ const (
 // give each retry loop its own (see NewFactory). Configuration fields must not
 // change after the first call to NextBackOff.
 type Exponential struct {
-	// Base is the first delay's cap. Zero or negative means DefaultBase
-	// (500 ms); values below MinDelay are raised to it.
+	// Base is the first delay's cap. Zero means DefaultBase (500 ms);
+	// negative turns the delay off (every NextBackOff returns 0, until a
+	// limit returns Stop); positive values below MinDelay are raised to it.
 	Base time.Duration
-	// Max caps every delay. Zero or negative means DefaultMax (60 s); it is
-	// raised to Base if smaller and lowered to MaxDelay (24 h) if larger.
+	// Max caps every delay. Zero means DefaultMax (60 s); negative turns
+	// the cap off (MaxDelay, 24 h, still applies). It is raised to Base if
+	// smaller and lowered to MaxDelay if larger.
 	Max time.Duration
 	// Multiplier is the growth factor per attempt. Zero means
-	// DefaultMultiplier (2); values below 1, NaN and infinities also mean 2;
-	// values above 10 are lowered to 10.
+	// DefaultMultiplier (2); negative turns growth off (1: every delay is
+	// drawn from Base); values between 0 and 1 mean 1; NaN and infinities
+	// mean 2; values above 10 are lowered to 10.
 	Multiplier float64
 	// Jitter selects the randomization; the zero value is FullJitter. An
 	// unknown value means FullJitter.
 	Jitter Jitter
 	// MaxAttempts, when positive, makes NextBackOff return Stop once it has
-	// returned that many delays. Zero or negative: never give up.
+	// returned that many delays. Zero (the default) and negative turn the
+	// limit off: never give up.
 	MaxAttempts int
 	// MaxElapsed, when positive, makes NextBackOff return Stop once this
-	// long has passed since the first NextBackOff after a Reset. Zero or
-	// negative: never give up.
+	// long has passed since the first NextBackOff after a Reset. Zero (the
+	// default) and negative turn the limit off: never give up.
 	MaxElapsed time.Duration
-	// Rand is the source of randomness; nil means a process-wide source.
-	// Tests pass a seeded one (rand.New(rand.NewPCG(1, 2))).
-	Rand *rand.Rand
+
+	// rand is the source of randomness for tests; nil means the
+	// process-wide source.
+	rand *rand.Rand
 
 	attempt int
 	prev    time.Duration
@@ -116,8 +123,10 @@ var _ BackOff = (*Exponential)(nil)
 
 func (e *Exponential) base() time.Duration {
 	switch {
-	case e.Base <= 0:
+	case e.Base == 0:
 		return DefaultBase
+	case e.Base < 0:
+		return 0
 	case e.Base < MinDelay:
 		return MinDelay
 	case e.Base > MaxDelay:
@@ -128,8 +137,11 @@ func (e *Exponential) base() time.Duration {
 
 func (e *Exponential) max() time.Duration {
 	m := e.Max
-	if m <= 0 {
+	switch {
+	case m == 0:
 		m = DefaultMax
+	case m < 0:
+		m = MaxDelay
 	}
 	if m > MaxDelay {
 		m = MaxDelay
@@ -143,8 +155,10 @@ func (e *Exponential) max() time.Duration {
 func (e *Exponential) multiplier() float64 {
 	m := e.Multiplier
 	switch {
-	case m == 0, math.IsNaN(m), math.IsInf(m, 0), m < 1:
+	case m == 0, math.IsNaN(m), math.IsInf(m, 0):
 		return DefaultMultiplier
+	case m < 1:
+		return 1
 	case m > 10:
 		return 10
 	}
@@ -178,7 +192,10 @@ func (e *Exponential) NextBackOff() time.Duration {
 
 func (e *Exponential) next() time.Duration {
 	base, max := e.base(), e.max()
-	r := e.Rand
+	if base == 0 {
+		return 0
+	}
+	r := e.rand
 	if e.Jitter == Decorrelated {
 		prev := e.prev
 		if prev < base {
@@ -246,23 +263,27 @@ const (
 // still up. The RFC's first replacement attempt, made at once, is the caller's
 // business: NextBackOff is called after an attempt has failed.
 //
-// The zero value is ready to use with the RFC's numbers. A FlowRecovery holds
-// the failure count and is not safe for concurrent use.
+// The zero value is ready to use with the RFC's numbers; zero means the
+// default in every field, negative turns the field off as it says. A
+// FlowRecovery holds the failure count and is not safe for concurrent use.
 type FlowRecovery struct {
-	// BaseAllFailed is the base time when all flows have failed. Zero or
-	// negative means 30 s; at least MinDelay.
+	// BaseAllFailed is the base time when all flows have failed. Zero
+	// means 30 s; negative turns the base off (MinDelay, 1 ms: the waits
+	// are the doubling alone); at most MaxDelay.
 	BaseAllFailed time.Duration
-	// BaseSomeOK is the base time when some other flow is up. Zero or
-	// negative means 90 s; at least MinDelay.
+	// BaseSomeOK is the base time when some other flow is up. Zero means
+	// 90 s; negative turns the base off (MinDelay); at most MaxDelay.
 	BaseSomeOK time.Duration
-	// Max is the max-time. Zero or negative means 1800 s; at most MaxDelay
-	// and at least the larger base.
+	// Max is the max-time. Zero means 1800 s; negative turns the cap off
+	// (MaxDelay, 24 h, still applies). At least the base in use.
 	Max time.Duration
 	// SomeFlowUp reports whether another flow of the user agent is up; nil
 	// means none is (the common case of one registrar).
 	SomeFlowUp func() bool
-	// Rand is the source of randomness; nil means a process-wide source.
-	Rand *rand.Rand
+
+	// rand is the source of randomness for tests; nil means the
+	// process-wide source.
+	rand *rand.Rand
 
 	failures int
 }
@@ -272,15 +293,15 @@ var _ BackOff = (*FlowRecovery)(nil)
 // Reset forgets the failures: call it when a flow has been established.
 func (f *FlowRecovery) Reset() { f.failures = 0 }
 
-// Window returns W for the given number of consecutive failures, without
-// jitter. It is exported for documentation and tests.
-func (f *FlowRecovery) Window(failures int) time.Duration {
-	base := orDefault(f.BaseAllFailed, DefaultFlowBaseAllFailed)
+// window returns W for the given number of consecutive failures, without
+// jitter.
+func (f *FlowRecovery) window(failures int) time.Duration {
+	base := orOff(f.BaseAllFailed, DefaultFlowBaseAllFailed, MinDelay)
 	if f.SomeFlowUp != nil && f.SomeFlowUp() {
-		base = orDefault(f.BaseSomeOK, DefaultFlowBaseSomeOK)
+		base = orOff(f.BaseSomeOK, DefaultFlowBaseSomeOK, MinDelay)
 	}
 	base = clampDur(base, MinDelay, MaxDelay)
-	max := clampDur(orDefault(f.Max, DefaultFlowMax), MinDelay, MaxDelay)
+	max := clampDur(orOff(f.Max, DefaultFlowMax, MaxDelay), MinDelay, MaxDelay)
 	if max < base {
 		max = base
 	}
@@ -296,15 +317,8 @@ func (f *FlowRecovery) NextBackOff() time.Duration {
 	if f.failures < 64 {
 		f.failures++
 	}
-	w := float64(f.Window(f.failures))
-	return time.Duration(w/2 + uniform(f.Rand)*w/2)
-}
-
-func orDefault(d, def time.Duration) time.Duration {
-	if d <= 0 {
-		return def
-	}
-	return d
+	w := float64(f.window(f.failures))
+	return time.Duration(w/2 + uniform(f.rand)*w/2)
 }
 
 // DefaultRetryAfterSpread and DefaultMaxRetryAfter are Floor's defaults.
@@ -326,14 +340,17 @@ type Floor struct {
 	// Policy is the wrapped policy; nil means a zero Exponential.
 	Policy BackOff
 	// Spread is the fraction of the Retry-After added at random. Zero means
-	// DefaultRetryAfterSpread (0.2); negative means no spread; at most 1.
+	// DefaultRetryAfterSpread (0.2); negative turns the spread off; at most
+	// 1.
 	Spread float64
-	// Max clamps a Retry-After: zero or negative means DefaultMaxRetryAfter
-	// (1 h), so that an absurd value (10^12 s) does not park a client for
-	// ever. At most MaxDelay.
+	// Max clamps a Retry-After: zero means DefaultMaxRetryAfter (1 h), so
+	// that an absurd value (10^12 s) does not park a client for ever;
+	// negative turns the clamp off (MaxDelay, 24 h, still applies).
 	Max time.Duration
-	// Rand is the source of randomness; nil means a process-wide source.
-	Rand *rand.Rand
+
+	// rand is the source of randomness for tests; nil means the
+	// process-wide source.
+	rand *rand.Rand
 
 	mu    sync.Mutex
 	floor time.Duration
@@ -349,7 +366,7 @@ func (f *Floor) RetryAfter(d time.Duration) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	d = min(d, clampDur(orDefault(f.Max, DefaultMaxRetryAfter), MinDelay, MaxDelay))
+	d = min(d, clampDur(orOff(f.Max, DefaultMaxRetryAfter, MaxDelay), MinDelay, MaxDelay))
 	f.floor = max(f.floor, d)
 }
 
@@ -365,7 +382,7 @@ func (f *Floor) NextBackOff() time.Duration {
 	}
 	fl := f.floor
 	f.floor = 0
-	fl += Spread(fl, f.Spread, f.Rand)
+	fl += spread(fl, f.Spread, f.rand)
 	return max(d, fl)
 }
 
@@ -384,10 +401,10 @@ func (f *Floor) policy() BackOff {
 	return f.Policy
 }
 
-// Spread returns a uniform random duration in [0, frac·d]: the jitter added
-// to a server-given delay. frac zero means DefaultRetryAfterSpread, negative
-// means none, above 1 means 1.
-func Spread(d time.Duration, frac float64, r *rand.Rand) time.Duration {
+// spread returns a uniform random duration in [0, frac·d]: the jitter added
+// to a server-given delay. frac zero (or NaN) means DefaultRetryAfterSpread,
+// negative means none, above 1 means 1.
+func spread(d time.Duration, frac float64, r *rand.Rand) time.Duration {
 	switch {
 	case frac == 0 || math.IsNaN(frac):
 		frac = DefaultRetryAfterSpread
@@ -403,13 +420,14 @@ func Spread(d time.Duration, frac float64, r *rand.Rand) time.Duration {
 // because a policy holds per-loop state.
 type Factory func() BackOff
 
-// NewFactory returns a Factory that copies the configuration of e (not its
-// state) into each new policy. A shared Rand is not safe for concurrent use,
-// so each copy gets nil (the process-wide source) unless e.Rand is nil.
+// NewFactory returns a Factory whose policies are copies of e: its
+// configuration, copied by value when NewFactory is called (changing the
+// caller's e later changes nothing), and a fresh state each.
 func NewFactory(e Exponential) Factory {
+	e.Reset()
+	e.rand = nil // a *rand.Rand is not safe for concurrent use: never shared
 	return func() BackOff {
-		c := &Exponential{Base: e.Base, Max: e.Max, Multiplier: e.Multiplier,
-			Jitter: e.Jitter, MaxAttempts: e.MaxAttempts, MaxElapsed: e.MaxElapsed}
-		return c
+		c := e
+		return &c
 	}
 }

@@ -20,8 +20,8 @@ func TestExponentialJitterBounds(t *testing.T) {
 		t.Run(j.String(), func(t *testing.T) {
 			var sum [12]float64
 			for range draws {
-				e := &Exponential{Base: base, Max: maxD, Jitter: j, Rand: seeded()}
-				e.Rand = rand.New(rand.NewPCG(rand.Uint64(), 7))
+				e := &Exponential{Base: base, Max: maxD, Jitter: j, rand: seeded()}
+				e.rand = rand.New(rand.NewPCG(rand.Uint64(), 7))
 				for n := range 12 {
 					c := min(maxD, time.Duration(float64(base)*math.Pow(2, float64(n))))
 					d := e.NextBackOff()
@@ -51,7 +51,7 @@ func TestExponentialJitterBounds(t *testing.T) {
 
 func TestExponentialDecorrelatedBounds(t *testing.T) {
 	base, maxD := 100*time.Millisecond, 3*time.Second
-	e := &Exponential{Base: base, Max: maxD, Jitter: Decorrelated, Rand: seeded()}
+	e := &Exponential{Base: base, Max: maxD, Jitter: Decorrelated, rand: seeded()}
 	prev := base
 	sawMax := false
 	for n := range 5000 {
@@ -133,7 +133,7 @@ func TestExponentialDropsIntoCenkaltiRetry(t *testing.T) {
 
 func TestExponentialBadConfig(t *testing.T) {
 	cases := []Exponential{
-		{Base: -time.Second, Max: -1, Multiplier: -3},
+		{Base: time.Second, Max: -1, Multiplier: -3},
 		{Base: 1, Max: 1, Multiplier: math.NaN()},
 		{Base: time.Hour, Max: time.Second, Multiplier: math.Inf(1)},
 		{Base: 1000 * time.Hour, Max: 10000 * time.Hour, Multiplier: 1e300},
@@ -157,8 +157,8 @@ func TestExponentialBadConfig(t *testing.T) {
 }
 
 func TestExponentialSeeded(t *testing.T) {
-	a := &Exponential{Rand: rand.New(rand.NewPCG(9, 9))}
-	b := &Exponential{Rand: rand.New(rand.NewPCG(9, 9))}
+	a := &Exponential{rand: rand.New(rand.NewPCG(9, 9))}
+	b := &Exponential{rand: rand.New(rand.NewPCG(9, 9))}
 	for range 50 {
 		if x, y := a.NextBackOff(), b.NextBackOff(); x != y {
 			t.Fatalf("same seed, different delays: %v vs %v", x, y)
@@ -167,11 +167,11 @@ func TestExponentialSeeded(t *testing.T) {
 }
 
 func TestFlowRecoveryRFC5626(t *testing.T) {
-	f := &FlowRecovery{Rand: seeded()}
-	if w := f.Window(3); w != 240*time.Second {
+	f := &FlowRecovery{rand: seeded()}
+	if w := f.window(3); w != 240*time.Second {
 		t.Fatalf("W(3) = %v, want 240s (30 s × 2^3)", w)
 	}
-	if w := f.Window(10); w != 1800*time.Second {
+	if w := f.window(10); w != 1800*time.Second {
 		t.Fatalf("W(10) = %v, want the 1800 s cap", w)
 	}
 	for range 1000 {
@@ -183,7 +183,7 @@ func TestFlowRecoveryRFC5626(t *testing.T) {
 		}
 	}
 	up := &FlowRecovery{SomeFlowUp: func() bool { return true }}
-	if w := up.Window(1); w != 180*time.Second {
+	if w := up.window(1); w != 180*time.Second {
 		t.Fatalf("some flow up: W(1) = %v, want 180s (90 s × 2)", w)
 	}
 	for range 6 {
@@ -195,17 +195,72 @@ func TestFlowRecoveryRFC5626(t *testing.T) {
 		}
 	}
 	custom := &FlowRecovery{BaseAllFailed: time.Second, Max: 4 * time.Second}
-	if w := custom.Window(5); w != 4*time.Second {
+	if w := custom.window(5); w != 4*time.Second {
 		t.Fatalf("custom cap: %v", w)
 	}
-	bad := &FlowRecovery{BaseAllFailed: -1, Max: -5}
-	if w := bad.Window(-3); w != 30*time.Second {
-		t.Fatalf("bad config W(-3) = %v, want defaults", w)
+	if w := (&FlowRecovery{}).window(-3); w != 30*time.Second {
+		t.Fatalf("W(-3) = %v, want W(0)", w)
+	}
+	off := &FlowRecovery{BaseAllFailed: -1, Max: -5}
+	if w := off.window(0); w != MinDelay {
+		t.Fatalf("negative base: W(0) = %v, want MinDelay", w)
+	}
+	if w := off.window(60); w != MaxDelay {
+		t.Fatalf("negative max: W(60) = %v, want MaxDelay", w)
+	}
+}
+
+// A negative value turns a field off, zero means its default.
+func TestNegativeIsOff(t *testing.T) {
+	off := &Exponential{Base: -1, MaxAttempts: 2}
+	if a, b, c := off.NextBackOff(), off.NextBackOff(), off.NextBackOff(); a != 0 || b != 0 || c != Stop {
+		t.Fatalf("negative Base: %v %v %v, want 0 0 Stop", a, b, c)
+	}
+	flat := &Exponential{Base: time.Second, Multiplier: -1, Jitter: NoJitter}
+	for range 5 {
+		if d := flat.NextBackOff(); d != time.Second {
+			t.Fatalf("negative Multiplier: %v, want Base every time", d)
+		}
+	}
+	uncapped := &Exponential{Base: time.Hour, Max: -1, Multiplier: 10, Jitter: NoJitter}
+	var got []time.Duration
+	for range 3 {
+		got = append(got, uncapped.NextBackOff())
+	}
+	if got[1] != 10*time.Hour || got[2] != MaxDelay {
+		t.Fatalf("negative Max: %v, want 1h 10h 24h", got)
+	}
+	f := &Floor{Policy: &Exponential{Jitter: NoJitter}, Max: -1, Spread: -1}
+	f.RetryAfter(2 * time.Hour)
+	if d := f.NextBackOff(); d != 2*time.Hour {
+		t.Fatalf("negative Floor.Max and Spread: %v, want exactly 2h", d)
+	}
+	if d := spread(time.Second, -1, nil); d != 0 {
+		t.Fatalf("negative spread: %v", d)
+	}
+}
+
+// NewFactory copies its argument by value: later changes to the caller's
+// value change nothing, and each policy has its own state.
+func TestNewFactoryCopies(t *testing.T) {
+	e := Exponential{Base: time.Second, Jitter: NoJitter}
+	e.NextBackOff() // state in the argument is not carried over
+	mk := NewFactory(e)
+	e.Base = time.Hour
+	a, b := mk(), mk()
+	if d := a.NextBackOff(); d != time.Second {
+		t.Fatalf("first delay %v, want 1s", d)
+	}
+	if d := a.NextBackOff(); d != 2*time.Second {
+		t.Fatalf("second delay %v, want 2s", d)
+	}
+	if d := b.NextBackOff(); d != time.Second {
+		t.Fatalf("the other policy's first delay %v, want 1s: state shared", d)
 	}
 }
 
 func TestFloorRetryAfter(t *testing.T) {
-	f := &Floor{Policy: &Exponential{Base: 10 * time.Millisecond, Jitter: NoJitter}, Rand: seeded()}
+	f := &Floor{Policy: &Exponential{Base: 10 * time.Millisecond, Jitter: NoJitter}, rand: seeded()}
 	if d := f.NextBackOff(); d != 10*time.Millisecond {
 		t.Fatalf("no floor: %v", d)
 	}
@@ -228,7 +283,7 @@ func TestFloorRetryAfter(t *testing.T) {
 	// Clients told the same value do not return together.
 	seen := map[time.Duration]bool{}
 	for i := range 100 {
-		g := &Floor{Policy: &Exponential{Jitter: NoJitter}, Rand: rand.New(rand.NewPCG(uint64(i), 1))}
+		g := &Floor{Policy: &Exponential{Jitter: NoJitter}, rand: rand.New(rand.NewPCG(uint64(i), 1))}
 		g.RetryAfter(10 * time.Second)
 		seen[g.NextBackOff()] = true
 	}
