@@ -24,7 +24,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -43,6 +42,7 @@ import (
 	"github.com/relinkgo/relink/conn"
 	"github.com/relinkgo/relink/internal/faultproxy"
 	"github.com/relinkgo/relink/internal/registrar"
+	"github.com/relinkgo/relink/internal/testkit"
 	"github.com/relinkgo/relink/sip"
 )
 
@@ -70,34 +70,94 @@ var instruments = []string{
 
 const trunks = 5
 
+// run plays the scenario: setup (the SDK, a Fleet behind a freeze proxy, a
+// Link to an echo server behind another) → warm-up (all registered, the link
+// ready) → fault (both paths silent until relink notices) → restore (503s
+// for a moment, then the paths return and everything recovers) → report
+// (the exports and the spans).
 func run(ctx context.Context, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	start := time.Now()
-	logf := func(format string, a ...any) {
-		fmt.Fprintf(out, "[%5.2fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
+	d := newDemo(out)
+	defer d.close()
+	if err := d.setupSIP(); err != nil {
+		return err
 	}
+	if err := d.setupLink(); err != nil {
+		return err
+	}
+	d.startRuns(ctx)
+	if err := d.warmUp(ctx); err != nil {
+		return err
+	}
+	if err := d.fault(ctx); err != nil {
+		return err
+	}
+	if err := d.restore(ctx); err != nil {
+		return err
+	}
+	return d.report()
+}
 
-	// The SDK: one reader with a long interval, so that the export happens
-	// once, at Shutdown, with everything the run recorded.
-	exp := &textExporter{}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(
-		sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(time.Hour))))
-	spans := &spanCounter{n: map[string]int{}}
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+// demo holds the scenario's parts.
+type demo struct {
+	out   io.Writer
+	start time.Time
+	exp   *textExporter
+	mp    *sdkmetric.MeterProvider
+	spans *spanCounter
+	tp    *sdktrace.TracerProvider
 
-	// SIP: a registrar behind a freeze proxy, and a Fleet on it.
+	reg      *registrar.Registrar
+	sipPath  *faultproxy.Proxy
+	fleet    *sip.Fleet
+	linkPath *faultproxy.Proxy
+	link     *conn.Link
+
+	closers []func() // run in reverse by close
+	stopped bool
+	stopRun func()
+	wg      sync.WaitGroup
+	poll    *time.Ticker
+}
+
+// newDemo sets up the SDK: one reader with a long interval, so that the
+// export happens once, at Shutdown, with everything the run recorded.
+func newDemo(out io.Writer) *demo {
+	d := &demo{out: out, start: time.Now(), exp: &textExporter{}, spans: &spanCounter{n: map[string]int{}}}
+	d.mp = sdkmetric.NewMeterProvider(sdkmetric.WithReader(
+		sdkmetric.NewPeriodicReader(d.exp, sdkmetric.WithInterval(time.Hour))))
+	d.tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(d.spans))
+	d.poll = time.NewTicker(20 * time.Millisecond)
+	return d
+}
+
+func (d *demo) logf(format string, a ...any) {
+	fmt.Fprintf(d.out, "[%5.2fs] %s\n", time.Since(d.start).Seconds(), fmt.Sprintf(format, a...))
+}
+
+// close stops the runs and closes every part, the last opened first.
+func (d *demo) close() {
+	d.stopRuns()
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
+	}
+	d.poll.Stop()
+}
+
+// setupSIP starts a registrar behind a freeze proxy, and a Fleet on it.
+func (d *demo) setupSIP() error {
 	quiet := slog.New(slog.DiscardHandler)
 	reg, err := registrar.New(registrar.Config{Password: "secret", DisableUDP: true})
 	if err != nil {
 		return err
 	}
-	defer reg.Close()
-	sipPath, err := faultproxy.New(reg.Addr())
-	if err != nil {
+	d.reg = reg
+	d.closers = append(d.closers, func() { reg.Close() })
+	if d.sipPath, err = faultproxy.New(reg.Addr()); err != nil {
 		return err
 	}
-	defer sipPath.Close()
+	d.closers = append(d.closers, func() { d.sipPath.Close() })
 	ua, err := sip.NewUA(sip.UAConfig{
 		TransportLayerOptions:   []sipmsg.TransportLayerOption{sipmsg.WithTransportLayerLogger(quiet)},
 		TransactionLayerOptions: []sipmsg.TransactionLayerOption{sipmsg.WithTransactionLayerLogger(quiet)},
@@ -105,11 +165,11 @@ func run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer ua.Close()
-	fleet := sip.NewFleet(ua, sip.FleetConfig{MeterProvider: mp, TracerProvider: tp})
+	d.closers = append(d.closers, func() { ua.Close() })
+	d.fleet = sip.NewFleet(ua, sip.FleetConfig{MeterProvider: d.mp, TracerProvider: d.tp})
 	for i := range trunks {
-		if _, err := fleet.Add(sip.TrunkConfig{
-			Registrars: []string{"sip:" + sipPath.Addr() + ";transport=tcp"},
+		if _, err := d.fleet.Add(sip.TrunkConfig{
+			Registrars: []string{"sip:" + d.sipPath.Addr() + ";transport=tcp"},
 			AOR:        fmt.Sprintf("sip:trunk%d@relink.test", i),
 			Password:   "secret",
 			// Short, for a demonstration: the defaults (10 s + 5 s) bound
@@ -120,28 +180,30 @@ func run(ctx context.Context, out io.Writer) error {
 			return err
 		}
 	}
+	return nil
+}
 
-	// conn: a Link to an echo server behind a freeze proxy, probing its
-	// Conn with CRLF (echoed back), through a gate of its own.
-	echo, err := startEcho()
+// setupLink starts a Link to an echo server behind a freeze proxy, probing
+// its Conn with CRLF (echoed back), through a gate of its own.
+func (d *demo) setupLink() error {
+	echo, err := testkit.ListenEcho("")
 	if err != nil {
 		return err
 	}
-	defer echo.close()
-	linkPath, err := faultproxy.New(echo.addr())
-	if err != nil {
+	d.closers = append(d.closers, func() { echo.Close() })
+	if d.linkPath, err = faultproxy.New(echo.Addr()); err != nil {
 		return err
 	}
-	defer linkPath.Close()
-	link, err := conn.NewLink(conn.LinkConfig{
+	d.closers = append(d.closers, func() { d.linkPath.Close() })
+	d.link, err = conn.NewLink(conn.LinkConfig{
 		Dialer: &conn.Dialer{Config: conn.Config{
 			Probe:          conn.CRLF,
 			ProbeInterval:  200 * time.Millisecond,
 			ProbeTimeout:   300 * time.Millisecond,
-			MeterProvider:  mp,
-			TracerProvider: tp,
+			MeterProvider:  d.mp,
+			TracerProvider: d.tp,
 		}},
-		Addrs: []string{linkPath.Addr()},
+		Addrs: []string{d.linkPath.Addr()},
 		Session: func(ctx context.Context, c *conn.Conn) error {
 			_, err := io.Copy(io.Discard, c) // the echoed probes prove the peer alive
 			if err == nil {
@@ -150,81 +212,95 @@ func run(ctx context.Context, out io.Writer) error {
 			return err
 		},
 		Backoff:        backoff.NewFactory(backoff.Exponential{Base: 50 * time.Millisecond, Max: 500 * time.Millisecond}),
-		Gate:           backoff.NewGate(backoff.GateConfig{Destination: linkPath.Addr(), MeterProvider: mp}),
+		Gate:           backoff.NewGate(backoff.GateConfig{Destination: d.linkPath.Addr(), MeterProvider: d.mp}),
 		DialTimeout:    time.Second,
-		MeterProvider:  mp,
-		TracerProvider: tp,
+		MeterProvider:  d.mp,
+		TracerProvider: d.tp,
 	})
-	if err != nil {
-		return err
-	}
+	return err
+}
 
-	runCtx, stopRun := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = fleet.Run(runCtx) })
-	wg.Go(func() { _ = link.Run(runCtx) })
-	stopped := false
-	stopAll := func() {
-		if !stopped {
-			stopped = true
-			stopRun()
-			wg.Wait()
+// startRuns runs the Fleet and the Link until stopRuns.
+func (d *demo) startRuns(ctx context.Context) {
+	runCtx, stop := context.WithCancel(ctx)
+	d.stopRun = stop
+	d.wg.Go(func() { _ = d.fleet.Run(runCtx) })
+	d.wg.Go(func() { _ = d.link.Run(runCtx) })
+}
+
+// stopRuns stops the Fleet (its trunks unregister) and the Link, once.
+func (d *demo) stopRuns() {
+	if !d.stopped && d.stopRun != nil {
+		d.stopped = true
+		d.stopRun()
+		d.wg.Wait()
+	}
+}
+
+func (d *demo) waitFor(ctx context.Context, what string, ok func() bool) error {
+	for !ok() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", what, context.Cause(ctx))
+		case <-d.poll.C:
 		}
 	}
-	defer stopAll()
+	return nil
+}
 
-	poll := time.NewTicker(20 * time.Millisecond)
-	defer poll.Stop()
-	waitFor := func(what string, ok func() bool) error {
-		for !ok() {
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("waiting for %s: %w", what, context.Cause(ctx))
-			case <-poll.C:
-			}
-		}
-		return nil
-	}
-	registered := func() int { return fleet.Stats().Registered }
+func (d *demo) registered() int { return d.fleet.Stats().Registered }
 
-	if err := waitFor("registration", func() bool { return registered() == trunks && link.State() == conn.LinkReady }); err != nil {
+func (d *demo) allUp() bool { return d.registered() == trunks && d.link.State() == conn.LinkReady }
+
+func (d *demo) warmUp(ctx context.Context) error {
+	if err := d.waitFor(ctx, "registration", d.allUp); err != nil {
 		return err
 	}
-	logf("%d trunks registered; link ready", trunks)
+	d.logf("%d trunks registered; link ready", trunks)
+	return nil
+}
 
-	sipPath.Freeze()
-	linkPath.Freeze()
-	logf("both paths silent (no FIN, no RST)")
-	if err := waitFor("detection", func() bool { return registered() == 0 && link.State() != conn.LinkReady }); err != nil {
+func (d *demo) fault(ctx context.Context) error {
+	d.sipPath.Freeze()
+	d.linkPath.Freeze()
+	d.logf("both paths silent (no FIN, no RST)")
+	if err := d.waitFor(ctx, "detection", func() bool { return d.registered() == 0 && d.link.State() != conn.LinkReady }); err != nil {
 		return err
 	}
-	logf("relink noticed: trunks re-registering, link %v", link.State())
+	d.logf("relink noticed: trunks re-registering, link %v", d.link.State())
+	return nil
+}
 
-	reg.SetOverload(time.Second)
-	sipPath.Forget()
-	linkPath.Forget()
-	logf("paths back; the registrar answers 503 + Retry-After: 1 for 300 ms")
+func (d *demo) restore(ctx context.Context) error {
+	d.reg.SetOverload(time.Second)
+	d.sipPath.Forget()
+	d.linkPath.Forget()
+	d.logf("paths back; the registrar answers 503 + Retry-After: 1 for 300 ms")
 	time.Sleep(150 * time.Millisecond)
-	if err := mp.ForceFlush(ctx); err != nil {
+	if err := d.mp.ForceFlush(ctx); err != nil {
 		return err
 	}
-	fmt.Fprint(out, exp.take("export during the recovery (gates paused by the 503's Retry-After)"))
+	fmt.Fprint(d.out, d.exp.take("export during the recovery (gates paused by the 503's Retry-After)"))
 	time.Sleep(150 * time.Millisecond)
-	reg.ClearOverload()
-	if err := waitFor("recovery", func() bool { return registered() == trunks && link.State() == conn.LinkReady }); err != nil {
+	d.reg.ClearOverload()
+	if err := d.waitFor(ctx, "recovery", d.allUp); err != nil {
 		return err
 	}
-	logf("%d trunks registered again; link ready", trunks)
-	stopAll()
-	logf("stopped (trunks unregistered); exporting")
+	d.logf("%d trunks registered again; link ready", trunks)
+	return nil
+}
 
+// report stops everything and prints the final export and the spans.
+func (d *demo) report() error {
+	d.stopRuns()
+	d.logf("stopped (trunks unregistered); exporting")
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer scancel()
-	if err := errors.Join(mp.Shutdown(sctx), tp.Shutdown(sctx)); err != nil {
+	if err := errors.Join(d.mp.Shutdown(sctx), d.tp.Shutdown(sctx)); err != nil {
 		return err
 	}
-	fmt.Fprint(out, exp.take("final export, at MeterProvider.Shutdown"))
-	spans.print(out)
+	fmt.Fprint(d.out, d.exp.take("final export, at MeterProvider.Shutdown"))
+	d.spans.print(d.out)
 	return nil
 }
 
@@ -380,51 +456,4 @@ func (s *spanCounter) print(w io.Writer) {
 	for _, k := range keys {
 		fmt.Fprintf(w, "  %-40s %d\n", k, s.n[k])
 	}
-}
-
-// echoServer echoes every byte back (CRLF probes included).
-type echoServer struct {
-	ln net.Listener
-	wg sync.WaitGroup
-	mu sync.Mutex
-	cs map[net.Conn]struct{}
-}
-
-func startEcho() (*echoServer, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	s := &echoServer{ln: ln, cs: map[net.Conn]struct{}{}}
-	s.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.cs[c] = struct{}{}
-			s.mu.Unlock()
-			s.wg.Go(func() {
-				_, _ = io.Copy(c, c)
-				c.Close()
-				s.mu.Lock()
-				delete(s.cs, c)
-				s.mu.Unlock()
-			})
-		}
-	})
-	return s, nil
-}
-
-func (s *echoServer) addr() string { return s.ln.Addr().String() }
-
-func (s *echoServer) close() {
-	s.ln.Close()
-	s.mu.Lock()
-	for c := range s.cs {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
 }
