@@ -1,0 +1,170 @@
+package backoff
+
+import (
+	"fmt"
+	"math"
+	"testing"
+	"time"
+)
+
+// pacerStep is one row of a pacer table: at a time since the pacer's
+// creation, an event, and the pace expected after it.
+type pacerStep struct {
+	at   time.Duration
+	ev   string // control, admit, accept, reject, reopen
+	arg  int    // control: attempts queued; admit, accept, reject: a stamp's slot
+	n    int    // repeat the event n times (0: once)
+	ra   time.Duration
+	pace float64          // the pace expected after the step; 0: not checked
+	also func(*pacer) any // a further check: nil, or what was wrong
+}
+
+func runPacer(t *testing.T, p *pacer, t0 time.Time, steps []pacerStep) {
+	t.Helper()
+	stamps := map[int]stamp{}
+	for i, s := range steps {
+		now := t0.Add(s.at)
+		for range max(s.n, 1) {
+			switch s.ev {
+			case "control":
+				p.control(now, s.arg)
+			case "admit":
+				stamps[s.arg] = p.stamp(now)
+			case "accept":
+				p.accepted(now, stamps[s.arg])
+			case "reject":
+				p.rejected(now, s.ra, stamps[s.arg])
+			case "reopen":
+				p.reopen(now)
+			default:
+				t.Fatalf("step %d: unknown event %q", i, s.ev)
+			}
+		}
+		if s.pace != 0 && math.Abs(p.pace-s.pace) > 1e-9 {
+			t.Fatalf("step %d (%v %s %d): pace %v, want %v", i, s.at, s.ev, s.arg, p.pace, s.pace)
+		}
+		if s.also != nil {
+			if bad := s.also(p); bad != nil {
+				t.Fatalf("step %d (%v %s %d): %v", i, s.at, s.ev, s.arg, bad)
+			}
+		}
+	}
+}
+
+func wantField[T comparable](name string, get func(*pacer) T, want T) func(*pacer) any {
+	return func(p *pacer) any {
+		if got := get(p); got != want {
+			return fmt.Sprintf("%s = %v, want %v", name, got, want)
+		}
+		return nil
+	}
+}
+
+const ms = time.Millisecond
+
+// startupTo40 doubles an adaptive pacer from 20/s to 80/s, then a
+// Retry-After at 80/s halves it to 40/s: the common prefix of the rows
+// below (hi = 80 at 320 ms, one cut).
+var startupTo40 = []pacerStep{
+	{at: 50 * ms, ev: "control", arg: 5, pace: 20},  // before the first period
+	{at: 100 * ms, ev: "control", arg: 5, pace: 40}, // doubles with demand
+	{at: 200 * ms, ev: "control", arg: 0, pace: 40}, // no demand: no growth
+	{at: 300 * ms, ev: "control", arg: 5, pace: 80}, // doubles again
+	{at: 300 * ms, ev: "admit", arg: 0},             // admitted at 80/s
+	{at: 310 * ms, ev: "admit", arg: 1},             // in flight too
+	{at: 320 * ms, ev: "reject", arg: 0, ra: time.Second, pace: 40, // startup: halve
+		also: wantField("hi", func(p *pacer) float64 { return p.hi }, 80)},
+	{at: 330 * ms, ev: "reject", arg: 1, ra: time.Second, pace: 40, // same overshoot: no second cut
+		also: wantField("cuts", func(p *pacer) uint64 { return p.cuts }, 1)},
+}
+
+func TestPacerTable(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	cases := []struct {
+		name                   string
+		rate, initial, minRate float64
+		steps                  []pacerStep
+	}{
+		{name: "startup doubling, Retry-After cut, one cut per overshoot", steps: startupTo40},
+		{name: "Retry-After cut: unproven pace ×0.6, proven ×0.9", steps: append(startupTo40[:len(startupTo40):len(startupTo40)],
+			pacerStep{at: 400 * ms, ev: "admit", arg: 2},
+			pacerStep{at: 500 * ms, ev: "reject", arg: 2, ra: time.Second, pace: 24}, // 180 ms after the last cut
+			pacerStep{at: 1600 * ms, ev: "admit", arg: 3},
+			pacerStep{at: 1600 * ms, ev: "reject", arg: 3, ra: time.Second, pace: 21.6, // ran clean 1.1 s
+				also: wantField("estimate", func(p *pacer) float64 { return math.Round(p.estimate*1e6) / 1e6 }, math.Round(21.6/cruiseGain*1e6)/1e6)},
+		)},
+		{name: "probeWorthIt: no probe near the end of a herd, a quarter-way probe with work queued", steps: append(startupTo40[:len(startupTo40):len(startupTo40)],
+			pacerStep{at: 1000 * ms, ev: "control", arg: 1000, pace: 40}, // under 1 s since the rejection
+			pacerStep{at: 2000 * ms, ev: "control", arg: 10, pace: 40},   // 0.25 s of work left: not worth a pause
+			pacerStep{at: 3000 * ms, ev: "control", arg: 1000, pace: 50, // 25 s left: 40 + (80-40)/4
+				also: wantField("probeFrom", func(p *pacer) float64 { return p.probeFrom }, 40)},
+		)},
+		{name: "a probe that overshoots: back to the pace before it, probe half as often", steps: append(startupTo40[:len(startupTo40):len(startupTo40)],
+			pacerStep{at: 2000 * ms, ev: "control", arg: 1000, pace: 50},
+			pacerStep{at: 2100 * ms, ev: "admit", arg: 4},
+			pacerStep{at: 2200 * ms, ev: "reject", arg: 4, ra: time.Second, pace: 40,
+				also: func(p *pacer) any {
+					if p.probeEvery != 2*time.Second || p.hi != 50 || p.cuts != 2 {
+						return fmt.Sprintf("probeEvery %v hi %v cuts %d, want 2s 50 2", p.probeEvery, p.hi, p.cuts)
+					}
+					return nil
+				}},
+		)},
+		{name: "configured rate: a lone Retry-After is forgiven, a second within 10 s cuts", rate: 200, steps: []pacerStep{
+			{at: 0, ev: "control", arg: 100, pace: 190},
+			{at: 5 * time.Second, ev: "control", arg: 100, pace: 190}, // never probes past 95 % of Rate
+			{at: 5 * time.Second, ev: "admit", arg: 0},
+			{at: 5 * time.Second, ev: "reject", arg: 0, ra: time.Second, pace: 190},
+			{at: 7 * time.Second, ev: "admit", arg: 1},
+			{at: 7 * time.Second, ev: "reject", arg: 1, ra: time.Second, pace: 171}, // proven pace: ×0.9
+			{at: 19 * time.Second, ev: "admit", arg: 2},
+			{at: 19 * time.Second, ev: "reject", arg: 2, ra: time.Second, pace: 171}, // 14 s later: forgiven again
+		}},
+		{name: "an episode measures the accepted rate; a reopening keeps it and ignores older permits", steps: []pacerStep{
+			{at: 100 * ms, ev: "control", arg: 5, pace: 40},
+			{at: 200 * ms, ev: "control", arg: 5, pace: 80},
+			{at: 200 * ms, ev: "admit", arg: 0},
+			{at: 210 * ms, ev: "reject", arg: 0, pace: 40, // no Retry-After: halve and measure
+				also: wantField("episode", func(p *pacer) bool { return p.ep.active }, true)},
+			{at: 220 * ms, ev: "admit", arg: 1}, // at 40/s
+			{at: 1210 * ms, ev: "accept", arg: 1, n: 10, pace: 40},
+			{at: 1210 * ms, ev: "reject", arg: 1, n: 4, pace: 40},
+			// The 16th outcome after 1 s: 10 accepted at 40/s of 16 → 25/s
+			// (10 successes in 1 s is less), paced at 95 %.
+			{at: 1210 * ms, ev: "reject", arg: 1, pace: 0.95 * 25,
+				also: wantField("estimate", func(p *pacer) float64 { return p.estimate }, 25)},
+			{at: 2 * time.Second, ev: "reopen", pace: 0.95 * 25,
+				also: wantField("startup", func(p *pacer) bool { return p.startup }, false)},
+			{at: 2100 * ms, ev: "reject", arg: 1, pace: 0.95 * 25, // admitted before the reopening
+				also: wantField("episode", func(p *pacer) bool { return p.ep.active }, false)},
+		}},
+		{name: "negative InitialRate: no startup, from the floor", initial: -1, minRate: 2, steps: []pacerStep{
+			{at: 100 * ms, ev: "control", arg: 5, pace: 2},
+			{at: 1000 * ms, ev: "control", arg: 5, pace: 2.2}, // a cruise probe: 1.1×
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := GateConfig{Rate: c.rate, InitialRate: c.initial, MinRate: c.minRate}.resolve()
+			p := newPacer(cfg.Rate, cfg.InitialRate, cfg.MinRate, t0)
+			runPacer(t, &p, t0, c.steps)
+		})
+	}
+}
+
+// next tells the Gate when control may change the pace.
+func TestPacerNext(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	p := newPacer(0, DefaultInitialRate, DefaultMinRate, t0)
+	if at := p.next(); !at.Equal(t0.Add(defaultStartupPeriod)) {
+		t.Fatalf("startup: next %v, want the first doubling", at.Sub(t0))
+	}
+	p.rejected(t0.Add(50*ms), 0, p.stamp(t0))
+	if at := p.next(); !at.Equal(t0.Add(50*ms + 4*defaultProbePeriod)) {
+		t.Fatalf("episode: next %v, want its 4 s timeout", at.Sub(t0))
+	}
+	u := newPacer(-1, DefaultInitialRate, DefaultMinRate, t0)
+	if !u.unlimited() || !u.next().IsZero() {
+		t.Fatal("a negative Rate: want unlimited, no control")
+	}
+}
