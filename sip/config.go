@@ -141,7 +141,7 @@ type TrunkConfig struct {
 
 	// OnStateChange, if set, is called after every state change, outside
 	// the trunk's locks, from the trunk's goroutine. It must not block.
-	OnStateChange func(StateChange)
+	OnStateChange func(TrunkStateChange)
 	// Logger receives state changes (Info) and per-request details
 	// (Debug). Passwords and Authorization headers are never logged. nil
 	// discards.
@@ -181,7 +181,7 @@ type resolved struct {
 }
 
 type target struct {
-	raw       string
+	raw       string // as configured, without a password
 	uri       sipmsg.Uri
 	transport string // lower case: udp, tcp, tls, ws, wss
 	key       string // transport + "/" + host:port, the gate key
@@ -198,7 +198,13 @@ func parseTarget(s string) (target, error) {
 	if u.Host == "" {
 		return target{}, configErr("registrar %q: no host", s)
 	}
-	u.User, u.Password = "", ""
+	raw := s
+	if u.Password != "" {
+		// Never carry a password into events, logs or errors.
+		u.Password = ""
+		raw = u.String()
+	}
+	u.User = ""
 	tp := "udp"
 	if v, ok := u.UriParams.Get("transport"); ok && v != "" {
 		tp = strings.ToLower(v)
@@ -224,7 +230,7 @@ func parseTarget(s string) (target, error) {
 	if strings.Contains(u.Host, ":") {
 		hp = "[" + u.Host + "]:" + fmt.Sprint(port)
 	}
-	return target{raw: s, uri: u, transport: tp, key: tp + "/" + hp}, nil
+	return target{raw: raw, uri: u, transport: tp, key: tp + "/" + hp}, nil
 }
 
 func (c *TrunkConfig) resolve() (*resolved, error) {

@@ -9,7 +9,7 @@ import (
 var (
 	// ErrFlowDead: the connection the trunk was registered over stopped
 	// answering keepalive pings (or qualify requests) within the timeout, or
-	// was closed. The error reported (StateChange.Err) matches it with
+	// was closed. The error reported (TrunkStateChange.Err) matches it with
 	// errors.Is, unwraps to the cause, and is a net.Error whose Timeout() is
 	// true when the peer went silent.
 	ErrFlowDead = errors.New("sip: flow dead")

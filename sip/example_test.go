@@ -6,17 +6,16 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/emiago/sipgo"
 	sipmsg "github.com/emiago/sipgo/sip"
 
-	"github.com/relinkgo/relink/internal/registrar"
 	"github.com/relinkgo/relink/sip"
+	"github.com/relinkgo/relink/sip/siptest"
 )
 
 var quiet = slog.New(slog.DiscardHandler)
 
 // quietUA is sip.NewUA with sipgo's own logs discarded.
-func quietUA() (*sipgo.UserAgent, error) {
+func quietUA() (*sip.UA, error) {
 	return sip.NewUA(sip.UAConfig{
 		TransportLayerOptions:   []sipmsg.TransportLayerOption{sipmsg.WithTransportLayerLogger(quiet)},
 		TransactionLayerOptions: []sipmsg.TransactionLayerOption{sipmsg.WithTransactionLayerLogger(quiet)},
@@ -25,7 +24,10 @@ func quietUA() (*sipgo.UserAgent, error) {
 
 func ExampleTrunk() {
 	// An in-process registrar stands for the provider here.
-	reg, _ := registrar.New(registrar.Config{Password: "secret", Logger: quiet})
+	reg, err := siptest.NewRegistrar(siptest.Config{Password: "secret"})
+	if err != nil {
+		panic(err)
+	}
 	defer reg.Close()
 
 	ua, err := quietUA()
@@ -39,7 +41,7 @@ func ExampleTrunk() {
 		Registrars: []string{reg.URI()}, // "sip:127.0.0.1:PORT;transport=tcp"
 		AOR:        "sip:alice@relink.test",
 		Password:   "secret",
-		OnStateChange: func(sc sip.StateChange) {
+		OnStateChange: func(sc sip.TrunkStateChange) {
 			fmt.Println(sc.From, "→", sc.To, sc.Expires)
 			if sc.To == sip.Registered {
 				close(registered)
@@ -63,7 +65,10 @@ func ExampleTrunk() {
 }
 
 func ExampleFleet() {
-	reg, _ := registrar.New(registrar.Config{Password: "secret", Logger: quiet})
+	reg, err := siptest.NewRegistrar(siptest.Config{Password: "secret"})
+	if err != nil {
+		panic(err)
+	}
 	defer reg.Close()
 	ua, err := quietUA()
 	if err != nil {

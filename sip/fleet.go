@@ -7,7 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/emiago/sipgo"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
@@ -36,7 +35,7 @@ type FleetConfig struct {
 	// OnStateChange, if set, is called after every state change of every
 	// trunk (after the trunk's own OnStateChange), from the trunk's
 	// goroutine, outside locks. It must not block.
-	OnStateChange func(StateChange)
+	OnStateChange func(TrunkStateChange)
 }
 
 // FleetStats counts a fleet's trunks by state.
@@ -46,7 +45,7 @@ type FleetStats struct {
 }
 
 // Count returns the number of trunks in state s.
-func (s FleetStats) Count(st State) int {
+func (s FleetStats) Count(st TrunkState) int {
 	switch st {
 	case Unregistered:
 		return s.Unregistered
@@ -70,7 +69,7 @@ func (s FleetStats) Count(st State) int {
 // connection and one keepalive per registrar address. Its methods are safe
 // for concurrent use.
 type Fleet struct {
-	ua   *sipgo.UserAgent
+	ua   *UA
 	cfg  FleetConfig
 	inst *instruments
 
@@ -91,7 +90,7 @@ type member struct {
 }
 
 // NewFleet returns an empty Fleet on ua (see NewUA).
-func NewFleet(ua *sipgo.UserAgent, cfg FleetConfig) *Fleet {
+func NewFleet(ua *UA, cfg FleetConfig) *Fleet {
 	return &Fleet{
 		ua:      ua,
 		cfg:     cfg,
@@ -167,7 +166,7 @@ func (f *Fleet) Add(cfg TrunkConfig) (*Trunk, error) {
 	}
 	if fo := f.cfg.OnStateChange; fo != nil {
 		if own := cfg.OnStateChange; own != nil {
-			cfg.OnStateChange = func(sc StateChange) { own(sc); fo(sc) }
+			cfg.OnStateChange = func(sc TrunkStateChange) { own(sc); fo(sc) }
 		} else {
 			cfg.OnStateChange = fo
 		}
@@ -188,7 +187,7 @@ func (f *Fleet) Add(cfg TrunkConfig) (*Trunk, error) {
 	return t, nil
 }
 
-func (f *Fleet) count(from, to State) {
+func (f *Fleet) count(from, to TrunkState) {
 	f.counts[from].Add(-1)
 	f.counts[to].Add(1)
 }
@@ -230,7 +229,7 @@ func (f *Fleet) Trunks() []*Trunk {
 // Stats counts the fleet's trunks by state. It is O(1).
 func (f *Fleet) Stats() FleetStats {
 	var s FleetStats
-	c := func(st State) int { return int(f.counts[st].Load()) }
+	c := func(st TrunkState) int { return int(f.counts[st].Load()) }
 	s.Unregistered, s.Registering, s.Registered = c(Unregistered), c(Registering), c(Registered)
 	s.Backoff, s.Failed = c(Backoff), c(Failed)
 	s.Trunks = s.Unregistered + s.Registering + s.Registered + s.Backoff + s.Failed

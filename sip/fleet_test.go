@@ -16,7 +16,7 @@ func fleetTrunk(i int, uri string) TrunkConfig {
 		Password: testPassword}
 }
 
-func waitFleet(t *testing.T, f *Fleet, s State, n int, d time.Duration) {
+func waitFleet(t *testing.T, f *Fleet, s TrunkState, n int, d time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for f.Stats().Count(s) != n {

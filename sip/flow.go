@@ -119,8 +119,7 @@ func (m *flowMonitor) init() {
 	m.byConn = make(map[sipmsg.Connection]*flow)
 }
 
-// bind takes the layers of ua; the monitor must not reference ua itself
-// (the registry's key is weak).
+// bind takes the layers of ua.
 func (m *flowMonitor) bind(ua *sipgo.UserAgent) {
 	m.tp = ua.TransportLayer()
 	m.txl = ua.TransactionLayer()
@@ -188,6 +187,28 @@ func (m *flowMonitor) remove(f *flow) {
 		delete(m.byKey, f.key)
 	}
 	m.mu.Unlock()
+}
+
+// close retires every flow: their probes stop and nobody is told (the UA
+// is closing).
+func (m *flowMonitor) close() {
+	m.mu.Lock()
+	all := make([]*flow, 0, len(m.byConn))
+	for _, f := range m.byConn {
+		all = append(all, f)
+	}
+	clear(m.byConn)
+	clear(m.byKey)
+	m.mu.Unlock()
+	for _, f := range all {
+		f.mu.Lock()
+		f.dead = true
+		f.gen++
+		if l := f.live.Swap(nil); l != nil {
+			l.Stop()
+		}
+		f.mu.Unlock()
+	}
 }
 
 // flows returns the number of flows watched, for tests.

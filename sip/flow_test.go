@@ -32,7 +32,7 @@ func TestFlowDeath(t *testing.T) {
 	}
 	running(t, tr)
 	waitState(t, tr, Registered, 5*time.Second)
-	pool := ua.TransportLayer().Pool("tcp")
+	pool := ua.UserAgent().TransportLayer().Pool("tcp")
 	raddr := reg.Addr()
 	old := pool.Get(raddr)
 	if old == nil {
@@ -112,7 +112,7 @@ func TestFlowShared(t *testing.T) {
 	for _, tr := range trunks {
 		waitState(t, tr, Registered, 5*time.Second)
 	}
-	mon := monitorFor(ua)
+	mon := ua.mon
 	if f := mon.flows(); f != 1 {
 		t.Errorf("%d flows watched, want 1", f)
 	}
@@ -193,7 +193,7 @@ func TestForeignUA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if monitorFor(ua).watchReads {
+	if ua.mon.watchReads {
 		t.Fatal("a foreign UA's monitor claims to see reads")
 	}
 	running(t, tr)

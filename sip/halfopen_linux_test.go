@@ -60,7 +60,7 @@ func TestHalfOpenKamailio(t *testing.T) {
 	for _, tr := range trunks {
 		waitState(t, tr, Registered, 10*time.Second)
 	}
-	pool := ua.TransportLayer().Pool("tcp")
+	pool := ua.UserAgent().TransportLayer().Pool("tcp")
 	old := pool.Get(k.Addr())
 	if old == nil {
 		t.Fatal("no pooled connection to Kamailio")

@@ -24,7 +24,7 @@ var discard = slog.New(slog.DiscardHandler)
 
 // newTestUA returns a UserAgent from NewUA with sipgo's logs discarded,
 // closed at the end of the test.
-func newTestUA(t testing.TB) *sipgo.UserAgent {
+func newTestUA(t testing.TB) *UA {
 	t.Helper()
 	ua, err := NewUA(UAConfig{
 		TransportLayerOptions:   []sipmsg.TransportLayerOption{sipmsg.WithTransportLayerLogger(discard)},
@@ -76,7 +76,7 @@ func running(t testing.TB, tr interface{ Run(context.Context) error }) (stop fun
 }
 
 // waitState waits until tr is in state s, failing after d.
-func waitState(t testing.TB, tr *Trunk, s State, d time.Duration) {
+func waitState(t testing.TB, tr *Trunk, s TrunkState, d time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
@@ -106,22 +106,22 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 // changes records a trunk's state changes.
 type changes struct {
 	mu sync.Mutex
-	ch []StateChange
+	ch []TrunkStateChange
 }
 
-func (c *changes) add(sc StateChange) {
+func (c *changes) add(sc TrunkStateChange) {
 	c.mu.Lock()
 	c.ch = append(c.ch, sc)
 	c.mu.Unlock()
 }
 
-func (c *changes) all() []StateChange {
+func (c *changes) all() []TrunkStateChange {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]StateChange(nil), c.ch...)
+	return append([]TrunkStateChange(nil), c.ch...)
 }
 
-func (c *changes) last(to State) (StateChange, bool) {
+func (c *changes) last(to TrunkState) (TrunkStateChange, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := len(c.ch) - 1; i >= 0; i-- {
@@ -129,7 +129,7 @@ func (c *changes) last(to State) (StateChange, bool) {
 			return c.ch[i], true
 		}
 	}
-	return StateChange{}, false
+	return TrunkStateChange{}, false
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent writes (log output).
@@ -154,22 +154,23 @@ var sharedTestGate = backoff.NewGate(backoff.GateConfig{})
 
 // newForeignUA returns a UserAgent made by sipgo.NewUA directly (no relink
 // read filter), closed at the end of the test.
-func newForeignUA(t testing.TB) *sipgo.UserAgent {
+func newForeignUA(t testing.TB) *UA {
 	t.Helper()
-	ua, err := sipgo.NewUA(
+	sua, err := sipgo.NewUA(
 		sipgo.WithUserAgentTransportLayerOptions(sipmsg.WithTransportLayerLogger(discard)),
 		sipgo.WithUserAgentTransactionLayerOptions(sipmsg.WithTransactionLayerLogger(discard),
 			sipmsg.WithTransactionLayerTerminateOnConnClose()))
 	if err != nil {
 		t.Fatal(err)
 	}
+	ua := WrapUA(sua)
 	t.Cleanup(func() { ua.Close() })
 	return ua
 }
 
 // lastTo returns the last recorded change to state to, waiting briefly for
 // the OnStateChange callback (it runs just after the state is set).
-func (c *changes) lastTo(t testing.TB, to State) StateChange {
+func (c *changes) lastTo(t testing.TB, to TrunkState) TrunkStateChange {
 	t.Helper()
 	deadline := time.Now().Add(time.Second)
 	for {
@@ -185,7 +186,7 @@ func (c *changes) lastTo(t testing.TB, to State) StateChange {
 
 // nth returns the k-th (from 1) recorded change to state to, waiting up to
 // 5 s for it.
-func (c *changes) nth(t testing.TB, to State, k int) StateChange {
+func (c *changes) nth(t testing.TB, to TrunkState, k int) TrunkStateChange {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -43,7 +43,7 @@ type instruments struct {
 // stateOpts are the attribute sets of registrations by state, built once.
 var stateOpts = func() (o [numStates]metric.AddOption) {
 	for s := range numStates {
-		o[s] = metric.WithAttributeSet(attribute.NewSet(attrState.String(State(s).String())))
+		o[s] = metric.WithAttributeSet(attribute.NewSet(attrState.String(TrunkState(s).String())))
 	}
 	return o
 }()
@@ -118,7 +118,7 @@ func newTargetAttrs(server, transport string) *targetAttrs {
 	return a
 }
 
-func (in *instruments) stateChanged(ctx context.Context, from, to State, running bool) {
+func (in *instruments) stateChanged(ctx context.Context, from, to TrunkState, running bool) {
 	if !running {
 		return
 	}

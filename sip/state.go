@@ -1,19 +1,17 @@
 package sip
 
 import (
-	"context"
 	"strconv"
-	"sync"
 	"time"
 )
 
-// State is a Trunk's registration state.
-type State int
+// TrunkState is a Trunk's registration state.
+type TrunkState int
 
 const (
 	// Unregistered: not started, or stopped (the binding was removed or
 	// left to expire).
-	Unregistered State = iota
+	Unregistered TrunkState = iota
 	// Registering: a REGISTER is waiting for admission by the registrar's
 	// gate or for its answer.
 	Registering
@@ -28,11 +26,11 @@ const (
 	Failed
 )
 
-// numStates is the number of States, for arrays indexed by State.
+// numStates is the number of TrunkStates, for arrays indexed by state.
 const numStates = int(Failed) + 1
 
 // String returns the state's name in lower case.
-func (s State) String() string {
+func (s TrunkState) String() string {
 	switch s {
 	case Unregistered:
 		return "unregistered"
@@ -45,81 +43,28 @@ func (s State) String() string {
 	case Failed:
 		return "failed"
 	}
-	return "State(" + strconv.Itoa(int(s)) + ")"
+	return "TrunkState(" + strconv.Itoa(int(s)) + ")"
 }
 
-// StateChange describes one change of a Trunk's state, passed to
-// TrunkConfig.OnStateChange.
-type StateChange struct {
-	// Trunk is the trunk whose state changed.
-	Trunk *Trunk
+// TrunkStateChange describes one change of a Trunk's state, passed to
+// TrunkConfig.OnStateChange and FleetConfig.OnStateChange. Its first fields
+// are those of backoff.GateStateChange and conn.LinkStateChange.
+type TrunkStateChange struct {
+	// Destination is the URI of the registrar the trunk is using (the one
+	// that answered, for Registered; the one it failed on, for Backoff and
+	// Failed), as configured in TrunkConfig.Registrars but without any
+	// password.
+	Destination string
 	// From and To are the states before and after.
-	From, To State
-	// Registrar is the registrar URI the trunk is using (the one that
-	// answered, for Registered; the one it failed on, for Backoff and
-	// Failed).
-	Registrar string
+	From, To TrunkState
 	// Err is why the trunk left Registered or went to Backoff or Failed:
 	// a *StatusError, ErrFlowDead, a transport error or a timeout. Nil
 	// otherwise.
 	Err error
-	// Expires is the granted binding lifetime when To is Registered.
-	Expires time.Duration
 	// At is when the change happened.
 	At time.Time
-}
-
-// stateBox holds a state and lets waiters block until it changes. A change
-// closes the current channel and replaces it, so that no waiter misses the
-// latest state and nothing needs draining (grpc-go's connectivity pattern).
-type stateBox struct {
-	mu    sync.Mutex
-	state State
-	ch    chan struct{}
-}
-
-func (b *stateBox) init() { b.ch = make(chan struct{}) }
-
-func (b *stateBox) get() State {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.state
-}
-
-// set changes the state and reports the previous one and whether it changed.
-// hook, if not nil, runs under the box's lock before the change is visible,
-// so that what it updates (a Fleet's counts) agrees with State() for anyone
-// the change wakes.
-func (b *stateBox) set(s State, hook func(from, to State)) (State, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	from := b.state
-	if from == s {
-		return from, false
-	}
-	b.state = s
-	if hook != nil {
-		hook(from, s)
-	}
-	close(b.ch)
-	b.ch = make(chan struct{})
-	return from, true
-}
-
-// wait blocks until the state differs from from, and reports true; or until
-// ctx ends, and reports false.
-func (b *stateBox) wait(ctx context.Context, from State) bool {
-	for {
-		b.mu.Lock()
-		s, ch := b.state, b.ch
-		b.mu.Unlock()
-		if s != from {
-			return true
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return false
-		}
-	}
+	// Trunk is the trunk whose state changed.
+	Trunk *Trunk
+	// Expires is the granted binding lifetime when To is Registered.
+	Expires time.Duration
 }

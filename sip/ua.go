@@ -2,9 +2,8 @@ package sip
 
 import (
 	"net"
-	"runtime"
 	"sync"
-	"weak"
+	"time"
 
 	"github.com/emiago/sipgo"
 	sipmsg "github.com/emiago/sipgo/sip"
@@ -12,14 +11,28 @@ import (
 	"github.com/relinkgo/relink/conn"
 )
 
-// UAConfig configures the sipgo UserAgent that NewUA builds.
+// UAConfig configures the UA that NewUA builds. The zero value is usable:
+// kernel options that bound a silent peer at 15 s, sipgo's defaults
+// otherwise.
 type UAConfig struct {
-	// Conn holds the kernel options applied to every TCP and TLS
-	// connection sipgo dials: TCP keepalive and TCP_USER_TIMEOUT (see
-	// conn.Config; its zero value bounds a silent peer at 15 s). Its Probe
-	// fields are ignored: trunks ping their flows themselves (see
-	// TrunkConfig.KeepAlive).
-	Conn conn.Config
+	// KeepAlive configures the kernel's TCP keepalive on every TCP and TLS
+	// connection sipgo dials, as conn.Config.KeepAlive does (the same
+	// defaults: 5 s idle, 1 s interval, 10 probes; a zero field means its
+	// default). KeepAliveConfig{Idle: -1} (or any negative field with
+	// Enable false) turns kernel keepalive off.
+	KeepAlive net.KeepAliveConfig
+	// UserTimeout is TCP_USER_TIMEOUT (Linux; ignored elsewhere) on every
+	// TCP and TLS connection sipgo dials: how long sent data may stay
+	// unacknowledged before the kernel aborts the connection. Zero means
+	// conn.DefaultUserTimeout (15 s); negative leaves the OS default (about
+	// 15 minutes), i.e. off.
+	UserTimeout time.Duration
+
+	// UserAgentOptions are passed to sipgo.NewUA before relink's own. Do not
+	// pass WithUserAgentTransportLayerOptions or
+	// WithUserAgentTransactionLayerOptions there (sipgo keeps only the last
+	// of each): use the two fields below.
+	UserAgentOptions []sipgo.UserAgentOption
 	// TransportLayerOptions are passed to sipgo's transport layer after
 	// relink's read filter and before relink's TCP and TLS transports. A
 	// WithTransportLayerTransports among them that sets TCP or TLS wins
@@ -34,35 +47,41 @@ type UAConfig struct {
 	ReadFilter sipmsg.TransportReadFilter
 }
 
-// NewUA returns a sipgo UserAgent prepared for relink's trunks:
+// UA is a sipgo UserAgent with relink's flow monitor: the trunks and fleets
+// made on one UA share its TCP and TLS flows, one CRLF ping per connection
+// however many trunks use it. Use UserAgent for calls (a sipgo client or
+// server on the same UserAgent shares the flows the trunks keep alive).
+// Close it when done.
+type UA struct {
+	ua  *sipgo.UserAgent
+	mon *flowMonitor
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewUA returns a UA whose sipgo UserAgent is prepared for relink's trunks:
 //
 //   - a transport read filter that lets relink see every byte arriving on
 //     each TCP and TLS flow (the pong to its CRLF ping, or any message), so
 //     that a silent flow is detected within TrunkConfig.KeepAlive +
 //     KeepAliveTimeout;
-//   - TCP and TLS transports whose DialerCreate applies cfg.Conn's kernel
-//     options (keepalive, TCP_USER_TIMEOUT) to the connections sipgo dials;
+//   - TCP and TLS transports whose DialerCreate applies cfg.KeepAlive and
+//     cfg.UserTimeout to the connections sipgo dials;
 //   - WithTransactionLayerTerminateOnConnClose, so that the transactions
 //     pending on a flow relink declares dead fail at once instead of
 //     waiting for Timer B (32 s).
-//
-// opts are passed to sipgo.NewUA before relink's own: do not pass
-// WithUserAgentTransportLayerOptions or WithUserAgentTransactionLayerOptions
-// there (sipgo keeps only the last of each); use cfg's fields.
 //
 // sipgo gives no way to pass a logger to a transport created outside it, so
 // the TCP and TLS transports log to sipgo's default logger (slog.Default
 // unless the application called sipgo's SetDefaultLogger); the transport
 // layer's logger (WithTransportLayerLogger) still applies to the rest.
-//
-// A UserAgent made by sipgo.NewUA directly also works with NewTrunk, but
-// relink cannot see its pongs: it then probes each flow with an OPTIONS
-// request instead of a CRLF ping, and the kernel options are sipgo's.
-func NewUA(cfg UAConfig, opts ...sipgo.UserAgentOption) (*sipgo.UserAgent, error) {
+func NewUA(cfg UAConfig) (*UA, error) {
 	mon := &flowMonitor{watchReads: true, userFilter: cfg.ReadFilter}
 	mon.init()
+	kernel := conn.Config{KeepAlive: cfg.KeepAlive, UserTimeout: cfg.UserTimeout}
 	dialer := func(laddr net.Addr) net.Dialer {
-		d := cfg.Conn.NetDialer()
+		d := kernel.NetDialer()
 		if a, ok := laddr.(*net.TCPAddr); ok && a != nil {
 			d.LocalAddr = a
 		}
@@ -83,8 +102,8 @@ func NewUA(cfg UAConfig, opts ...sipgo.UserAgentOption) (*sipgo.UserAgent, error
 	tx = append(tx, sipmsg.WithTransactionLayerTerminateOnConnClose())
 	tx = append(tx, cfg.TransactionLayerOptions...)
 
-	all := make([]sipgo.UserAgentOption, 0, len(opts)+2)
-	all = append(all, opts...)
+	all := make([]sipgo.UserAgentOption, 0, len(cfg.UserAgentOptions)+2)
+	all = append(all, cfg.UserAgentOptions...)
 	all = append(all,
 		sipgo.WithUserAgentTransportLayerOptions(tp...),
 		sipgo.WithUserAgentTransactionLayerOptions(tx...))
@@ -93,53 +112,33 @@ func NewUA(cfg UAConfig, opts ...sipgo.UserAgentOption) (*sipgo.UserAgent, error
 		return nil, err
 	}
 	mon.bind(ua)
-	register(ua, mon)
-	return ua, nil
+	return &UA{ua: ua, mon: mon}, nil
 }
 
-// The registry maps each UserAgent to its flow monitor, so that every trunk
-// and fleet on one UA shares the flows (one ping per connection). Keys are
-// weak and a cleanup removes the entry when the UA is collected; the monitor
-// holds the UA's layers, never the UA itself.
-var registry struct {
-	mu sync.Mutex
-	m  map[weak.Pointer[sipgo.UserAgent]]*flowMonitor
-}
-
-// register records mon as ua's monitor unless ua already has one, and
-// returns the monitor that is recorded.
-func register(ua *sipgo.UserAgent, mon *flowMonitor) *flowMonitor {
-	k := weak.Make(ua)
-	registry.mu.Lock()
-	defer registry.mu.Unlock()
-	if m := registry.m[k]; m != nil {
-		return m
-	}
-	if registry.m == nil {
-		registry.m = make(map[weak.Pointer[sipgo.UserAgent]]*flowMonitor)
-	}
-	registry.m[k] = mon
-	runtime.AddCleanup(ua, unregister, k)
-	return mon
-}
-
-func unregister(k weak.Pointer[sipgo.UserAgent]) {
-	registry.mu.Lock()
-	delete(registry.m, k)
-	registry.mu.Unlock()
-}
-
-// monitorFor returns ua's flow monitor, creating an OPTIONS-probing one for
-// a UserAgent that NewUA did not make.
-func monitorFor(ua *sipgo.UserAgent) *flowMonitor {
-	registry.mu.Lock()
-	mon := registry.m[weak.Make(ua)]
-	registry.mu.Unlock()
-	if mon != nil {
-		return mon
-	}
-	mon = &flowMonitor{}
+// WrapUA returns a UA around a UserAgent made by sipgo.NewUA directly.
+// relink cannot see its reads, so it probes each flow with an OPTIONS
+// request instead of a CRLF ping (any answer proves the flow alive), and the
+// kernel options are sipgo's. Give it
+// WithTransactionLayerTerminateOnConnClose so that a dead flow fails its
+// transactions at once. The UA takes ownership: its Close closes ua.
+func WrapUA(ua *sipgo.UserAgent) *UA {
+	mon := &flowMonitor{}
 	mon.init()
 	mon.bind(ua)
-	return register(ua, mon)
+	return &UA{ua: ua, mon: mon}
+}
+
+// UserAgent returns the sipgo UserAgent, for calls and other requests of
+// the application's own. Do not close it: close the UA.
+func (u *UA) UserAgent() *sipgo.UserAgent { return u.ua }
+
+// Close stops watching the UA's flows and closes the sipgo UserAgent (its
+// transports and connections). Stop the trunks and fleets on it first:
+// their REGISTERs fail once it is closed. Close is idempotent.
+func (u *UA) Close() error {
+	u.closeOnce.Do(func() {
+		u.mon.close()
+		u.closeErr = u.ua.Close()
+	})
+	return u.closeErr
 }

@@ -257,7 +257,7 @@ func run(ctx context.Context, cfg config) (*outcome, error) {
 	relRecs := make(map[*sip.Trunk]*trunkRec, cfg.Trunks)
 	var evMu sync.Mutex
 	fleet := sip.NewFleet(ua, sip.FleetConfig{ // relink's defaults
-		OnStateChange: func(sc sip.StateChange) {
+		OnStateChange: func(sc sip.TrunkStateChange) {
 			r := relRecs[sc.Trunk]
 			if r == nil || (m.stop.Load() != 0 && sc.At.UnixNano() >= m.stop.Load()) {
 				return

@@ -85,8 +85,8 @@ func run(ctx context.Context, out io.Writer, registrar, user, pass, aor, contact
 		Expires:    expires,
 		KeepAlive:  keepalive,
 		Logger:     log,
-		OnStateChange: func(sc sip.StateChange) {
-			line := fmt.Sprintf("%s  %-12s → %-12s %s", sc.At.Format("15:04:05.000"), sc.From, sc.To, sc.Registrar)
+		OnStateChange: func(sc sip.TrunkStateChange) {
+			line := fmt.Sprintf("%s  %-12s → %-12s %s", sc.At.Format("15:04:05.000"), sc.From, sc.To, sc.Destination)
 			if sc.Expires > 0 {
 				line += fmt.Sprintf("  expires %v", sc.Expires)
 			}

@@ -742,7 +742,7 @@ func aor(i int, realm string) string { return fmt.Sprintf("sip:t%d@%s", i, realm
 
 // relinkClients is N sip.Trunks on one sip.Fleet.
 type relinkClients struct {
-	ua     *sipgo.UserAgent
+	ua     *sip.UA
 	fleet  *sip.Fleet
 	trunks []*sip.Trunk
 	uri    string
@@ -757,7 +757,7 @@ func newRelink(o *options, s *site, rec *recorder, gc backoff.GateConfig) (*reli
 	}
 	index := make(map[*sip.Trunk]int, o.n)
 	var mu sync.RWMutex
-	fleet := sip.NewFleet(ua, sip.FleetConfig{Gate: gc, OnStateChange: func(sc sip.StateChange) {
+	fleet := sip.NewFleet(ua, sip.FleetConfig{Gate: gc, OnStateChange: func(sc sip.TrunkStateChange) {
 		mu.RLock()
 		i, ok := index[sc.Trunk]
 		mu.RUnlock()

@@ -1,0 +1,360 @@
+package sip
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	sipmsg "github.com/emiago/sipgo/sip"
+
+	"github.com/relinkgo/relink/backoff"
+)
+
+// clientTx is what the runner needs of a sipgo client transaction
+// (*sipmsg.ClientTx); tests give the runner their own.
+type clientTx interface {
+	Responses() <-chan *sipmsg.Response
+	Done() <-chan struct{}
+	Err() error
+	Terminate()
+	Connection() sipmsg.Connection
+}
+
+// requestFunc starts a client transaction: the sipgo transaction layer's
+// Request, or a test double. It is the runner's only path to the network
+// once the Contact is known.
+type requestFunc func(ctx context.Context, req *sipmsg.Request) (clientTx, error)
+
+// flowConn is a connection the flow monitor can watch.
+type flowConn = sipmsg.Connection
+
+// exchange sends REGISTERs to tg until a final outcome, following decide:
+// it answers challenges, 423 and 3xx. expires 0 unregisters. Each
+// transaction is admitted by the registrar's gate and its outcome reported
+// to it: the gate paces REGISTERs, which is what a registrar's capacity
+// counts, so an attempt that needs a challenge round trip takes two
+// admissions. With refresh, admission has priority and ends early if the
+// flow holding the binding dies.
+func (r *runner) exchange(ctx context.Context, tg *regTarget, expires time.Duration, refresh bool) result {
+	x := exchange{registrar: tg.raw, expires: expires}
+	for {
+		if err := context.Cause(ctx); err != nil {
+			return result{act: stopped, err: err}
+		}
+		permit, err := r.admit(ctx, tg.gate, refresh)
+		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, ErrFlowDead) {
+				// The binding's flow died while the refresh waited: the
+				// trunk is not registered any more.
+				tg.redirect = nil
+				return result{act: unreachable, err: err}
+			}
+			return result{act: stopped, err: err}
+		}
+		rep, f := r.send(ctx, tg, x.expires)
+		var d decision
+		x, d = decide(x, rep)
+		r.apply(tg, x, d, f)
+		permit.Done(d.outcome)
+		if d.act.final() {
+			return result{act: d.act, err: d.err, granted: d.granted, retryAfter: d.retryAfter}
+		}
+	}
+}
+
+// apply carries a decision out on the registrar's state and the flow the
+// transaction went out on.
+func (r *runner) apply(tg *regTarget, x exchange, d decision, f *flow) {
+	if d.resetAuth {
+		tg.auth.reset()
+	}
+	if d.noRedirect {
+		tg.redirect = nil
+	}
+	switch d.act {
+	case resendAuth:
+		tg.auth.set(d.chal, d.proxy)
+	case resendExpires:
+		tg.expires = x.expires
+		r.t.log.LogAttrs(context.Background(), slog.LevelDebug, "sip interval too brief",
+			slog.String("registrar", tg.raw), slog.Duration("expires", x.expires))
+	case resendRedirect:
+		tg.redirect = d.redirect
+	}
+	bind := d.act == registered && d.granted > 0
+	if d.act == registered {
+		if d.flowTimer > 0 {
+			tg.flowTimer = d.flowTimer
+		}
+		tg.grant = d.granted
+		tg.bound = d.contact // nil: unregistered
+	}
+	r.endWatch(f, bind)
+	if bind && f != nil {
+		f.add(r.t, r.t.pref(tg)) // a Flow-Timer may shorten the interval
+	}
+}
+
+// admit waits for the gate's permit. A refresh waits with priority, and its
+// wait ends with ErrFlowDead if the flow holding the binding dies meanwhile.
+func (r *runner) admit(ctx context.Context, gate *backoff.Gate, refresh bool) (*backoff.Permit, error) {
+	if !refresh {
+		return gate.Acquire(ctx)
+	}
+	r.absorb()
+	if err := r.boundErr; err != nil {
+		return nil, err
+	}
+	actx, cancel := context.WithCancelCause(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-r.t.deaths.ready:
+			cancel(errDeathQueued)
+		case <-actx.Done():
+		}
+	}()
+	p, err := gate.AcquirePriority(actx)
+	cancel(nil)
+	<-watched
+	r.absorb()
+	if r.boundErr != nil {
+		if p != nil {
+			p.Abandon()
+		}
+		return nil, r.boundErr
+	}
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(actx), errDeathQueued) {
+		// A death of a flow that is not ours: wait again.
+		return r.admit(ctx, gate, refresh)
+	}
+	return p, err
+}
+
+var errDeathQueued = errors.New("sip: flow death queued")
+
+// send sends one REGISTER of an exchange and returns its reply, and the
+// flow it went out on (watched; apply ends the watch).
+func (r *runner) send(ctx context.Context, tg *regTarget, expires time.Duration) (reply, *flow) {
+	t := r.t
+	req, contact, network, err := t.newRegister(ctx, tg, expires)
+	if err != nil {
+		return reply{err: err, stopped: ctx.Err() != nil}, nil
+	}
+	rep := reply{contact: contact, sentCreds: tg.auth.chal != nil}
+	var f *flow
+	rep.resp, f, rep.err = r.transact(ctx, tg, req, network, true)
+	rep.stopped = rep.resp == nil && ctx.Err() != nil
+	if rep.stopped {
+		rep.err = context.Cause(ctx)
+	}
+	return rep, f
+}
+
+// transact sends one request and waits for its final response, at most
+// RequestTimeout (negative: sipgo's own timers only). With watch, the flow
+// the request went out on is watched (and returned, still subscribed: the
+// caller ends the watch) so that its death ends the wait at once.
+func (r *runner) transact(ctx context.Context, tg *regTarget, req *sipmsg.Request, network string, watch bool) (*sipmsg.Response, *flow, error) {
+	t := r.t
+	tctx, cancel := ctx, context.CancelFunc(func() {})
+	if t.cfg.RequestTimeout > 0 {
+		tctx, cancel = context.WithTimeout(ctx, t.cfg.RequestTimeout)
+	}
+	defer cancel()
+	start := time.Now()
+	isReg := req.Method == sipmsg.REGISTER
+	if isReg {
+		t.txCount.Add(1)
+	}
+	tx, err := t.request(tctx, req)
+	if err != nil {
+		return nil, nil, t.txError(ctx, tctx, tg, err, isReg)
+	}
+	defer tx.Terminate()
+	var f *flow
+	if watch {
+		f = r.watch(tx.Connection(), network, tg)
+	}
+	for {
+		if f != nil && r.pendErr != nil {
+			return nil, f, t.txError(ctx, tctx, tg, r.pendErr, isReg)
+		}
+		select {
+		case res := <-tx.Responses():
+			if res.IsProvisional() {
+				continue
+			}
+			if isReg {
+				t.recordResponse(ctx, tg, req, res, time.Since(start))
+			}
+			return res, f, nil
+		case <-tx.Done():
+			err := tx.Err()
+			if f != nil {
+				// sipgo fails the transaction when relink closes a dead
+				// flow: report the flow's death, not the close.
+				if ferr := f.deadErr(); ferr != nil {
+					err = ferr
+				}
+			}
+			return nil, f, t.txError(ctx, tctx, tg, err, isReg)
+		case <-tctx.Done():
+			return nil, f, t.txError(ctx, tctx, tg, tctx.Err(), isReg)
+		case <-t.deaths.ready:
+			r.absorb() // the top of the loop looks
+		}
+	}
+}
+
+func (t *Trunk) recordResponse(ctx context.Context, tg *regTarget, req *sipmsg.Request, res *sipmsg.Response, rtt time.Duration) {
+	t.inst.duration.Record(ctx, rtt.Seconds(), tg.attrs.server)
+	if c := res.StatusCode / 100; c >= 1 && c <= 6 {
+		t.inst.responses.Add(ctx, 1, tg.attrs.class[c-1])
+	}
+	if t.log.Enabled(ctx, slog.LevelDebug) {
+		t.log.LogAttrs(ctx, slog.LevelDebug, "sip response",
+			slog.String("registrar", tg.raw), slog.Int("status", res.StatusCode),
+			slog.Uint64("cseq", uint64(req.CSeq().SeqNo)))
+	}
+}
+
+func (t *Trunk) txError(ctx, tctx context.Context, tg *regTarget, err error, isReg bool) error {
+	switch {
+	case ctx.Err() != nil:
+		return context.Cause(ctx)
+	case tctx.Err() != nil || errors.Is(err, sipmsg.ErrTransactionTimeout):
+		err = &timeoutError{err: ErrTimeout}
+		if isReg {
+			t.inst.responses.Add(ctx, 1, tg.attrs.class[classTimeout])
+		}
+	default:
+		if isReg {
+			t.inst.responses.Add(ctx, 1, tg.attrs.class[classTransport])
+		}
+	}
+	if isReg {
+		t.log.LogAttrs(ctx, slog.LevelDebug, "sip request failed",
+			slog.String("registrar", tg.raw), slog.String("error", err.Error()))
+	}
+	return err
+}
+
+// qualify sends an OPTIONS to tg and waits for any answer.
+func (r *runner) qualify(ctx context.Context, tg *regTarget) error {
+	ruri, network := tg.requestURI()
+	req := newOptions(ruri, r.t.mon.hostname, network)
+	_, _, err := r.transact(ctx, tg, req, network, false)
+	return err
+}
+
+// newRegister builds the next REGISTER to tg (CSeq counting up, same
+// Call-ID), with credentials if a challenge is kept, and returns the Contact
+// it registers and the transport it goes over.
+func (t *Trunk) newRegister(ctx context.Context, tg *regTarget, expires time.Duration) (*sipmsg.Request, *sipmsg.Uri, string, error) {
+	ruri, network := tg.requestURI()
+	req := sipmsg.NewRequest(sipmsg.REGISTER, ruri)
+	upper := sipmsg.NetworkToUpper(network)
+	req.SetTransport(upper)
+	via := &sipmsg.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: upper,
+		Params: sipmsg.NewParams()}
+	via.Params.Add("branch", sipmsg.GenerateBranch())
+	req.AppendHeader(via)
+	from := &sipmsg.FromHeader{Address: t.cfg.aor, Params: sipmsg.NewParams()}
+	from.Params.Add("tag", tg.fromTag)
+	req.AppendHeader(from)
+	req.AppendHeader(&sipmsg.ToHeader{Address: t.cfg.aor})
+	callID := sipmsg.CallIDHeader(tg.callID)
+	req.AppendHeader(&callID)
+	tg.cseq++
+	req.AppendHeader(&sipmsg.CSeqHeader{SeqNo: tg.cseq, MethodName: sipmsg.REGISTER})
+	mf := sipmsg.MaxForwardsHeader(70)
+	req.AppendHeader(&mf)
+
+	contact, err := t.contactFor(ctx, tg, req, network)
+	if err != nil {
+		return nil, nil, network, err
+	}
+	appendContacts(req, tg, contact, expires)
+	if expires >= 0 {
+		exp := sipmsg.ExpiresHeader(uint32(expires / time.Second))
+		req.AppendHeader(&exp)
+	}
+	if h := tg.auth.header("REGISTER", ruri.String(), t.cfg.username, t.cfg.Password); h != nil {
+		req.AppendHeader(h)
+	}
+	req.SetBody(nil)
+	return req, contact, network, nil
+}
+
+// appendContacts adds the Contact to register (expires=0 to unregister)
+// and, when the Contact changed, the old one with expires=0.
+func appendContacts(req *sipmsg.Request, tg *regTarget, contact *sipmsg.Uri, expires time.Duration) {
+	ch := &sipmsg.ContactHeader{Address: *contact}
+	if expires == 0 {
+		ch.Params = sipmsg.NewParams()
+		ch.Params.Add("expires", "0")
+	}
+	req.AppendHeader(ch)
+	if tg.bound != nil && !sameContact(tg.bound, contact) {
+		// A new connection means a new default Contact: remove the binding
+		// of the old one in the same request, rather than leave it to
+		// expire (the registrar would route calls to a dead flow).
+		old := &sipmsg.ContactHeader{Address: *tg.bound, Params: sipmsg.NewParams()}
+		old.Params.Add("expires", "0")
+		req.AppendHeader(old)
+	}
+}
+
+// contactFor returns the Contact to register: the configured one, or one
+// built from the local address of the connection the request will use.
+func (t *Trunk) contactFor(ctx context.Context, tg *regTarget, req *sipmsg.Request, network string) (*sipmsg.Uri, error) {
+	if t.cfg.contact != nil {
+		return t.cfg.contact, nil
+	}
+	tctx, cancel := ctx, context.CancelFunc(func() {})
+	if t.cfg.RequestTimeout > 0 {
+		tctx, cancel = context.WithTimeout(ctx, t.cfg.RequestTimeout)
+	}
+	defer cancel()
+	c, err := t.tp.ClientRequestConnection(tctx, req)
+	if err != nil {
+		return nil, err
+	}
+	la := c.LocalAddr()
+	c.TryClose() // ClientRequestConnection took a reference
+	host, port, err := net.SplitHostPort(la.String())
+	if err != nil {
+		return nil, err
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		// An unconnected UDP socket: ask the routing table which address
+		// reaches the registrar (no packet is sent).
+		if ip := tg.outboundIP(req.Destination()); ip != nil {
+			host = ip.String()
+		}
+	}
+	p, _ := strconv.Atoi(port)
+	u := &sipmsg.Uri{Scheme: "sip", User: t.cfg.aor.User, Host: host, Port: p}
+	if network != "udp" {
+		u.UriParams = sipmsg.HeaderParams{{K: "transport", V: network}}
+	}
+	return u, nil
+}
+
+// outboundIP returns (and caches) the local address that routes to dest.
+func (tg *regTarget) outboundIP(dest string) net.IP {
+	if tg.localIP == nil {
+		if uc, err := net.Dial("udp", dest); err == nil {
+			if a, ok := uc.LocalAddr().(*net.UDPAddr); ok {
+				tg.localIP = a.IP
+			}
+			uc.Close()
+		}
+	}
+	return tg.localIP
+}
