@@ -9,38 +9,53 @@
 //     EqualJitter, Decorrelated or NoJitter — the formulas of AWS's
 //     "Exponential Backoff and Jitter". It never gives up unless told
 //     (cenkalti's ExponentialBackOff gives up after 15 minutes by default, a
-//     trap for a component that must recover by itself).
+//     trap for a component that must recover by itself). NewFactory makes a
+//     fresh copy for each retry loop.
 //   - FlowRecovery: RFC 5626 §4.5's wait before replacing a failed flow.
 //   - Floor: raises the next delay to a server's Retry-After, plus jitter so
 //     that clients told the same value do not come back together.
 //
+// Permanent marks an error that retrying cannot help; cenkalti's Retry stops
+// on it, and so does conn.Link.
+//
+// In every configuration struct of the package, zero means the documented
+// default and a negative value turns the field's limit or feature off.
+//
 // Per-client delays are not enough when thousands of clients lose the same
 // server at the same moment: jitter spreads a herd over time, but nothing
-// makes the herd's rate match what the server serves. The Gate does. Every
-// connection or trunk that recovers towards one destination shares its Gate:
+// makes the herd's rate match what the server serves. The Gate does. One Gate
+// guards one destination (a registrar, a server address), and every
+// connection or trunk of the process that recovers towards that destination
+// shares it; a backup address gets a Gate of its own:
 //
 //	gate := backoff.NewGate(backoff.GateConfig{Destination: "registrar.example:5060"})
+//	defer gate.Close()
+//	policy := &backoff.Exponential{}
 //	for {
 //		permit, err := gate.Acquire(ctx) // FIFO, paced, bounded in flight
 //		if err != nil {
-//			return err // ctx ended
+//			return err // ctx ended, or the gate was closed
 //		}
 //		err = reconnect(ctx)
 //		switch {
 //		case err == nil:
 //			permit.Done(backoff.Success)
 //			return nil
-//		case isOverload(err): // a 503; Retry-After pauses every client
+//		case isOverload(err): // a 503; its Retry-After pauses every client
 //			permit.Done(backoff.Overload(retryAfter(err)))
 //		case isTimeout(err): // the gate closes and sends one scout at a time
 //			permit.Done(backoff.Unreachable)
 //		default: // this client's own problem: its own policy decides
 //			permit.Done(backoff.ClientFailure)
-//			time.Sleep(policy.NextBackOff())
+//			if !sleep(ctx, policy.NextBackOff()) {
+//				return context.Cause(ctx)
+//			}
 //		}
 //	}
 //
 // With no Rate configured the Gate learns the rate the destination accepts
-// (see Gate); with one, it never exceeds it. Packages conn and sip use a Gate
-// for every redial and re-registration.
+// (see Gate); with one, it never exceeds it. Its state (GateOpen, GateClosed,
+// GatePaused) is reported by State, WaitForStateChange and the OnStateChange
+// callback, in the shape packages conn and sip use for their own states.
+// Packages conn and sip use a Gate for every redial and re-registration.
 package backoff

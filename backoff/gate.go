@@ -568,6 +568,12 @@ func (g *Gate) setStateLocked(now time.Time, to GateState, until time.Time) []Ga
 	return []GateStateChange{{Destination: g.cfg.Destination, From: from, To: to, At: now, Until: until}}
 }
 
+// emit logs and reports state changes, outside the gate's lock. It logs
+// with context.Background: most changes come from an outcome, a push-back or
+// the timer, which have no caller's ctx, and the one Acquire causes belongs
+// to the gate, not to that caller.
+//
+//nolint:contextcheck // see above
 func (g *Gate) emit(ev []GateStateChange) {
 	for _, e := range ev {
 		if g.cfg.Logger != nil {

@@ -163,7 +163,10 @@ func TestOutcomeDoneAllocs(t *testing.T) {
 			t.Errorf("Done(%v): %v allocations, want 0 (Acquire+Done: %v)", o, doneAllocs, allocs)
 		}
 	}
-	var o Outcome = Unreachable // a variable of the constant's type holds any outcome
+	o := Unreachable // a variable of the constant's type holds any outcome
+	if o.since() != (time.Time{}) {
+		t.Fatal("Unreachable carries a time")
+	}
 	o = UnreachableSince(time.Unix(1000, 5))
 	if o.since() != time.Unix(1000, 5) || o.kind() != Unreachable || o.RetryAfter() != 0 {
 		t.Fatalf("UnreachableSince: since %v kind %v", o.since(), o.kind())

@@ -77,6 +77,9 @@ func (in *gateInstruments) waited(ctx context.Context, d time.Duration) {
 
 func (in *gateInstruments) shed(ctx context.Context) { in.shedC.Add(ctx, 1, in.attrs) }
 
+// outcome counts an outcome reported through Permit.Done, which has no ctx.
+//
+//nolint:contextcheck // see above
 func (in *gateInstruments) outcome(o Outcome) {
 	in.outcomes.Add(context.Background(), 1, in.byKind[o.kind()])
 }
