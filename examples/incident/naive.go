@@ -2,38 +2,36 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo"
 	sipmsg "github.com/emiago/sipgo/sip"
+
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 // naiveFleet is what a gateway without relink does: sipgo with its defaults
 // (one UserAgent, one Client, so one pooled TCP connection per registrar
-// address), REGISTER answered with sipgo's DoDigestAuth (a fresh challenge
-// every time), a refresh at 90 % of the granted expiry, and on any failure —
-// an error, a timeout, a 503 — another attempt at once.
+// address), each 401 answered on its fresh challenge as sipgo's DoDigestAuth
+// does (testkit's Registerer with FreshChallenge), a refresh at 90 % of the
+// granted expiry, and on any failure — an error, a timeout, a 503 — another
+// attempt at once.
 type naiveFleet struct {
-	ua        *sipgo.UserAgent
-	client    *sipgo.Client
-	registrar sipmsg.Uri // the registrar (here: the freeze proxy in front of it)
-	domain    string
-	password  string
-	trunks    []*naiveTrunk
-	marks     *marks
-	wg        sync.WaitGroup
+	ua     *sipgo.UserAgent
+	client *sipgo.Client
+	trunks []*naiveTrunk
+	marks  *marks
+	wg     sync.WaitGroup
 }
 
 // naiveTrunk is one registration of the naive gateway.
 type naiveTrunk struct {
 	user     string
-	believes atomic.Bool   // the gateway thinks it is registered
-	attempts atomic.Uint64 // REGISTER transactions sent
+	believes atomic.Bool // the gateway thinks it is registered
+	reg      *testkit.Registerer
 	rec      trunkRec
 }
 
@@ -47,15 +45,22 @@ func newNaiveFleet(n int, hostPort, domain, password string, m *marks) (*naiveFl
 		ua.Close()
 		return nil, fmt.Errorf("naive: %w", err)
 	}
-	var u sipmsg.Uri
-	if err := sipmsg.ParseUri("sip:"+hostPort+";transport=tcp", &u); err != nil {
-		ua.Close()
-		return nil, fmt.Errorf("naive: %w", err)
-	}
-	f := &naiveFleet{ua: ua, client: client, registrar: u, domain: domain, password: password, marks: m}
+	f := &naiveFleet{ua: ua, client: client, marks: m}
 	for i := range n {
-		t := &naiveTrunk{user: fmt.Sprintf("naive%04d", i)}
-		t.rec.name, t.rec.tx = t.user, t.attempts.Load
+		user := fmt.Sprintf("naive%04d", i)
+		reg, err := testkit.NewRegisterer(testkit.RegisterConfig{
+			Client:    client,
+			Registrar: "sip:" + hostPort + ";transport=tcp", // the freeze proxy in front of the registrar
+			User:      user, Password: password, Domain: domain,
+			Contact:        "sip:" + user + "@127.0.0.1:5060;transport=tcp",
+			FreshChallenge: true, // sipgo's DoDigestAuth
+		})
+		if err != nil {
+			ua.Close()
+			return nil, fmt.Errorf("naive: %w", err)
+		}
+		t := &naiveTrunk{user: user, reg: reg}
+		t.rec.name, t.rec.tx = t.user, reg.Transactions
 		f.trunks = append(f.trunks, t)
 	}
 	return f, nil
@@ -92,14 +97,11 @@ func (f *naiveFleet) believed() int {
 }
 
 func (f *naiveFleet) run(ctx context.Context, t *naiveTrunk) {
-	callID := rand.Text()
-	fromTag := rand.Text()[:16]
-	var cseq uint32
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
 	for ctx.Err() == nil {
-		grant, err := f.register(ctx, t, callID, fromTag, &cseq)
+		grant, err := register(ctx, t.reg)
 		if ctx.Err() != nil {
 			return
 		}
@@ -124,45 +126,15 @@ func (f *naiveFleet) run(ctx context.Context, t *naiveTrunk) {
 	}
 }
 
-// register sends one REGISTER and, when challenged, sipgo's DoDigestAuth
-// answer; it returns the granted expiry.
-func (f *naiveFleet) register(ctx context.Context, t *naiveTrunk, callID, fromTag string, cseq *uint32) (time.Duration, error) {
-	aor := sipmsg.Uri{Scheme: "sip", User: t.user, Host: f.domain}
-	req := sipmsg.NewRequest(sipmsg.REGISTER, f.registrar)
-	req.SetTransport("TCP")
-	from := &sipmsg.FromHeader{Address: aor}
-	from.Params.Add("tag", fromTag)
-	cid := sipmsg.CallIDHeader(callID)
-	*cseq++
-	req.AppendHeader(from)
-	req.AppendHeader(&sipmsg.ToHeader{Address: aor})
-	req.AppendHeader(&cid)
-	req.AppendHeader(&sipmsg.CSeqHeader{SeqNo: *cseq, MethodName: sipmsg.REGISTER})
-	req.AppendHeader(sipmsg.NewHeader("Contact", "<sip:"+t.user+"@127.0.0.1:5060;transport=tcp>"))
-	req.AppendHeader(sipmsg.NewHeader("Expires", "3600"))
-	t.attempts.Add(1)
-	res, err := f.client.Do(ctx, req)
+// register sends one REGISTER and, when challenged, the answer on a fresh
+// challenge, as sipgo's DoDigestAuth does; it returns the granted expiry.
+func register(ctx context.Context, r *testkit.Registerer) (time.Duration, error) {
+	res, err := r.Register(ctx, 3600)
 	if err != nil {
 		return 0, err
-	}
-	if res.StatusCode == sipmsg.StatusUnauthorized || res.StatusCode == sipmsg.StatusProxyAuthRequired {
-		t.attempts.Add(1)
-		res, err = f.client.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: t.user, Password: f.password})
-		*cseq = req.CSeq().SeqNo
-		if err != nil {
-			return 0, err
-		}
 	}
 	if res.StatusCode != sipmsg.StatusOK {
 		return 0, fmt.Errorf("naive: %d %s", res.StatusCode, res.Reason)
 	}
-	grant := 3600 * time.Second
-	if c := res.Contact(); c != nil {
-		if v, ok := c.Params.Get("expires"); ok {
-			if s, err := strconv.Atoi(v); err == nil && s > 0 {
-				grant = time.Duration(s) * time.Second
-			}
-		}
-	}
-	return grant, nil
+	return testkit.Granted(res, 3600*time.Second), nil
 }

@@ -14,6 +14,7 @@ import (
 
 	sipmsg "github.com/emiago/sipgo/sip"
 
+	"github.com/relinkgo/relink/internal/ctxtime"
 	"github.com/relinkgo/relink/internal/faultproxy"
 	"github.com/relinkgo/relink/internal/registrar"
 	"github.com/relinkgo/relink/sip"
@@ -192,367 +193,492 @@ type outcome struct {
 	EndT     float64
 }
 
-// run plays the incident once.
+// run plays the incident once: setup (both populations, each behind its
+// freeze proxy) → warm-up (everyone registered, then capacity C applies) →
+// fault (both paths silent for the outage) → restore (the paths return;
+// watch the recovery) → report (the closing table and the timeline).
 func run(ctx context.Context, cfg config) (*outcome, error) {
 	cfg.defaults()
-	quiet := slog.New(slog.DiscardHandler)
-	m := &marks{start: time.Now()}
-	external := cfg.Registrar != ""
-
-	// --- relink's side: registrar (embedded or real), proxy, fleet.
-	var (
-		regR    *registrar.Registrar
-		cntR    = counters{m: m}
-		target  string // host:port the relink proxy forwards to
-		relUser = func(i int) string { return fmt.Sprintf("relink%04d", i) }
-		relHost = domain
-		relPass = password
-	)
-	if external {
-		var u sipmsg.Uri
-		if err := sipmsg.ParseUri(cfg.Registrar, &u); err != nil {
-			return nil, fmt.Errorf("incident: -registrar %q: %w", cfg.Registrar, err)
-		}
-		if tp, ok := u.UriParams.Get("transport"); ok && tp != "" && tp != "tcp" && tp != "TCP" {
-			return nil, fmt.Errorf("incident: -registrar %q: only TCP can go through the freeze proxy", cfg.Registrar)
-		}
-		port := u.Port
-		if port == 0 {
-			port = 5060
-		}
-		target = net.JoinHostPort(u.Host, strconv.Itoa(port))
-		relHost, relPass = u.Host, cfg.Pass
-		if cfg.User != "" {
-			p := cfg.User
-			relUser = func(i int) string {
-				if cfg.Trunks == 1 {
-					return p
-				}
-				return p + strconv.Itoa(i)
-			}
-		}
-	} else {
-		var err error
-		regR, err = newRegistrar(cfg, cntR.onRequest)
-		if err != nil {
-			return nil, err
-		}
-		defer regR.Close()
-		target = regR.Addr()
-	}
-	proxyR, err := faultproxy.New(target)
-	if err != nil {
+	in := &incident{cfg: cfg, m: &marks{start: time.Now()}, external: cfg.Registrar != ""}
+	defer in.close()
+	if err := in.setupRelink(); err != nil {
 		return nil, err
 	}
-	defer proxyR.Close()
+	if err := in.setupNaive(); err != nil {
+		return nil, err
+	}
+	in.start(ctx)
+	if err := in.warmUp(ctx); err != nil {
+		return nil, err
+	}
+	if err := in.fault(ctx); err != nil {
+		return nil, err
+	}
+	if err := in.restore(ctx); err != nil {
+		return nil, err
+	}
+	return in.report(), nil
+}
 
+// incident is one run: both populations, their registrars and proxies, the
+// timeline, and the moments of the story.
+type incident struct {
+	cfg      config
+	m        *marks
+	external bool     // the relink population runs against a real registrar
+	closers  []func() // run in reverse by close
+
+	// relink's side.
+	regR    *registrar.Registrar // nil with -registrar
+	cntR    counters
+	target  string // host:port the relink proxy forwards to
+	relUser func(i int) string
+	relHost string
+	relPass string
+	proxyR  *faultproxy.Proxy
+	fleet   *sip.Fleet
+	trunks  []*sip.Trunk
+	relRecs map[*sip.Trunk]*trunkRec
+	evMu    sync.Mutex
+
+	// the naive gateway's side, always embedded.
+	regN   *registrar.Registrar
+	cntN   counters
+	proxyN *faultproxy.Proxy
+	naive  *naiveFleet
+
+	// running.
+	stopFleet, stopNaive context.CancelFunc
+	fleetDone            chan error
+	stopped              bool
+	stopSampler          context.CancelFunc
+	samplerDone          chan struct{}
+	outMu                sync.Mutex
+	tlMu                 sync.Mutex
+	timeline             []tick
+
+	// measured.
+	freeze, restored, end time.Time
+	rejAtFreeze           uint64 // relink's 503s before the freeze
+	naiveRejAtFreeze      uint64
+}
+
+// close stops whatever still runs and closes every part, the last opened
+// first.
+func (in *incident) close() {
+	in.stopTimeline()
+	in.shutdown()
+	for i := len(in.closers) - 1; i >= 0; i-- {
+		in.closers[i]()
+	}
+}
+
+// sleep waits for d, or returns why ctx ended.
+func sleep(ctx context.Context, d time.Duration) error {
+	if !ctxtime.Sleep(ctx, d) {
+		return context.Cause(ctx)
+	}
+	return nil
+}
+
+// setupRelink starts relink's side: its registrar (embedded, or a real one
+// with -registrar), the freeze proxy in front of it, and a Fleet of N trunks
+// with relink's defaults.
+func (in *incident) setupRelink() error {
+	cfg := &in.cfg
+	in.cntR.m = in.m
+	in.relUser = func(i int) string { return fmt.Sprintf("relink%04d", i) }
+	in.relHost, in.relPass = domain, password
+	if in.external {
+		if err := in.useExternal(); err != nil {
+			return err
+		}
+	} else {
+		r, err := newRegistrar(*cfg, in.cntR.onRequest)
+		if err != nil {
+			return err
+		}
+		in.regR, in.target = r, r.Addr()
+		in.closers = append(in.closers, func() { r.Close() })
+	}
+	p, err := faultproxy.New(in.target)
+	if err != nil {
+		return err
+	}
+	in.proxyR = p
+	in.closers = append(in.closers, func() { p.Close() })
+	quiet := slog.New(slog.DiscardHandler)
 	ua, err := sip.NewUA(sip.UAConfig{
 		TransportLayerOptions:   []sipmsg.TransportLayerOption{sipmsg.WithTransportLayerLogger(quiet)},
 		TransactionLayerOptions: []sipmsg.TransactionLayerOption{sipmsg.WithTransactionLayerLogger(quiet)},
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	defer ua.Close()
-	relRecs := make(map[*sip.Trunk]*trunkRec, cfg.Trunks)
-	var evMu sync.Mutex
-	fleet := sip.NewFleet(ua, sip.FleetConfig{ // relink's defaults
-		OnStateChange: func(sc sip.TrunkStateChange) {
-			r := relRecs[sc.Trunk]
-			if r == nil || (m.stop.Load() != 0 && sc.At.UnixNano() >= m.stop.Load()) {
-				return
+	in.closers = append(in.closers, func() { ua.Close() })
+	in.relRecs = make(map[*sip.Trunk]*trunkRec, cfg.Trunks)
+	in.fleet = sip.NewFleet(ua, sip.FleetConfig{OnStateChange: in.onStateChange}) // relink's defaults
+	return in.addTrunks()
+}
+
+// useExternal points relink's side at the real registrar of -registrar.
+func (in *incident) useExternal() error {
+	cfg := &in.cfg
+	var u sipmsg.Uri
+	if err := sipmsg.ParseUri(cfg.Registrar, &u); err != nil {
+		return fmt.Errorf("incident: -registrar %q: %w", cfg.Registrar, err)
+	}
+	if tp, ok := u.UriParams.Get("transport"); ok && tp != "" && tp != "tcp" && tp != "TCP" {
+		return fmt.Errorf("incident: -registrar %q: only TCP can go through the freeze proxy", cfg.Registrar)
+	}
+	port := u.Port
+	if port == 0 {
+		port = 5060
+	}
+	in.target = net.JoinHostPort(u.Host, strconv.Itoa(port))
+	in.relHost, in.relPass = u.Host, cfg.Pass
+	if cfg.User != "" {
+		p := cfg.User
+		in.relUser = func(i int) string {
+			if cfg.Trunks == 1 {
+				return p
 			}
-			last := fmt.Sprintf("%s → %s at %+.1f s", sc.From, sc.To, float64(sc.At.UnixNano()-m.start.UnixNano())/1e9)
-			if sc.Err != nil {
-				last += " (" + sc.Err.Error() + ")"
-			}
-			r.last.Store(&last)
-			if cfg.Events != nil {
-				evMu.Lock()
-				fmt.Fprintf(cfg.Events, "%s: %s\n", r.name, last)
-				evMu.Unlock()
-			}
-			if sc.From == sip.Registered {
-				r.lost(sc.At, m)
-			}
-			if sc.To == sip.Registered {
-				r.registered(sc.At, m)
-			}
-		},
-	})
-	regURI := "sip:" + proxyR.Addr() + ";transport=tcp"
-	trunks := make([]*sip.Trunk, 0, cfg.Trunks)
-	byAoR := make(map[string]*trunkRec, cfg.Trunks)
-	for i := range cfg.Trunks {
-		t, err := fleet.Add(sip.TrunkConfig{
+			return p + strconv.Itoa(i)
+		}
+	}
+	return nil
+}
+
+// addTrunks adds N trunks to the Fleet and indexes their records by AoR.
+func (in *incident) addTrunks() error {
+	regURI := "sip:" + in.proxyR.Addr() + ";transport=tcp"
+	in.trunks = make([]*sip.Trunk, 0, in.cfg.Trunks)
+	byAoR := make(map[string]*trunkRec, in.cfg.Trunks)
+	for i := range in.cfg.Trunks {
+		t, err := in.fleet.Add(sip.TrunkConfig{
 			Registrars: []string{regURI},
-			AOR:        "sip:" + relUser(i) + "@" + relHost,
-			Password:   relPass,
-			KeepAlive:  cfg.KeepAlive,
+			AOR:        "sip:" + in.relUser(i) + "@" + in.relHost,
+			Password:   in.relPass,
+			KeepAlive:  in.cfg.KeepAlive,
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
-		relRecs[t] = &trunkRec{name: relUser(i), tx: t.Transactions}
-		byAoR[relUser(i)+"@"+relHost] = relRecs[t]
-		trunks = append(trunks, t)
+		in.relRecs[t] = &trunkRec{name: in.relUser(i), tx: t.Transactions}
+		byAoR[in.relUser(i)+"@"+in.relHost] = in.relRecs[t]
+		in.trunks = append(in.trunks, t)
 	}
+	in.cntR.recs.Store(&byAoR)
+	return nil
+}
 
-	// --- the naive gateway's side, always embedded.
-	cntR.recs.Store(&byAoR)
-	cntN := counters{m: m}
-	regN, err := newRegistrar(cfg, cntN.onRequest)
-	if err != nil {
-		return nil, err
+// onStateChange records a relink trunk's state change.
+func (in *incident) onStateChange(sc sip.TrunkStateChange) {
+	m := in.m
+	r := in.relRecs[sc.Trunk]
+	if r == nil || (m.stop.Load() != 0 && sc.At.UnixNano() >= m.stop.Load()) {
+		return
 	}
-	defer regN.Close()
-	proxyN, err := faultproxy.New(regN.Addr())
-	if err != nil {
-		return nil, err
+	last := fmt.Sprintf("%s → %s at %+.1f s", sc.From, sc.To, float64(sc.At.UnixNano()-m.start.UnixNano())/1e9)
+	if sc.Err != nil {
+		last += " (" + sc.Err.Error() + ")"
 	}
-	defer proxyN.Close()
-	naive, err := newNaiveFleet(cfg.Trunks, proxyN.Addr(), domain, password, m)
-	if err != nil {
-		return nil, err
+	r.last.Store(&last)
+	if in.cfg.Events != nil {
+		in.evMu.Lock()
+		fmt.Fprintf(in.cfg.Events, "%s: %s\n", r.name, last)
+		in.evMu.Unlock()
 	}
-	naiveByAoR := make(map[string]*trunkRec, cfg.Trunks)
-	for _, t := range naive.trunks {
-		naiveByAoR[t.user+"@"+domain] = &t.rec
+	if sc.From == sip.Registered {
+		r.lost(sc.At, m)
 	}
-	cntN.recs.Store(&naiveByAoR)
+	if sc.To == sip.Registered {
+		r.registered(sc.At, m)
+	}
+}
 
-	// --- go.
+// setupNaive starts the naive gateway's side: an embedded registrar, the
+// freeze proxy in front of it, and N naive trunks.
+func (in *incident) setupNaive() error {
+	in.cntN.m = in.m
+	r, err := newRegistrar(in.cfg, in.cntN.onRequest)
+	if err != nil {
+		return err
+	}
+	in.regN = r
+	in.closers = append(in.closers, func() { r.Close() })
+	p, err := faultproxy.New(r.Addr())
+	if err != nil {
+		return err
+	}
+	in.proxyN = p
+	in.closers = append(in.closers, func() { p.Close() })
+	if in.naive, err = newNaiveFleet(in.cfg.Trunks, p.Addr(), domain, password, in.m); err != nil {
+		return err
+	}
+	byAoR := make(map[string]*trunkRec, in.cfg.Trunks)
+	for _, t := range in.naive.trunks {
+		byAoR[t.user+"@"+domain] = &t.rec
+	}
+	in.cntN.recs.Store(&byAoR)
+	return nil
+}
+
+// start runs both populations, prints the header and starts the timeline.
+func (in *incident) start(ctx context.Context) {
 	fctx, stopFleet := context.WithCancel(ctx)
-	defer stopFleet()
-	fleetDone := make(chan error, 1)
-	go func() { fleetDone <- fleet.Run(fctx) }()
+	in.stopFleet, in.fleetDone = stopFleet, make(chan error, 1)
+	go func() { in.fleetDone <- in.fleet.Run(fctx) }()
 	nctx, stopNaive := context.WithCancel(ctx)
-	defer stopNaive()
-	naive.start(nctx)
-	stopped := false
-	shutdown := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		m.stop.CompareAndSwap(0, time.Now().UnixNano())
-		stopNaive()
-		// The measurement is over: let the unregistrations through.
-		if regR != nil {
-			regR.SetCapacity(0)
-		}
-		regN.SetCapacity(0)
-		stopFleet()
-		<-fleetDone
-		naive.stop()
-	}
-	defer shutdown()
+	in.stopNaive = stopNaive
+	in.naive.start(nctx)
+	in.printHeader()
+	in.startTimeline()
+}
 
-	relinkTx := func() uint64 {
-		var s uint64
-		for _, t := range trunks {
-			s += t.Transactions()
-		}
-		return s
+// shutdown ends the measurement and stops both populations, once.
+func (in *incident) shutdown() {
+	if in.stopped || in.stopFleet == nil {
+		return
 	}
-	gateStats := func() (state string, overloaded uint64) {
-		for _, g := range fleet.GateStats() {
-			st := fmt.Sprintf("%s %.0f/s", g.State, g.Rate)
-			if g.Estimate > 0 {
-				st += fmt.Sprintf(" (est %.0f)", g.Estimate)
-			}
-			return st, g.Overloaded
-		}
-		return "-", 0
+	in.stopped = true
+	in.m.stop.CompareAndSwap(0, time.Now().UnixNano())
+	in.stopNaive()
+	// The measurement is over: let the unregistrations through.
+	if in.regR != nil {
+		in.regR.SetCapacity(0)
 	}
-	relRegistered := func() int {
-		if regR != nil {
-			return regR.Stats().AoRs
-		}
-		return fleet.Stats().Registered
-	}
-	relRejected := func() uint64 {
-		if regR != nil {
-			return cntR.rejected.Load()
-		}
-		_, o := gateStats()
-		return o
-	}
-	relLoad := func() uint64 {
-		if regR != nil {
-			return cntR.registers.Load()
-		}
-		return relinkTx()
-	}
+	in.regN.SetCapacity(0)
+	in.stopFleet()
+	<-in.fleetDone
+	in.naive.stop()
+}
 
-	// --- the timeline, one line a second.
-	var (
-		tlMu     sync.Mutex
-		timeline []tick
-		out      = cfg.Live
-	)
-	var outMu sync.Mutex
-	printf := func(format string, a ...any) {
-		if out != nil {
-			outMu.Lock()
-			fmt.Fprintf(out, format, a...)
-			outMu.Unlock()
-		}
+// relinkTx counts the REGISTER transactions of every relink trunk.
+func (in *incident) relinkTx() uint64 {
+	var s uint64
+	for _, t := range in.trunks {
+		s += t.Transactions()
 	}
-	printf("incident: %d trunks per population; each registrar serves C = %.0f REGISTER/s (N/C = %.1f s) and grants at most %v\n",
+	return s
+}
+
+// gateStats describes the relink registrar's gate: state and pace, and the
+// 503s it saw.
+func (in *incident) gateStats() (state string, overloaded uint64) {
+	for _, g := range in.fleet.GateStats() {
+		st := fmt.Sprintf("%s %.0f/s", g.State, g.Rate)
+		if g.Estimate > 0 {
+			st += fmt.Sprintf(" (est %.0f)", g.Estimate)
+		}
+		return st, g.Overloaded
+	}
+	return "-", 0
+}
+
+// relRegistered is the relink trunks registered: the registrar's AoRs, or
+// the Fleet's own view against a real registrar.
+func (in *incident) relRegistered() int {
+	if in.regR != nil {
+		return in.regR.Stats().AoRs
+	}
+	return in.fleet.Stats().Registered
+}
+
+func (in *incident) relRejected() uint64 {
+	if in.regR != nil {
+		return in.cntR.rejected.Load()
+	}
+	_, o := in.gateStats()
+	return o
+}
+
+func (in *incident) relLoad() uint64 {
+	if in.regR != nil {
+		return in.cntR.registers.Load()
+	}
+	return in.relinkTx()
+}
+
+func (in *incident) printf(format string, a ...any) {
+	if in.cfg.Live != nil {
+		in.outMu.Lock()
+		fmt.Fprintf(in.cfg.Live, format, a...)
+		in.outMu.Unlock()
+	}
+}
+
+func (in *incident) printHeader() {
+	cfg := &in.cfg
+	in.printf("incident: %d trunks per population; each registrar serves C = %.0f REGISTER/s (N/C = %.1f s) and grants at most %v\n",
 		cfg.Trunks, cfg.Capacity, cfg.limit().Seconds(), cfg.Grant)
-	if external {
-		printf("          relink → freeze proxy → %s (real registrar); naive → freeze proxy → embedded registrar\n", target)
+	if in.external {
+		in.printf("          relink → freeze proxy → %s (real registrar); naive → freeze proxy → embedded registrar\n", in.target)
 	}
-	printf("          relink: sip.Fleet, default config%s (detection bound %v); naive: sipgo defaults, DoDigestAuth, retry at once\n",
+	in.printf("          relink: sip.Fleet, default config%s (detection bound %v); naive: sipgo defaults, DoDigestAuth, retry at once\n",
 		keepaliveNote(cfg.KeepAlive), cfg.bound())
-	printf("          warm-up with unlimited capacity, then C applies; outage %v (no FIN, no RST), then the far end forgets the old connections\n\n", cfg.Outage)
-	printf("columns: live = bindings the registrar holds (the truth); thinks = trunks that believe they are registered;\n")
-	printf("         REG/s = REGISTERs the registrar received in the second (%% of C); 503 = rejected; gate = relink's gate (state, pace)\n\n")
-	printf("%6s %-8s │ %-6s %6s %6s %-11s %4s %-25s │ %-6s %6s %6s %-11s %4s\n",
+	in.printf("          warm-up with unlimited capacity, then C applies; outage %v (no FIN, no RST), then the far end forgets the old connections\n\n", cfg.Outage)
+	in.printf("columns: live = bindings the registrar holds (the truth); thinks = trunks that believe they are registered;\n")
+	in.printf("         REG/s = REGISTERs the registrar received in the second (%% of C); 503 = rejected; gate = relink's gate (state, pace)\n\n")
+	in.printf("%6s %-8s │ %-6s %6s %6s %-11s %4s %-25s │ %-6s %6s %6s %-11s %4s\n",
 		"t", "phase", "relink", "live", "thinks", "REG/s", "503", "gate", "naive", "live", "thinks", "REG/s", "503")
-	sampleCtx, stopSampler := context.WithCancel(context.Background())
-	samplerDone := make(chan struct{})
+}
+
+// startTimeline samples both populations once a second, printing a line
+// and keeping a tick for each, until stopTimeline.
+func (in *incident) startTimeline() {
+	ctx, stop := context.WithCancel(context.Background())
+	in.stopSampler, in.samplerDone = stop, make(chan struct{})
 	go func() {
-		defer close(samplerDone)
+		defer close(in.samplerDone)
 		tk := time.NewTicker(time.Second)
 		defer tk.Stop()
-		var lastRL, lastRR, lastNL, lastNR uint64
+		var last [4]uint64 // relink load, relink 503s, naive load, naive 503s
 		for {
 			select {
-			case <-sampleCtx.Done():
+			case <-ctx.Done():
 				return
 			case now := <-tk.C:
-				rl, rr := relLoad(), relRejected()
-				nl, nr := cntN.registers.Load(), cntN.rejected.Load()
-				gs, _ := gateStats()
-				t := tick{
-					T:     now.Sub(m.start).Seconds(),
-					Phase: m.phase(now),
-					Relink: popTick{Registered: relRegistered(), Believed: fleet.Stats().Registered,
-						Load: int(rl - lastRL), Rejected: int(rr - lastRR), Gate: gs},
-					Naive: popTick{Registered: regN.Stats().AoRs, Believed: naive.believed(),
-						Load: int(nl - lastNL), Rejected: int(nr - lastNR)},
-				}
-				lastRL, lastRR, lastNL, lastNR = rl, rr, nl, nr
-				tlMu.Lock()
-				timeline = append(timeline, t)
-				tlMu.Unlock()
-				printf("%5.0fs %-8s │ %13s %6d %-11s %4d %-25s │ %13s %6d %-11s %4d\n",
-					t.T, t.Phase, liveCol(t.Relink.Registered, external), t.Relink.Believed,
-					load(t.Relink.Load, cfg.Capacity, !external), t.Relink.Rejected, t.Relink.Gate,
-					liveCol(t.Naive.Registered, false), t.Naive.Believed, load(t.Naive.Load, cfg.Capacity, true), t.Naive.Rejected)
+				in.sample(now, &last)
 			}
 		}
 	}()
-	defer func() { stopSampler(); <-samplerDone }()
+}
 
-	sleep := func(d time.Duration) error {
-		tm := time.NewTimer(d)
-		defer tm.Stop()
-		select {
-		case <-tm.C:
-			return nil
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		}
+// sample takes one tick of the timeline; last holds the counters at the
+// previous tick.
+func (in *incident) sample(now time.Time, last *[4]uint64) {
+	cur := [4]uint64{in.relLoad(), in.relRejected(), in.cntN.registers.Load(), in.cntN.rejected.Load()}
+	gs, _ := in.gateStats()
+	t := tick{
+		T:     now.Sub(in.m.start).Seconds(),
+		Phase: in.m.phase(now),
+		Relink: popTick{Registered: in.relRegistered(), Believed: in.fleet.Stats().Registered,
+			Load: int(cur[0] - last[0]), Rejected: int(cur[1] - last[1]), Gate: gs},
+		Naive: popTick{Registered: in.regN.Stats().AoRs, Believed: in.naive.believed(),
+			Load: int(cur[2] - last[2]), Rejected: int(cur[3] - last[3])},
 	}
+	*last = cur
+	in.tlMu.Lock()
+	in.timeline = append(in.timeline, t)
+	in.tlMu.Unlock()
+	c := in.cfg.Capacity
+	in.printf("%5.0fs %-8s │ %13s %6d %-11s %4d %-25s │ %13s %6d %-11s %4d\n",
+		t.T, t.Phase, liveCol(t.Relink.Registered, in.external), t.Relink.Believed,
+		load(t.Relink.Load, c, !in.external), t.Relink.Rejected, t.Relink.Gate,
+		liveCol(t.Naive.Registered, false), t.Naive.Believed, load(t.Naive.Load, c, true), t.Naive.Rejected)
+}
 
-	// Warm-up: everyone registers, capacity unlimited, so that the story
-	// starts with N registered trunks on each side.
+// stopTimeline stops the sampler and waits for it.
+func (in *incident) stopTimeline() {
+	if in.stopSampler != nil {
+		in.stopSampler()
+		<-in.samplerDone
+	}
+}
+
+// warmUp waits until everyone is registered, capacity unlimited, so that the
+// story starts with N registered trunks on each side; then C applies.
+func (in *incident) warmUp(ctx context.Context) error {
+	cfg := &in.cfg
 	warmEnd := time.Now().Add(maxWarmup)
-	for relRegistered() < cfg.Trunks || regN.Stats().AoRs < cfg.Trunks {
+	for in.relRegistered() < cfg.Trunks || in.regN.Stats().AoRs < cfg.Trunks {
 		if time.Now().After(warmEnd) {
-			return nil, fmt.Errorf("incident: warm-up: only %d relink and %d naive trunks registered after %v",
-				relRegistered(), regN.Stats().AoRs, maxWarmup)
+			return fmt.Errorf("incident: warm-up: only %d relink and %d naive trunks registered after %v",
+				in.relRegistered(), in.regN.Stats().AoRs, maxWarmup)
 		}
-		if err := sleep(50 * time.Millisecond); err != nil {
-			return nil, err
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
 		}
 	}
-	if regR != nil {
-		regR.SetCapacity(cfg.Capacity)
+	if in.regR != nil {
+		in.regR.SetCapacity(cfg.Capacity)
 	}
-	regN.SetCapacity(cfg.Capacity)
-	printf("%6.1fs all %d+%d registered; capacity C = %.0f/s applies from now\n",
-		time.Since(m.start).Seconds(), cfg.Trunks, cfg.Trunks, cfg.Capacity)
-	if err := sleep(settle); err != nil {
-		return nil, err
-	}
+	in.regN.SetCapacity(cfg.Capacity)
+	in.printf("%6.1fs all %d+%d registered; capacity C = %.0f/s applies from now\n",
+		time.Since(in.m.start).Seconds(), cfg.Trunks, cfg.Trunks, cfg.Capacity)
+	return sleep(ctx, settle)
+}
 
-	// The outage.
-	rejAtFreeze, naiveRejAtFreeze := relRejected(), cntN.rejected.Load()
-	for _, r := range relRecs {
+// fault silences both paths (no FIN, no RST) for the outage.
+func (in *incident) fault(ctx context.Context) error {
+	in.rejAtFreeze, in.naiveRejAtFreeze = in.relRejected(), in.cntN.rejected.Load()
+	for _, r := range in.relRecs {
 		r.txFreeze = r.tx()
 	}
-	for _, t := range naive.trunks {
+	for _, t := range in.naive.trunks {
 		t.rec.txFreeze = t.rec.tx()
 	}
-	freeze := time.Now()
-	m.freeze.Store(freeze.UnixNano())
-	proxyR.Freeze()
-	proxyN.Freeze()
-	printf("%6.1fs FREEZE: both paths silent (no FIN, no RST) for %v\n", freeze.Sub(m.start).Seconds(), cfg.Outage)
-	if err := sleep(cfg.Outage); err != nil {
-		return nil, err
-	}
-	restore := time.Now()
-	m.restore.Store(restore.UnixNano())
-	proxyR.Forget()
-	proxyN.Forget()
-	printf("%6.1fs RESTORE: paths back; the far end forgot the old connections\n", restore.Sub(m.start).Seconds())
+	in.freeze = time.Now()
+	in.m.freeze.Store(in.freeze.UnixNano())
+	in.proxyR.Freeze()
+	in.proxyN.Freeze()
+	in.printf("%6.1fs FREEZE: both paths silent (no FIN, no RST) for %v\n", in.freeze.Sub(in.m.start).Seconds(), in.cfg.Outage)
+	return sleep(ctx, in.cfg.Outage)
+}
 
-	// Watch the recovery until After has passed; stop early once relink is
-	// back and the naive population is back too or has had 1.5 × N/C.
-	deadline := restore.Add(cfg.After)
-	naiveChance := restore.Add(cfg.limit() * 3 / 2)
+// restore brings the paths back, the far end having forgotten the old
+// connections, and watches the recovery until After has passed; it stops
+// early once relink is back and the naive population is back too or has had
+// 1.5 × N/C.
+func (in *incident) restore(ctx context.Context) error {
+	in.restored = time.Now()
+	in.m.restore.Store(in.restored.UnixNano())
+	in.proxyR.Forget()
+	in.proxyN.Forget()
+	in.printf("%6.1fs RESTORE: paths back; the far end forgot the old connections\n", in.restored.Sub(in.m.start).Seconds())
+	deadline := in.restored.Add(in.cfg.After)
+	naiveChance := in.restored.Add(in.cfg.limit() * 3 / 2)
 	for time.Now().Before(deadline) {
-		if countRecovered(relRecs) == cfg.Trunks &&
-			(countNaive(naive) == cfg.Trunks || time.Now().After(naiveChance)) {
-			if err := sleep(2 * time.Second); err != nil {
-				return nil, err
+		if countRecovered(in.relRecs) == in.cfg.Trunks &&
+			(countNaive(in.naive) == in.cfg.Trunks || time.Now().After(naiveChance)) {
+			if err := sleep(ctx, 2*time.Second); err != nil {
+				return err
 			}
 			break
 		}
-		if err := sleep(100 * time.Millisecond); err != nil {
-			return nil, err
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
 		}
 	}
-	end := time.Now()
-	m.stop.Store(end.UnixNano())
+	in.end = time.Now()
+	in.m.stop.Store(in.end.UnixNano())
+	return nil
+}
 
-	// Snapshot the end state before anyone unregisters.
-	// A trunk is registered at the end if its registrar holds a live
-	// binding for it — the truth, whatever the trunk believes; against a
-	// real registrar, if the trunk says so.
-	liveR, liveN := liveAoRs(regR), liveAoRs(regN)
-	relEnd := make([]bool, len(trunks))
-	relRec := make([]*trunkRec, len(trunks))
-	for i, t := range trunks {
+// report snapshots the end state before anyone unregisters, stops
+// everything and sums the run up. A trunk is registered at the end if its
+// registrar holds a live binding for it — the truth, whatever the trunk
+// believes; against a real registrar, if the trunk says so.
+func (in *incident) report() *outcome {
+	cfg, m := &in.cfg, in.m
+	liveR, liveN := liveAoRs(in.regR), liveAoRs(in.regN)
+	relEnd := make([]bool, len(in.trunks))
+	relRec := make([]*trunkRec, len(in.trunks))
+	for i, t := range in.trunks {
 		if liveR != nil {
-			relEnd[i] = liveR[relUser(i)+"@"+relHost]
+			relEnd[i] = liveR[in.relUser(i)+"@"+in.relHost]
 		} else {
 			relEnd[i] = t.State() == sip.Registered
 		}
-		relRec[i] = relRecs[t]
+		relRec[i] = in.relRecs[t]
 		relRec[i].txEnd = relRec[i].tx()
 	}
-	naiveEnd := make([]bool, len(naive.trunks))
-	naiveRec := make([]*trunkRec, len(naive.trunks))
-	for i, t := range naive.trunks {
+	naiveEnd := make([]bool, len(in.naive.trunks))
+	naiveRec := make([]*trunkRec, len(in.naive.trunks))
+	for i, t := range in.naive.trunks {
 		naiveEnd[i] = liveN[t.user+"@"+domain]
 		naiveRec[i] = &t.rec
 		naiveRec[i].txEnd = t.rec.tx()
 	}
-	var relLive, naiveLive = -1, regN.Stats().AoRs
-	if regR != nil {
-		relLive = regR.Stats().AoRs
+	var relLive, naiveLive = -1, in.regN.Stats().AoRs
+	if in.regR != nil {
+		relLive = in.regR.Stats().AoRs
 	}
-	relRej, naiveRej := relRejected()-rejAtFreeze, cntN.rejected.Load()-naiveRejAtFreeze
+	relRej, naiveRej := in.relRejected()-in.rejAtFreeze, in.cntN.rejected.Load()-in.naiveRejAtFreeze
 
-	stopSampler()
-	<-samplerDone
-	shutdown()
+	in.stopTimeline()
+	in.shutdown()
 
 	bound := cfg.bound().Seconds()
 	s := summary{
@@ -562,21 +688,21 @@ func run(ctx context.Context, cfg config) (*outcome, error) {
 		OutageS:   round3(cfg.Outage.Seconds()),
 		GrantS:    round3(cfg.Grant.Seconds()),
 		KeepAlive: keepaliveNote(cfg.KeepAlive),
-		Relink:    summarize(relRec, relEnd, m, relRej, cfg, &bound, relLive),
-		Naive:     summarize(naiveRec, naiveEnd, m, naiveRej, cfg, nil, naiveLive),
+		Relink:    summarize(relRec, relEnd, m, relRej, *cfg, &bound, relLive),
+		Naive:     summarize(naiveRec, naiveEnd, m, naiveRej, *cfg, nil, naiveLive),
 	}
-	if external {
+	if in.external {
 		s.Registrar = cfg.Registrar
 	}
-	tlMu.Lock()
-	defer tlMu.Unlock()
+	in.tlMu.Lock()
+	defer in.tlMu.Unlock()
 	return &outcome{
 		Summary:  s,
-		Timeline: timeline,
-		FreezeT:  freeze.Sub(m.start).Seconds(),
-		RestoreT: restore.Sub(m.start).Seconds(),
-		EndT:     end.Sub(m.start).Seconds(),
-	}, nil
+		Timeline: in.timeline,
+		FreezeT:  in.freeze.Sub(m.start).Seconds(),
+		RestoreT: in.restored.Sub(m.start).Seconds(),
+		EndT:     in.end.Sub(m.start).Seconds(),
+	}
 }
 
 // newRegistrar starts an embedded registrar that grants at most cfg.Grant
