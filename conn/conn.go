@@ -70,6 +70,11 @@ func Wrap(nc net.Conn, cfg Config) *Conn {
 	return wrap(nc, &cfg, true)
 }
 
+// wrap is Wrap; applyOpts says whether to set cfg's kernel options on nc
+// (a Dialer's net.Dialer has set them already). It logs a failure to set
+// them with context.Background: DialContext's ctx bounds the dial only.
+//
+//nolint:contextcheck // see above
 func wrap(nc net.Conn, cfg *Config, applyOpts bool) *Conn {
 	c := &Conn{
 		nc:           nc,
@@ -265,7 +270,7 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 // returned to the caller, ending the connection when the error is terminal.
 func (c *Conn) ioFailed(op string, err error) error {
 	if c.broken.Load() {
-		if cause := c.Err(); cause != nil && cause != errClosed && cause != io.EOF {
+		if cause := c.Err(); cause != nil && !endedCleanly(cause) {
 			return c.opError(op, cause) // closed because it died: say why
 		}
 		if !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -282,21 +287,29 @@ func (c *Conn) ioFailed(op string, err error) error {
 		return err
 	}
 	if !c.die(cause, reason, true) {
-		if first := c.Err(); first != nil && first != errClosed && first != io.EOF {
+		if first := c.Err(); first != nil && !endedCleanly(first) {
 			return c.opError(op, first)
 		}
 		return err
 	}
-	if cause != err {
+	if cause != err { //nolint:errorlint // identity: did classifyIOError replace err?
 		return c.opError(op, cause)
 	}
 	return err
 }
 
+// endedCleanly reports whether cause, a value of Err, is Close's errClosed
+// or the peer's io.EOF rather than a death worth reporting. Err stores these
+// two as they are; a cause that only wraps io.EOF (a failed probe's) is a
+// death and is reported.
+func endedCleanly(cause error) bool {
+	return cause == errClosed || cause == io.EOF //nolint:errorlint // identity, see above
+}
+
 // deadError is the error of I/O attempted after the connection ended.
 func (c *Conn) deadError(op string) error {
 	cause := c.Err()
-	if cause == nil || cause == errClosed || cause == io.EOF {
+	if cause == nil || endedCleanly(cause) {
 		cause = net.ErrClosed
 	}
 	return c.opError(op, cause)
@@ -363,6 +376,11 @@ func (c *Conn) onDead(err error) {
 // die records the connection's end, once: the first cause wins. It closes
 // Done, stops the monitor, and closes the underlying connection when
 // closeNC is set. It reports whether this call recorded the cause.
+//
+// No context reaches it (net.Conn's methods take none, and a death is found
+// by a timer): it logs and records metrics with context.Background.
+//
+//nolint:contextcheck // see above
 func (c *Conn) die(cause error, reason int, closeNC bool) bool {
 	c.mu.Lock()
 	if c.err != nil {

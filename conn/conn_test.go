@@ -239,15 +239,15 @@ func TestPeerEOF(t *testing.T) {
 		r := startCoreReader(c)
 		b.Close()
 		<-r.done
-		if r.err != io.EOF {
+		if !errors.Is(r.err, io.EOF) {
 			t.Fatalf("Read: %v, want io.EOF", r.err)
 		}
 		<-c.Done()
-		if c.Err() != io.EOF {
+		if !errors.Is(c.Err(), io.EOF) {
 			t.Fatalf("Err() = %v, want io.EOF", c.Err())
 		}
 		time.Sleep(time.Hour) // no probe, no death after EOF
-		if c.Err() != io.EOF {
+		if !errors.Is(c.Err(), io.EOF) {
 			t.Fatalf("Err() = %v, want io.EOF", c.Err())
 		}
 		if err := c.Close(); err != nil {

@@ -72,7 +72,7 @@ func classifyIOError(err error) (cause error, reason int, terminal bool) {
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return err, reasonOther, false
-	case err == io.EOF:
+	case errors.Is(err, io.EOF):
 		return io.EOF, reasonEOF, true
 	case errors.Is(err, syscall.ETIMEDOUT):
 		inner := err

@@ -175,7 +175,7 @@ type Link struct {
 func NewLink(cfg LinkConfig) (*Link, error) {
 	network, err := validate(&cfg)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidLinkConfig, err)
+		return nil, err
 	}
 	cfg.Addrs = append([]string(nil), cfg.Addrs...)
 	l := &Link{
@@ -206,13 +206,17 @@ func NewLink(cfg LinkConfig) (*Link, error) {
 	return l, nil
 }
 
-// validate checks cfg and returns its network, "tcp" when empty.
+// validate checks cfg and returns its network, "tcp" when empty, or an
+// error wrapping ErrInvalidLinkConfig.
 func validate(cfg *LinkConfig) (string, error) {
+	invalid := func(format string, args ...any) (string, error) {
+		return "", fmt.Errorf("%w: "+format, append([]any{ErrInvalidLinkConfig}, args...)...)
+	}
 	if cfg.Session == nil {
-		return "", errors.New("Session is nil")
+		return invalid("Session is nil")
 	}
 	if len(cfg.Addrs) == 0 {
-		return "", errors.New("Addrs is empty")
+		return invalid("Addrs is empty")
 	}
 	network := cfg.Network
 	if network == "" {
@@ -223,16 +227,16 @@ func validate(cfg *LinkConfig) (string, error) {
 	case "tcp", "tcp4", "tcp6", "unix":
 	default:
 		if !custom {
-			return "", fmt.Errorf("unsupported Network %q (want tcp, tcp4, tcp6 or unix)", network)
+			return invalid("unsupported Network %q (want tcp, tcp4, tcp6 or unix)", network)
 		}
 	}
 	for i, a := range cfg.Addrs {
 		if a == "" {
-			return "", fmt.Errorf("Addrs[%d] is empty", i)
+			return invalid("Addrs[%d] is empty", i)
 		}
 		if isTCP(network) {
 			if _, _, err := net.SplitHostPort(a); err != nil {
-				return "", fmt.Errorf("Addrs[%d] %q: %w", i, a, err)
+				return invalid("Addrs[%d] %q: %w", i, a, err)
 			}
 		}
 	}
@@ -258,14 +262,15 @@ func (l *Link) WaitForStateChange(ctx context.Context, from LinkState) bool {
 }
 
 // setState changes the state, wakes the waiters, records the metric and
-// calls OnStateChange. Only Run's goroutine calls it, so events are ordered.
-func (l *Link) setState(to LinkState, err error, addr string) {
-	from, changed := l.state.Set(to, l.inst.stateChanged)
+// calls OnStateChange. ctx is Run's, for the log and the metric (it may
+// have ended: Shutdown is recorded all the same). Only Run's goroutine calls it, so events are ordered.
+func (l *Link) setState(ctx context.Context, to LinkState, err error, addr string) {
+	from, changed := l.state.Set(to, func(from, to LinkState) { l.inst.stateChanged(ctx, from, to) })
 	if !changed {
 		return
 	}
 	at := time.Now()
-	if l.log.Enabled(context.Background(), slog.LevelInfo) {
+	if l.log.Enabled(ctx, slog.LevelInfo) {
 		attrs := []slog.Attr{slog.String("from", from.String()), slog.String("to", to.String())}
 		if addr != "" {
 			attrs = append(attrs, slog.String("server.address", addr))
@@ -273,7 +278,7 @@ func (l *Link) setState(to LinkState, err error, addr string) {
 		if err != nil {
 			attrs = append(attrs, slog.String("error", err.Error()))
 		}
-		l.log.LogAttrs(context.Background(), slog.LevelInfo, "link state", attrs...)
+		l.log.LogAttrs(ctx, slog.LevelInfo, "link state", attrs...)
 	}
 	if l.cfg.OnStateChange != nil {
 		l.cfg.OnStateChange(LinkStateChange{Destination: addr, From: from, To: to, Err: err, At: at})
@@ -308,7 +313,7 @@ func (l *Link) Run(ctx context.Context) error {
 	r.bo.Reset()
 	err := r.loop(ctx)
 
-	l.setState(LinkShutdown, err, r.addr)
+	l.setState(ctx, LinkShutdown, err, r.addr)
 	l.mu.Lock()
 	l.running = false
 	l.mu.Unlock()
@@ -356,12 +361,12 @@ func (r *runner) once(ctx context.Context) (stop bool, err error) {
 	r.immediate = false
 	r.addr = l.cfg.Addrs[r.idx]
 	r.attempt++
-	l.setState(LinkConnecting, nil, r.addr)
+	l.setState(ctx, LinkConnecting, nil, r.addr)
 	c, err := l.dial(ctx, r.idx, r.attempt)
 	if err != nil {
 		return r.dialFailed(ctx, err)
 	}
-	l.setState(LinkReady, nil, r.addr)
+	l.setState(ctx, LinkReady, nil, r.addr)
 	start := time.Now()
 	err = l.serve(ctx, c)
 	return r.ended(ctx, err, time.Since(start))
@@ -376,7 +381,7 @@ func (r *runner) dialFailed(ctx context.Context, err error) (bool, error) {
 	case backoff.IsPermanent(err):
 		return true, err
 	}
-	l.setState(LinkTransientFailure, err, r.addr)
+	l.setState(ctx, LinkTransientFailure, err, r.addr)
 	if r.failed(err) {
 		return true, r.gaveUp(ctx)
 	}
@@ -398,7 +403,7 @@ func (r *runner) ended(ctx context.Context, err error, lived time.Duration) (boo
 	case backoff.IsPermanent(err):
 		return true, err
 	}
-	l.setState(LinkTransientFailure, err, r.addr)
+	l.setState(ctx, LinkTransientFailure, err, r.addr)
 	if l.healthyAfter < 0 || lived >= l.healthyAfter {
 		r.bo.Reset()
 		r.failures = 0

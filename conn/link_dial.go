@@ -44,10 +44,13 @@ func (l *Link) dial(ctx context.Context, idx, attempt int) (*Conn, error) {
 
 	o := classifyDial(ctx, dctx, err)
 	if permit != nil {
+		// Done and Abandon take no ctx (the Gate logs its state changes
+		// with context.Background): a permit outlives the Acquire that
+		// made it.
 		if o == outcomeCanceled {
-			permit.Abandon() // the attempt told us nothing about the server
+			permit.Abandon() //nolint:contextcheck // the attempt told us nothing about the server
 		} else {
-			permit.Done(gateOutcome(o))
+			permit.Done(gateOutcome(o)) //nolint:contextcheck // see above
 		}
 	}
 	l.lastOutcome = o

@@ -73,8 +73,7 @@ func newLinkInstruments(mp metric.MeterProvider, tp trace.TracerProvider, networ
 	return in
 }
 
-func (in *linkInstruments) stateChanged(from, to LinkState) {
-	ctx := context.Background()
+func (in *linkInstruments) stateChanged(ctx context.Context, from, to LinkState) {
 	if from > LinkIdle && from < LinkShutdown {
 		in.links.Add(ctx, -1, in.byState[from])
 	}

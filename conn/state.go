@@ -16,17 +16,17 @@ import (
 type LinkState int
 
 const (
-	// LinkIdle: Run has not been called yet.
+	// LinkIdle means that Run has not been called yet.
 	LinkIdle LinkState = iota
-	// LinkConnecting: an attempt is in progress — waiting for the Gate's
+	// LinkConnecting means that an attempt is in progress — waiting for the Gate's
 	// admission, then dialing.
 	LinkConnecting
-	// LinkReady: a connection is up and the Session runs on it.
+	// LinkReady means that a connection is up and the Session runs on it.
 	LinkReady
-	// LinkTransientFailure: the last attempt failed or the connection was
+	// LinkTransientFailure means that the last attempt failed or the connection was
 	// lost; the Link waits (backoff, then the Gate) before trying again.
 	LinkTransientFailure
-	// LinkShutdown: Run has returned. A new call to Run starts over.
+	// LinkShutdown means that Run has returned. A new call to Run starts over.
 	LinkShutdown
 )
 
