@@ -15,92 +15,38 @@ import (
 
 	"github.com/emiago/sipgo"
 	sipmsg "github.com/emiago/sipgo/sip"
-	"github.com/icholy/digest"
 	"go.uber.org/goleak"
+
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// client registers one AoR with a raw sipgo client: one Call-ID, CSeq
-// counting up, and the digest challenge kept so that refreshes reuse the
-// nonce with nc counting up.
+// client is testkit's Registerer for one AoR (one Call-ID, CSeq counting
+// up, the digest challenge kept so that refreshes reuse the nonce with nc
+// counting up), with helpers that fail the test.
 type client struct {
-	t        testing.TB
-	c        *sipgo.Client
-	reg      sipmsg.Uri
-	aor      sipmsg.Uri
-	contact  sipmsg.Uri
-	callID   string
-	tag      string
-	cseq     uint32
-	user, pw string
-	chal     *digest.Challenge
-	nc       int
+	t testing.TB
+	*testkit.Registerer
 }
 
 func newClient(t testing.TB, registrarURI, user, pw string) *client {
 	t.Helper()
-	return newClientOn(t, newSipgoClient(t), registrarURI, user, pw)
-}
-
-// newSipgoClient returns a sipgo client on its own user agent; the clients
-// sharing it share its TCP connection.
-func newSipgoClient(t testing.TB, opts ...sipgo.UserAgentOption) *sipgo.Client {
-	t.Helper()
-	ua, err := sipgo.NewUA(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ua.Close() })
-	c, err := sipgo.NewClient(ua)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return newClientOn(t, testkit.NewSipgoClient(t), registrarURI, user, pw)
 }
 
 func newClientOn(t testing.TB, c *sipgo.Client, registrarURI, user, pw string) *client {
 	t.Helper()
-	var ru sipmsg.Uri
-	if err := sipmsg.ParseUri(registrarURI, &ru); err != nil {
+	r, err := testkit.NewRegisterer(testkit.RegisterConfig{Client: c, Registrar: registrarURI, User: user, Password: pw})
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &client{
-		t: t, c: c, reg: ru,
-		aor:     sipmsg.Uri{Scheme: "sip", User: user, Host: "relink.test"},
-		contact: sipmsg.Uri{Scheme: "sip", User: user, Host: "127.0.0.1", Port: 5999, UriParams: sipmsg.HeaderParams{{K: "transport", V: "tcp"}}},
-		callID:  fmt.Sprintf("%s-%d", user, time.Now().UnixNano()),
-		tag:     sipmsg.GenerateTagN(8),
-		cseq:    1,
-		user:    user, pw: pw,
-	}
+	return &client{t: t, Registerer: r}
 }
 
-func (c *client) request(expires int) *sipmsg.Request {
-	req := sipmsg.NewRequest(sipmsg.REGISTER, c.reg)
-	req.AppendHeader(&sipmsg.FromHeader{Address: c.aor, Params: sipmsg.HeaderParams{{K: "tag", V: c.tag}}})
-	req.AppendHeader(&sipmsg.ToHeader{Address: c.aor})
-	cid := sipmsg.CallIDHeader(c.callID)
-	req.AppendHeader(&cid)
-	req.AppendHeader(&sipmsg.CSeqHeader{SeqNo: c.cseq, MethodName: sipmsg.REGISTER})
-	c.cseq++
-	req.AppendHeader(&sipmsg.ContactHeader{Address: c.contact})
-	req.AppendHeader(sipmsg.NewHeader("Expires", strconv.Itoa(expires)))
-	req.SetBody(nil)
-	if c.chal != nil {
-		c.nc++
-		cred, err := digest.Digest(c.chal, digest.Options{
-			Method: "REGISTER", URI: c.reg.Addr(), Username: c.user, Password: c.pw, Count: c.nc,
-		})
-		if err == nil {
-			req.AppendHeader(sipmsg.NewHeader("Authorization", cred.String()))
-		}
-	}
-	return req
-}
-
+// send sends the next REGISTER, with credentials on the kept challenge.
 func (c *client) send(expires int) *sipmsg.Response {
 	c.t.Helper()
 	res, err := c.try(expires)
@@ -114,40 +60,31 @@ func (c *client) send(expires int) *sipmsg.Response {
 func (c *client) try(expires int) (*sipmsg.Response, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return c.c.Do(ctx, c.request(expires))
+	return c.Do(ctx, c.Request(expires))
 }
 
 // tryRegister sends a REGISTER and answers one 401, keeping its challenge.
 func (c *client) tryRegister(expires int) (*sipmsg.Response, error) {
-	res, err := c.try(expires)
-	if err != nil || res.StatusCode != 401 {
-		return res, err
-	}
-	if c.chal, err = digest.ParseChallenge(header(res, "WWW-Authenticate")); err != nil {
-		return nil, err
-	}
-	c.nc = 0
-	return c.try(expires)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return c.Register(ctx, expires)
 }
 
 // register sends a REGISTER and answers one 401, keeping its challenge.
 func (c *client) register(expires int) *sipmsg.Response {
 	c.t.Helper()
-	res := c.send(expires)
-	if res.StatusCode == 401 {
-		c.keep(res)
-		res = c.send(expires)
+	res, err := c.tryRegister(expires)
+	if err != nil {
+		c.t.Fatalf("REGISTER: %v", err)
 	}
 	return res
 }
 
 func (c *client) keep(res *sipmsg.Response) {
 	c.t.Helper()
-	chal, err := digest.ParseChallenge(header(res, "WWW-Authenticate"))
-	if err != nil {
+	if err := c.Keep(res); err != nil {
 		c.t.Fatal(err)
 	}
-	c.chal, c.nc = chal, 0
 }
 
 func header(res *sipmsg.Response, name string) string {
@@ -192,7 +129,7 @@ func TestRegistrar(t *testing.T) {
 	}
 	cs, err := k.Contacts("alice")
 	must(t, err)
-	if len(cs) != 1 || !strings.Contains(cs[0].URI, "alice@127.0.0.1:5999") || cs[0].CallID != c.callID || cs[0].CSeq != 2 {
+	if len(cs) != 1 || !strings.Contains(cs[0].URI, "alice@127.0.0.1:5999") || cs[0].CallID != c.CallID() || cs[0].CSeq != 2 {
 		t.Fatalf("contacts %+v", cs)
 	}
 	// A refresh on the kept nonce (nc=2) is one transaction.
@@ -420,7 +357,7 @@ func TestRateOverTime(t *testing.T) {
 	}
 	const capacity = 100
 	k := Start(t, Options{Rate: capacity, RetryAfter: -1})
-	cl := newSipgoClient(t)
+	cl := testkit.NewSipgoClient(t)
 	var admitted, shed atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -470,7 +407,7 @@ func TestRateOverTime(t *testing.T) {
 // credentials on its kept nonce, 64 in flight.
 func BenchmarkRegister(b *testing.B) {
 	k := Start(b, Options{})
-	cl := newSipgoClient(b)
+	cl := testkit.NewSipgoClient(b)
 	const trunks = 2000
 	clients := make([]*client, trunks)
 	locks := make([]sync.Mutex, trunks)
@@ -528,7 +465,7 @@ func ExampleLaunch() {
 func TestOneReplyPerRequest(t *testing.T) {
 	k := Start(t, Options{})
 	var stray atomic.Int32
-	cl := newSipgoClient(t, sipgo.WithUserAgentTransactionLayerOptions(
+	cl := testkit.NewSipgoClient(t, sipgo.WithUserAgentTransactionLayerOptions(
 		sipmsg.WithTransactionLayerUnhandledResponseHandler(func(*sipmsg.Response) { stray.Add(1) })))
 	c := newClientOn(t, cl, k.URI(), "carol", k.Password())
 	want := []int{200, 423, 200}

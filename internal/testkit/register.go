@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -188,4 +189,20 @@ func Granted(res *sipmsg.Response, def time.Duration) time.Duration {
 		}
 	}
 	return def
+}
+
+// NewSipgoClient returns a sipgo client on a user agent of its own, closed
+// when tb ends; Registerers sharing the client share its connection.
+func NewSipgoClient(tb testing.TB, opts ...sipgo.UserAgentOption) *sipgo.Client {
+	tb.Helper()
+	ua, err := sipgo.NewUA(opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ua.Close() })
+	c, err := sipgo.NewClient(ua)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
 }

@@ -6,25 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emiago/sipgo"
-
 	"github.com/relinkgo/relink/internal/registrar"
 	"github.com/relinkgo/relink/internal/testkit"
 )
-
-func newSipgoClient(t *testing.T) *sipgo.Client {
-	t.Helper()
-	ua, err := sipgo.NewUA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ua.Close() })
-	c, err := sipgo.NewClient(ua)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 func newRegistrar(t *testing.T) *registrar.Registrar {
 	t.Helper()
@@ -39,7 +23,7 @@ func newRegistrar(t *testing.T) *registrar.Registrar {
 func TestRegistererKeepsTheNonce(t *testing.T) {
 	reg := newRegistrar(t)
 	r, err := testkit.NewRegisterer(testkit.RegisterConfig{
-		Client: newSipgoClient(t), Registrar: reg.URI(), User: "alice", Password: "secret", CallID: "call-1",
+		Client: testkit.NewSipgoClient(t), Registrar: reg.URI(), User: "alice", Password: "secret", CallID: "call-1",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +62,7 @@ func TestRegistererKeepsTheNonce(t *testing.T) {
 func TestRegistererFreshChallenge(t *testing.T) {
 	reg := newRegistrar(t)
 	r, err := testkit.NewRegisterer(testkit.RegisterConfig{
-		Client: newSipgoClient(t), Registrar: reg.URI(), User: "bob", Password: "secret",
+		Client: testkit.NewSipgoClient(t), Registrar: reg.URI(), User: "bob", Password: "secret",
 		Domain: "example.test", Contact: "sip:bob@127.0.0.1:5060", FreshChallenge: true,
 	})
 	if err != nil {
@@ -103,7 +87,7 @@ func TestRegistererFreshChallenge(t *testing.T) {
 func TestRegistererBadPassword(t *testing.T) {
 	reg := newRegistrar(t)
 	r, err := testkit.NewRegisterer(testkit.RegisterConfig{
-		Client: newSipgoClient(t), Registrar: reg.URI(), User: "eve", Password: "wrong",
+		Client: testkit.NewSipgoClient(t), Registrar: reg.URI(), User: "eve", Password: "wrong",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -119,8 +103,8 @@ func TestRegistererBadPassword(t *testing.T) {
 func TestNewRegistererValidates(t *testing.T) {
 	for _, cfg := range []testkit.RegisterConfig{
 		{},
-		{Client: newSipgoClient(t), Registrar: "sip:127.0.0.1:1"},
-		{Client: newSipgoClient(t), User: "a"},
+		{Client: testkit.NewSipgoClient(t), Registrar: "sip:127.0.0.1:1"},
+		{Client: testkit.NewSipgoClient(t), User: "a"},
 	} {
 		if _, err := testkit.NewRegisterer(cfg); err == nil {
 			t.Errorf("NewRegisterer(%+v) succeeded", cfg)
