@@ -43,6 +43,40 @@
 // kernel options from Config.NetDialer, and the probing from its own read
 // loop.
 //
+// # Supervised connections
+//
+// A Link keeps one logical connection up: it dials (through a backoff.Gate
+// shared with everything that recovers towards the same server, if given),
+// runs the caller's Session on each connection, and redials after a backoff
+// delay when the connection dies, rotating through Addrs:
+//
+//	link, err := conn.NewLink(conn.LinkConfig{
+//		Dialer: &conn.Dialer{Config: conn.Config{Probe: conn.CRLF}},
+//		Addrs:  []string{"primary.example:5060", "backup.example:5060"},
+//		Session: func(ctx context.Context, c *conn.Conn) error {
+//			if err := login(c); errors.Is(err, errBadCredentials) {
+//				return backoff.Permanent(err) // retrying cannot help: Run returns it
+//			}
+//			return serve(ctx, c) // any other return: reconnect
+//		},
+//	})
+//	if err != nil {
+//		return err
+//	}
+//	err = link.Run(ctx) // until ctx ends, or a Permanent error
+//
+// Its LinkState goes idle → connecting → ready → transient-failure →
+// connecting … → shutdown, observed through State, WaitForStateChange and
+// LinkConfig.OnStateChange (a LinkStateChange).
+//
+// # Configuration
+//
+// In Config and LinkConfig, as everywhere in relink, the zero value of a
+// field is its documented default and a negative value turns the setting off;
+// each field's doc says what off means for it (no keepalive, no
+// TCP_USER_TIMEOUT, no application probe, no write deadline, no dial bound,
+// no minimum healthy lifetime, no attempt limit).
+//
 // # A slow reader is not a dead peer
 //
 // Only bytes returned by Read count as traffic, so a reader that stops
