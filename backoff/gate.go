@@ -171,12 +171,8 @@ func (g *Gate) acquire(ctx context.Context, q *list.List) (*Permit, error) {
 	g.mu.Lock()
 	if p := w.permit; p != nil {
 		// Granted while we were giving up: hand the slot back.
-		p.done = true
-		g.inFlight--
+		p.releaseLocked()
 		g.stats.Admitted--
-		if p.scout {
-			g.scoutsOut--
-		}
 		if !g.pacer.unlimited() {
 			g.bucket.giveBack(g.pacer.pace)
 		}
@@ -286,14 +282,9 @@ func (p *Permit) Done(o Outcome) {
 	g := p.g
 	now := time.Now()
 	g.mu.Lock()
-	if p.done {
+	if !p.releaseLocked() {
 		g.mu.Unlock()
 		return
-	}
-	p.done = true
-	g.inFlight--
-	if p.scout {
-		g.scoutsOut--
 	}
 	var ev []GateStateChange
 	switch o.kind() {
@@ -378,18 +369,27 @@ func (p *Permit) Abandon() {
 	}
 	g := p.g
 	g.mu.Lock()
-	if p.done {
+	if !p.releaseLocked() {
 		g.mu.Unlock()
 		return
-	}
-	p.done = true
-	g.inFlight--
-	if p.scout {
-		g.scoutsOut--
 	}
 	ev := g.dispatchLocked(time.Now())
 	g.mu.Unlock()
 	g.emit(ev)
+}
+
+// releaseLocked marks p done and frees its in-flight slot, under g.mu; it
+// reports false if p was done already.
+func (p *Permit) releaseLocked() bool {
+	if p.done {
+		return false
+	}
+	p.done = true
+	p.g.inFlight--
+	if p.scout {
+		p.g.scoutsOut--
+	}
+	return true
 }
 
 // rejectedLocked feeds a rejection to the pacer, and pauses for its
