@@ -100,10 +100,10 @@ type GateConfig struct {
 	// 2 s. One scout at a time is negligible load, so the cap is short:
 	// the gate notices a restored path within about ScoutMax, which is also
 	// how long a scout lost in a black hole holds the next one back.
-	// A negative ScoutBase turns the delay off (the next scout goes as soon
-	// as the last one answered, 1 ms apart at least); a negative ScoutMax
-	// turns the short cap off (1 h). ScoutBase is at most 1 min, ScoutMax
-	// at least ScoutBase.
+	// A negative ScoutBase turns the base off: the delay starts at
+	// MinDelay (1 ms) and doubles up to ScoutMax. A negative ScoutMax turns
+	// the short cap off (1 h). ScoutBase is at most 1 min, ScoutMax at
+	// least ScoutBase.
 	ScoutBase, ScoutMax time.Duration
 	// MaxPushBack clamps a pause requested by PushBack or an Overload
 	// outcome. Zero means DefaultMaxPushBack (1 h): a server's absurd

@@ -21,11 +21,12 @@ type BackOff = cenkalti.BackOff
 
 // Bounds applied to every duration in this package, so that a typo or a
 // peer's absurd value can never park a caller for ever or spin it in a busy
-// loop.
+// loop. (Only an explicit negative Exponential.Base, which turns the delay
+// off, returns zero delays.)
 const (
 	// MaxDelay is the largest delay any policy here returns: 24 hours.
 	MaxDelay = 24 * time.Hour
-	// MinDelay is the smallest non-zero base any policy accepts: 1 ms.
+	// MinDelay is the smallest positive base any policy accepts: 1 ms.
 	MinDelay = time.Millisecond
 )
 
