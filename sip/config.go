@@ -50,8 +50,9 @@ const (
 	minRequestTO  = 100 * time.Millisecond
 )
 
-// TrunkConfig configures a Trunk. The zero value of every optional field is
-// the default documented on it; Registrars and AOR are required.
+// TrunkConfig configures a Trunk. Registrars and AOR are required. In every
+// other field the zero value is the default documented on it and a negative
+// value turns the feature off (each field says what "off" means).
 type TrunkConfig struct {
 	// Registrars are the registrars' SIP URIs, e.g.
 	// "sip:registrar.example.com:5060;transport=tcp", in order of
@@ -63,7 +64,7 @@ type TrunkConfig struct {
 	// destination: a timeout, a transport error, a dead flow, a 408 or a
 	// 503. Failures that are the trunk's own (401/403/404/6xx) and 500, 502
 	// and 504 do not move it. While registered with any but the first, it
-	// tries the first again every FailbackInterval (and at each refresh);
+	// tries the first again every FailbackInterval (refreshes stay with the backup);
 	// once the first accepts it, it removes its binding from the backup and
 	// stays with the first.
 	Registrars []string
@@ -82,11 +83,12 @@ type TrunkConfig struct {
 
 	// Expires is the registration interval asked for, rounded to whole
 	// seconds. Zero means DefaultExpires (3600 s); at most MaxExpires.
-	// Negative is invalid. A shorter grant is obeyed (the Contact's
-	// expires parameter wins over the Expires header), and a 423 raises
-	// the interval to Min-Expires. The trunk refreshes at a random point
-	// between 75 % and 85 % of the grant, so that trunks registered
-	// together drift apart.
+	// Negative asks for nothing: the REGISTER carries no Expires and the
+	// registrar's grant is taken (DefaultExpires if its 200 OK names none).
+	// A shorter grant is obeyed (the Contact's expires parameter wins over
+	// the Expires header), and a 423 raises the interval to Min-Expires.
+	// The trunk refreshes at a random point between 75 % and 85 % of the
+	// grant, so that trunks registered together drift apart.
 	Expires time.Duration
 
 	// KeepAlive is how long a TCP or TLS flow may stay silent before a CRLF
@@ -99,16 +101,19 @@ type TrunkConfig struct {
 	// KeepAliveTimeout is how long after a ping the flow may stay silent
 	// before it is declared dead, evicted from sipgo's connection pool and
 	// every trunk on it re-registers. Zero means DefaultKeepAliveTimeout
-	// (5 s); negative is invalid.
+	// (5 s); negative turns keepalive off for this trunk, as a negative
+	// KeepAlive does (a ping nobody waits for detects nothing).
 	KeepAliveTimeout time.Duration
 	// Qualify, when positive, sends an OPTIONS to the registrar at this
 	// interval while registered; no answer within RequestTimeout (or a
 	// transport error) counts as a dead flow. It is the only liveness check
-	// of a UDP registration. Zero or negative: no OPTIONS.
+	// of a UDP registration. Zero means the default, off; negative: off.
 	Qualify time.Duration
 
 	// RequestTimeout bounds each REGISTER (and OPTIONS) transaction. Zero
-	// means DefaultRequestTimeout (32 s); at least 100 ms.
+	// means DefaultRequestTimeout (32 s); at least 100 ms. Negative: no
+	// bound of relink's; the transaction ends by sipgo's own timers (Timer
+	// B/F, 32 s unless the application changed them) or a dead flow.
 	RequestTimeout time.Duration
 	// UnregisterTimeout bounds the unregistration (Expires: 0) Run sends
 	// when its context ends. The unregistration goes through the
@@ -121,7 +126,8 @@ type TrunkConfig struct {
 	// Backoff makes the policy applied, before going through the gate,
 	// after a 500, 502, 504 or a 503 without Retry-After. nil means
 	// backoff.Exponential's defaults (full jitter, 500 ms doubling to 60 s).
-	// The policy is reset by each successful registration.
+	// The policy is reset by each successful registration; when it says
+	// backoff.Stop, the trunk waits SlowRetry.
 	Backoff backoff.Factory
 	// Gate admits this trunk's REGISTERs to its registrar. Share one Gate
 	// among every trunk of the process that registers with the same
@@ -132,11 +138,13 @@ type TrunkConfig struct {
 	Gate *backoff.Gate
 	// SlowRetry is the wait after the registrar refused the trunk
 	// (credentials rejected, 403, 404, 6xx), plus a random 0–10 %. Zero
-	// means DefaultSlowRetry (5 min); at least 1 s.
+	// means DefaultSlowRetry (5 min); at least 1 s. Negative: no retry; the
+	// trunk stays Failed until Run's context ends.
 	SlowRetry time.Duration
 	// FailbackInterval is how often a trunk registered with a backup
 	// registrar tries the first again. Zero means DefaultFailback (5 min);
-	// at least 1 s.
+	// at least 1 s. Negative: no failback; the trunk stays with the backup
+	// until that one fails.
 	FailbackInterval time.Duration
 
 	// OnStateChange, if set, is called after every state change, outside
@@ -159,6 +167,40 @@ func orDur(d, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+// orOff is orDur that keeps a negative d (off, as -1) and raises a positive
+// one to lo.
+func orOff(d, def, lo time.Duration) time.Duration {
+	if d < 0 {
+		return -1
+	}
+	return max(orDur(d, def), lo)
+}
+
+// resolveDurations applies the defaults of the duration fields: zero is
+// the default, negative is off.
+func (r *resolved) resolveDurations() error {
+	switch c := r.TrunkConfig; {
+	case c.Expires < 0:
+		r.Expires = askNone
+	case c.Expires == 0:
+		r.Expires = DefaultExpires
+	case c.Expires > MaxExpires:
+		return configErr("Expires %v above MaxExpires %v", c.Expires, MaxExpires)
+	default:
+		r.Expires = max(c.Expires, time.Second).Truncate(time.Second)
+	}
+	if r.KeepAlive >= 0 && r.KeepAliveTimeout >= 0 {
+		r.keepAlive = orDur(r.KeepAlive, DefaultKeepAlive)
+		r.kaTimeout = orDur(r.KeepAliveTimeout, DefaultKeepAliveTimeout)
+	}
+	r.RequestTimeout = orOff(r.RequestTimeout, DefaultRequestTimeout, minRequestTO)
+	r.UnregisterTimeout = orOff(r.UnregisterTimeout, DefaultUnregisterTimeout, 0)
+	r.SlowRetry = orOff(r.SlowRetry, DefaultSlowRetry, time.Second)
+	r.FailbackInterval = orOff(r.FailbackInterval, DefaultFailback, time.Second)
+	r.Qualify = max(r.Qualify, 0)
+	return nil
 }
 
 // ErrInvalidConfig is wrapped by every error NewTrunk returns for a bad
@@ -275,34 +317,9 @@ func (c *TrunkConfig) resolve() (*resolved, error) {
 	if c.Password != "" && r.username == "" {
 		return nil, configErr("a Password needs a Username or an AOR with a user part")
 	}
-	switch {
-	case c.Expires < 0:
-		return nil, configErr("negative Expires %v", c.Expires)
-	case c.Expires == 0:
-		r.Expires = DefaultExpires
-	case c.Expires > MaxExpires:
-		return nil, configErr("Expires %v above MaxExpires %v", c.Expires, MaxExpires)
-	case c.Expires < time.Second:
-		r.Expires = time.Second
+	if err := r.resolveDurations(); err != nil {
+		return nil, err
 	}
-	r.Expires = r.Expires.Truncate(time.Second)
-	if c.KeepAliveTimeout < 0 {
-		return nil, configErr("negative KeepAliveTimeout %v", c.KeepAliveTimeout)
-	}
-	if c.KeepAlive >= 0 {
-		r.keepAlive = orDur(c.KeepAlive, DefaultKeepAlive)
-		r.kaTimeout = orDur(c.KeepAliveTimeout, DefaultKeepAliveTimeout)
-	}
-	r.RequestTimeout = max(orDur(c.RequestTimeout, DefaultRequestTimeout), minRequestTO)
-	if c.RequestTimeout < 0 {
-		return nil, configErr("negative RequestTimeout %v", c.RequestTimeout)
-	}
-	r.UnregisterTimeout = orDur(c.UnregisterTimeout, DefaultUnregisterTimeout)
-	if c.SlowRetry < 0 || c.FailbackInterval < 0 {
-		return nil, configErr("negative SlowRetry or FailbackInterval")
-	}
-	r.SlowRetry = max(orDur(c.SlowRetry, DefaultSlowRetry), time.Second)
-	r.FailbackInterval = max(orDur(c.FailbackInterval, DefaultFailback), time.Second)
 	if r.Backoff == nil {
 		r.Backoff = backoff.NewFactory(backoff.Exponential{})
 	}

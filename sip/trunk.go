@@ -222,10 +222,13 @@ func (tg *regTarget) requestURI() (sipmsg.Uri, string) {
 }
 
 func (tg *regTarget) lastGrant() time.Duration {
-	if tg.grant > 0 {
+	switch {
+	case tg.grant > 0:
 		return tg.grant
+	case tg.expires > 0:
+		return tg.expires
 	}
-	return tg.expires
+	return DefaultExpires
 }
 
 func transportOf(u *sipmsg.Uri) string {

@@ -99,11 +99,7 @@ func TestValidation(t *testing.T) {
 		"bad transport":     func(c *TrunkConfig) { c.Registrars = []string{"sip:x;transport=sctp"} },
 		"no AOR":            func(c *TrunkConfig) { c.AOR = "" },
 		"AOR not sip":       func(c *TrunkConfig) { c.AOR = "tel:+123" },
-		"negative expires":  func(c *TrunkConfig) { c.Expires = -time.Second },
 		"huge expires":      func(c *TrunkConfig) { c.Expires = 48 * time.Hour },
-		"negative timeout":  func(c *TrunkConfig) { c.KeepAliveTimeout = -1 },
-		"negative request":  func(c *TrunkConfig) { c.RequestTimeout = -1 },
-		"negative slow":     func(c *TrunkConfig) { c.SlowRetry = -1 },
 		"password no user":  func(c *TrunkConfig) { c.AOR = "sip:example.com"; c.Password = "x" },
 		"gate two regs":     func(c *TrunkConfig) { c.Registrars = append(c.Registrars, "sip:y"); c.Gate = sharedTestGate },
 		"contact with host": func(c *TrunkConfig) { c.Contact = "sip:" },
@@ -114,5 +110,30 @@ func TestValidation(t *testing.T) {
 		if _, err := NewTrunk(ua, c); !errors.Is(err, ErrInvalidConfig) {
 			t.Errorf("%s: err %v, want ErrInvalidConfig", name, err)
 		}
+	}
+}
+
+// TestNegativeIsOff: a negative duration in TrunkConfig turns its feature
+// off rather than failing validation.
+func TestNegativeIsOff(t *testing.T) {
+	t.Parallel()
+	c := TrunkConfig{Registrars: []string{"sip:127.0.0.1:5070;transport=tcp"}, AOR: "sip:a@b",
+		Expires: -1, KeepAliveTimeout: -1, RequestTimeout: -1, UnregisterTimeout: -1,
+		SlowRetry: -1, FailbackInterval: -1, Qualify: -1}
+	r, err := c.resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Expires != askNone || r.keepAlive != 0 || r.RequestTimeout >= 0 ||
+		r.UnregisterTimeout >= 0 || r.SlowRetry >= 0 || r.FailbackInterval >= 0 || r.Qualify != 0 {
+		t.Errorf("resolved %+v", r)
+	}
+	z, err := (&TrunkConfig{Registrars: c.Registrars, AOR: c.AOR}).resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if z.Expires != DefaultExpires || z.keepAlive != DefaultKeepAlive || z.RequestTimeout != DefaultRequestTimeout ||
+		z.UnregisterTimeout != DefaultUnregisterTimeout || z.SlowRetry != DefaultSlowRetry {
+		t.Errorf("zero resolved %+v", z)
 	}
 }
