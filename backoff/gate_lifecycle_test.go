@@ -181,3 +181,36 @@ func TestOutcomeDoneAllocs(t *testing.T) {
 		t.Fatalf("a huge Retry-After wrapped to %v", ra)
 	}
 }
+
+// In GateConfig zero is the default and a negative value turns a field off.
+func TestGateConfigZeroAndNegative(t *testing.T) {
+	z := GateConfig{}.resolve()
+	if z.MaxInFlight != DefaultMaxInFlight || z.InitialRate != DefaultInitialRate || z.MinRate != DefaultMinRate ||
+		z.ScoutBase != DefaultScoutBase || z.ScoutMax != DefaultScoutMax || z.MaxPushBack != DefaultMaxPushBack || z.Rate != 0 {
+		t.Fatalf("zero config resolved to %+v", z)
+	}
+	n := GateConfig{Rate: -1, MaxInFlight: -1, InitialRate: -1, MinRate: -1, ScoutBase: -1, ScoutMax: -1, MaxPushBack: -1}.resolve()
+	if n.MaxInFlight >= 0 || n.MinRate != minConfigurableRate || n.ScoutBase != MinDelay ||
+		n.ScoutMax != time.Hour || n.MaxPushBack != MaxDelay || n.InitialRate >= 0 {
+		t.Fatalf("negative config resolved to %+v", n)
+	}
+	if p := newPacer(n.Rate, n.InitialRate, n.MinRate, time.Now()); !p.unlimited() {
+		t.Fatal("negative Rate: not unlimited")
+	}
+	for _, c := range []struct {
+		depth int
+		pace  float64
+		burst float64
+		slots int
+	}{
+		{0, 190, 3, 19}, // the default: pace/50, and the 100 ms guard
+		{0, 5, 1, 0},    // under 10/s: no guard
+		{4, 190, 4, 0},  // a configured depth, no guard
+		{-1, 190, 1, 0}, // bursts off
+	} {
+		b := bucket{depth: c.depth}
+		if got, slots := b.burst(c.pace), b.slots(c.pace); got != c.burst || slots != c.slots {
+			t.Errorf("Burst %d at %v/s: depth %v, guard %d; want %v, %d", c.depth, c.pace, got, slots, c.burst, c.slots)
+		}
+	}
+}
