@@ -375,11 +375,8 @@ func (r *runner) once(ctx context.Context) (stop bool, err error) {
 // dialFailed handles a failed dial; see once.
 func (r *runner) dialFailed(ctx context.Context, err error) (bool, error) {
 	l := r.l
-	switch {
-	case ctx.Err() != nil:
-		return true, context.Cause(ctx)
-	case backoff.IsPermanent(err):
-		return true, err
+	if final := final(ctx, err); final != nil {
+		return true, final
 	}
 	l.setState(ctx, LinkTransientFailure, err, r.addr)
 	if r.failed(err) {
@@ -397,11 +394,8 @@ func (r *runner) dialFailed(ctx context.Context, err error) (bool, error) {
 // being why it ended; see once.
 func (r *runner) ended(ctx context.Context, err error, lived time.Duration) (bool, error) {
 	l := r.l
-	switch {
-	case ctx.Err() != nil:
-		return true, context.Cause(ctx)
-	case backoff.IsPermanent(err):
-		return true, err
+	if final := final(ctx, err); final != nil {
+		return true, final
 	}
 	l.setState(ctx, LinkTransientFailure, err, r.addr)
 	if l.healthyAfter < 0 || lived >= l.healthyAfter {
@@ -417,6 +411,19 @@ func (r *runner) ended(ctx context.Context, err error, lived time.Duration) (boo
 		return true, r.gaveUp(ctx)
 	}
 	return false, nil
+}
+
+// final returns Run's error when an attempt that failed with err (or a
+// connection that ended with err) ends Run: ctx's cause once ctx has ended,
+// err itself when it is marked by backoff.Permanent; nil otherwise.
+func final(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	if backoff.IsPermanent(err) {
+		return err
+	}
+	return nil
 }
 
 // failed records one more failure, moves on to the next address, and
