@@ -33,6 +33,7 @@ import (
 	cenkalti "github.com/cenkalti/backoff/v4"
 
 	"github.com/relinkgo/relink/backoff"
+	"github.com/relinkgo/relink/internal/ctxtime"
 	"github.com/relinkgo/relink/internal/ratelimit"
 )
 
@@ -105,15 +106,12 @@ func main() {
 	}
 }
 
-// server admits at most rate attempts per second with a burst, and rejects
-// the rest at once. It records arrivals in 10 ms bins for the peak load.
+// server admits what its limiter admits (a token bucket, or a fixed window)
+// and rejects the rest at once. It records arrivals in 10 ms bins for the
+// peak load.
 type server struct {
 	mu       sync.Mutex
-	rate     float64
-	burst    float64
-	tokens   float64
-	last     time.Time
-	window   *ratelimit.Window // not nil: counts per fixed window instead
+	limiter  interface{ Admit(time.Time) bool } // guarded by mu
 	start    time.Time
 	bins     []int
 	attempts atomic.Int64
@@ -121,6 +119,16 @@ type server struct {
 }
 
 const binWidth = 10 * time.Millisecond
+
+// newServer returns a server of the given capacity: a full token bucket of
+// depth burst, or with window > 0 a fixed-window counter.
+func newServer(capacity float64, burst int, window time.Duration) *server {
+	s := &server{start: time.Now(), limiter: ratelimit.NewBucket(capacity, float64(burst))}
+	if window > 0 {
+		s.limiter = ratelimit.NewWindow(window, capacity)
+	}
+	return s
+}
 
 func (s *server) serve() bool {
 	s.attempts.Add(1)
@@ -133,17 +141,7 @@ func (s *server) serve() bool {
 		}
 		s.bins[i]++
 	}
-	if s.window != nil {
-		if s.window.Admit(now) {
-			return true
-		}
-		s.rejected.Add(1)
-		return false
-	}
-	s.tokens = math.Min(s.burst, s.tokens+now.Sub(s.last).Seconds()*s.rate)
-	s.last = now
-	if s.tokens >= 1 {
-		s.tokens--
+	if s.limiter.Admit(now) {
 		return true
 	}
 	s.rejected.Add(1)
@@ -166,139 +164,177 @@ func (s *server) peak() float64 {
 	return float64(best)
 }
 
+// herd is one strategy's run: its server, its parameters and its deadline.
+type herd struct {
+	strategy   string
+	n          int
+	capacity   float64
+	retryAfter time.Duration
+	rtt        time.Duration
+	srv        *server
+	start      time.Time
+	gate       *backoff.Gate // the gate strategies' gate, closed at the end
+}
+
+// run measures one strategy: setup (a fresh server and the strategy's
+// client) → the herd (N clients recovering at once) → report.
 func run(strategy string, n int, capacity float64, burst int, window, retryAfter, rtt, limit time.Duration) (Result, error) {
-	start := time.Now()
-	srv := &server{rate: capacity, burst: float64(burst), tokens: float64(burst), last: start, start: start}
-	if window > 0 {
-		srv.window = ratelimit.NewWindow(window, capacity)
-	}
-	attempt := func() bool {
-		if rtt > 0 {
-			time.Sleep(rtt / 2)
-		}
-		ok := srv.serve()
-		if rtt > 0 {
-			time.Sleep(rtt / 2)
-		}
-		return ok
-	}
+	h := &herd{strategy: strategy, n: n, capacity: capacity, retryAfter: retryAfter, rtt: rtt,
+		srv: newServer(capacity, burst, window), start: time.Now()}
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
-	sleep := func(d time.Duration) bool {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			return true
-		case <-ctx.Done():
-			return false
+	defer func() {
+		if h.gate != nil {
+			h.gate.Close()
 		}
+	}()
+	client, err := h.client(ctx)
+	if err != nil {
+		return Result{}, err
 	}
+	recovered, last := h.recover(client)
+	r := h.result(recovered, last)
+	r.Limiter = limiterName(burst, window)
+	return r, nil
+}
 
-	var client func() bool
-	switch strategy {
+// attempt is one attempt: half a round trip out, the server, half back.
+func (h *herd) attempt() bool {
+	if h.rtt > 0 {
+		time.Sleep(h.rtt / 2)
+	}
+	ok := h.srv.serve()
+	if h.rtt > 0 {
+		time.Sleep(h.rtt / 2)
+	}
+	return ok
+}
+
+// client returns the strategy's client: it attempts until it is served
+// (true) or ctx ends (false).
+func (h *herd) client(ctx context.Context) (func() bool, error) {
+	switch h.strategy {
 	case "naive":
-		client = func() bool {
+		return func() bool {
 			for ctx.Err() == nil {
-				if attempt() {
+				if h.attempt() {
 					return true
 				}
 			}
 			return false
-		}
+		}, nil
 	case "cenkalti", "full-jitter":
-		client = func() bool {
-			var b cenkalti.BackOff = cenkalti.NewExponentialBackOff()
-			if strategy == "full-jitter" {
-				b = &backoff.Exponential{}
-			}
-			for ctx.Err() == nil {
-				if attempt() {
-					return true
-				}
-				d := b.NextBackOff()
-				if d == cenkalti.Stop {
-					return false
-				}
-				if !sleep(max(d, retryAfter)) {
-					return false
-				}
-			}
+		return func() bool { return h.backoffClient(ctx) }, nil
+	case "gate", "gate-adaptive":
+		return h.gateClient(ctx), nil
+	}
+	return nil, fmt.Errorf("unknown strategy %q", h.strategy)
+}
+
+// backoffClient retries on its own backoff, at least Retry-After.
+func (h *herd) backoffClient(ctx context.Context) bool {
+	var b cenkalti.BackOff = cenkalti.NewExponentialBackOff()
+	if h.strategy == "full-jitter" {
+		b = &backoff.Exponential{}
+	}
+	for ctx.Err() == nil {
+		if h.attempt() {
+			return true
+		}
+		d := b.NextBackOff()
+		if d == cenkalti.Stop {
 			return false
 		}
-	case "gate", "gate-adaptive":
-		cfg := backoff.GateConfig{Destination: "herd"}
-		if strategy == "gate" {
-			cfg.Rate = capacity
+		if !ctxtime.Sleep(ctx, max(d, h.retryAfter)) {
+			return false
 		}
-		g := backoff.NewGate(cfg)
-		if trace {
-			go func() {
-				for ctx.Err() == nil {
-					time.Sleep(100 * time.Millisecond)
-					st := g.Stats()
-					fmt.Fprintf(os.Stderr, "t=%.1f pace=%.0f est=%.0f q=%d adm=%d ok=%d over=%d\n", time.Since(start).Seconds(), st.Rate, st.Estimate, st.Queued, st.Admitted, st.Succeeded, st.Overloaded)
-					if st.Queued == 0 && st.Succeeded >= uint64(n) {
-						return
-					}
-				}
-			}()
-		}
-		client = func() bool {
-			for {
-				p, err := g.Acquire(ctx)
-				if err != nil {
-					return false
-				}
-				if attempt() {
-					p.Done(backoff.Success)
-					return true
-				}
-				p.Done(backoff.Overload(retryAfter))
-			}
-		}
-	default:
-		return Result{}, fmt.Errorf("unknown strategy %q", strategy)
 	}
+	return false
+}
 
+// gateClient returns a client whose attempts go through one shared Gate,
+// told the capacity ("gate") or learning it ("gate-adaptive").
+func (h *herd) gateClient(ctx context.Context) func() bool {
+	cfg := backoff.GateConfig{Destination: "herd"}
+	if h.strategy == "gate" {
+		cfg.Rate = h.capacity
+	}
+	g := backoff.NewGate(cfg)
+	h.gate = g
+	if trace {
+		go h.trace(ctx, g)
+	}
+	return func() bool {
+		for {
+			p, err := g.Acquire(ctx)
+			if err != nil {
+				return false
+			}
+			if h.attempt() {
+				p.Done(backoff.Success)
+				return true
+			}
+			p.Done(backoff.Overload(h.retryAfter))
+		}
+	}
+}
+
+// trace prints the gate's pace and counters every 100 ms to stderr.
+func (h *herd) trace(ctx context.Context, g *backoff.Gate) {
+	for ctxtime.Sleep(ctx, 100*time.Millisecond) {
+		st := g.Stats()
+		fmt.Fprintf(os.Stderr, "t=%.1f pace=%.0f est=%.0f q=%d adm=%d ok=%d over=%d\n", time.Since(h.start).Seconds(), st.Rate, st.Estimate, st.Queued, st.Admitted, st.Succeeded, st.Overloaded)
+		if st.Queued == 0 && st.Succeeded >= uint64(h.n) {
+			return
+		}
+	}
+}
+
+// recover runs N clients at once and returns how many recovered and when
+// the last one did, from the start.
+func (h *herd) recover(client func() bool) (int, time.Duration) {
 	var wg sync.WaitGroup
 	var recovered atomic.Int64
 	var lastNanos atomic.Int64
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if client() {
-				recovered.Add(1)
-				d := int64(time.Since(start))
-				for {
-					cur := lastNanos.Load()
-					if d <= cur || lastNanos.CompareAndSwap(cur, d) {
-						break
-					}
+	for range h.n {
+		wg.Go(func() {
+			if !client() {
+				return
+			}
+			recovered.Add(1)
+			d := int64(time.Since(h.start))
+			for {
+				cur := lastNanos.Load()
+				if d <= cur || lastNanos.CompareAndSwap(cur, d) {
+					break
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	rec := time.Duration(lastNanos.Load()).Seconds()
-	if int(recovered.Load()) < n {
-		rec = time.Since(start).Seconds()
+	return int(recovered.Load()), time.Duration(lastNanos.Load())
+}
+
+// result sums the run up; a run in which some client did not recover
+// counts until now.
+func (h *herd) result(recovered int, last time.Duration) Result {
+	rec := last.Seconds()
+	if recovered < h.n {
+		rec = time.Since(h.start).Seconds()
 	}
-	att := srv.attempts.Load()
+	att := h.srv.attempts.Load()
 	return Result{
-		Strategy:          strategy,
-		N:                 n,
-		Capacity:          capacity,
-		Recovered:         int(recovered.Load()),
+		Strategy:          h.strategy,
+		N:                 h.n,
+		Capacity:          h.capacity,
+		Recovered:         recovered,
 		RecoverS:          round(rec),
-		RatioToLimit:      round(rec / (float64(n) / capacity)),
-		AttemptsPerClient: round(float64(att) / float64(n)),
-		RejectedFrac:      round(float64(srv.rejected.Load()) / float64(att)),
-		PeakLoadRatio:     round(srv.peak() / capacity),
-		Limiter:           limiterName(burst, window),
-		RetryAfterS:       retryAfter.Seconds(),
-	}, nil
+		RatioToLimit:      round(rec / (float64(h.n) / h.capacity)),
+		AttemptsPerClient: round(float64(att) / float64(h.n)),
+		RejectedFrac:      round(float64(h.srv.rejected.Load()) / float64(att)),
+		PeakLoadRatio:     round(h.srv.peak() / h.capacity),
+		RetryAfterS:       h.retryAfter.Seconds(),
+	}
 }
 
 func limiterName(burst int, window time.Duration) string {
