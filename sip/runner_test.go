@@ -1,0 +1,290 @@
+package sip
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	sipmsg "github.com/emiago/sipgo/sip"
+
+	"github.com/relinkgo/relink/backoff"
+)
+
+// fakeTx is a client transaction answered by a fakeRegistrar.
+type fakeTx struct {
+	res  chan *sipmsg.Response
+	done chan struct{}
+	once sync.Once
+}
+
+func (f *fakeTx) Responses() <-chan *sipmsg.Response { return f.res }
+func (f *fakeTx) Done() <-chan struct{}              { return f.done }
+func (f *fakeTx) Err() error                         { return sipmsg.ErrTransactionTimeout }
+func (f *fakeTx) Terminate()                         { f.once.Do(func() { close(f.done) }) }
+func (f *fakeTx) Connection() sipmsg.Connection      { return nil }
+
+// sent is one request the runner sent, at virtual time at.
+type sent struct {
+	at      time.Duration // since the test began
+	expires string        // the Expires header, "" if none
+	auth    bool
+}
+
+// fakeRegistrar answers the runner's requests after rtt with answer's
+// response (nil: never), in virtual time.
+type fakeRegistrar struct {
+	start  time.Time
+	rtt    time.Duration
+	answer func(n int, req *sipmsg.Request) *sipmsg.Response
+
+	mu  sync.Mutex
+	log []sent
+}
+
+func (f *fakeRegistrar) request(_ context.Context, req *sipmsg.Request) (clientTx, error) {
+	s := sent{at: time.Since(f.start), auth: req.GetHeader("Authorization") != nil}
+	if h := req.GetHeader("Expires"); h != nil {
+		s.expires = h.Value()
+	}
+	f.mu.Lock()
+	f.log = append(f.log, s)
+	n := len(f.log)
+	f.mu.Unlock()
+	tx := &fakeTx{res: make(chan *sipmsg.Response, 1), done: make(chan struct{})}
+	if res := f.answer(n, req); res != nil {
+		time.AfterFunc(f.rtt, func() { tx.res <- res })
+	}
+	return tx, nil
+}
+
+func (f *fakeRegistrar) sent() []sent {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]sent(nil), f.log...)
+}
+
+// ok answers a REGISTER 200 with the Expires asked for.
+func ok(req *sipmsg.Request) *sipmsg.Response {
+	res := sipmsg.NewResponseFromRequest(req, 200, "OK", nil)
+	if h := req.GetHeader("Expires"); h != nil {
+		res.AppendHeader(sipmsg.NewHeader("Expires", h.Value()))
+	}
+	return res
+}
+
+// virtualTrunk returns a trunk whose transactions go to reg, for use inside
+// a synctest bubble. ua is made outside the bubble and never used for I/O
+// (the Contact is configured, so no connection is asked for).
+func virtualTrunk(t *testing.T, ua *UA, reg *fakeRegistrar, cfg TrunkConfig) *Trunk {
+	t.Helper()
+	cfg.Registrars = []string{"sip:registrar.test;transport=tcp"}
+	cfg.AOR = "sip:alice@relink.test"
+	cfg.Contact = "sip:alice@192.0.2.10:5060;transport=tcp"
+	cfg.Gate = backoff.NewGate(backoff.GateConfig{})
+	tr, err := NewTrunk(ua, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.request = reg.request
+	reg.start = time.Now()
+	return tr
+}
+
+// runFor runs tr for d of virtual time, then stops it and waits for Run.
+func runFor(tr *Trunk, d time.Duration) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx) }()
+	time.Sleep(d)
+	cancel()
+	return <-done
+}
+
+// TestRunnerRefreshSchedule: a binding granted for 100 s is refreshed
+// between 75 and 85 s after each grant, and unregistered on exit.
+func TestRunnerRefreshSchedule(t *testing.T) {
+	ua := newTestUA(t)
+	synctest.Test(t, func(t *testing.T) {
+		reg := &fakeRegistrar{rtt: 20 * time.Millisecond,
+			answer: func(_ int, req *sipmsg.Request) *sipmsg.Response { return ok(req) }}
+		tr := virtualTrunk(t, ua, reg, TrunkConfig{Expires: 100 * time.Second})
+		runFor(tr, 30*time.Minute)
+		log := reg.sent()
+		if len(log) < 20 {
+			t.Fatalf("%d REGISTERs in 30 min of 100 s bindings", len(log))
+		}
+		for i := 1; i < len(log)-1; i++ {
+			gap := log[i].at - log[i-1].at - reg.rtt
+			if gap < 75*time.Second || gap > 85*time.Second {
+				t.Errorf("refresh %d came %v after the grant, want 75–85 s", i, gap)
+			}
+			if log[i].expires != "100" {
+				t.Errorf("refresh %d asked Expires %q", i, log[i].expires)
+			}
+		}
+		if last := log[len(log)-1]; last.expires != "0" {
+			t.Errorf("last REGISTER asked Expires %q, want an unregistration", last.expires)
+		}
+		if s := tr.State(); s != Unregistered {
+			t.Errorf("state %v after Run", s)
+		}
+	})
+}
+
+// TestRunnerBackoff: 500s are retried on the trunk's Backoff policy (no
+// jitter here: 1 s, 2 s, 4 s...), and the first success resets it.
+func TestRunnerBackoff(t *testing.T) {
+	ua := newTestUA(t)
+	synctest.Test(t, func(t *testing.T) {
+		reg := &fakeRegistrar{rtt: 10 * time.Millisecond,
+			answer: func(n int, req *sipmsg.Request) *sipmsg.Response {
+				if n <= 4 {
+					return sipmsg.NewResponseFromRequest(req, 500, "Server Error", nil)
+				}
+				return ok(req)
+			}}
+		bo := backoff.NewFactory(backoff.Exponential{Base: time.Second, Max: time.Minute,
+			Jitter: backoff.NoJitter})
+		var states []TrunkState
+		tr := virtualTrunk(t, ua, reg, TrunkConfig{Backoff: bo,
+			OnStateChange: func(sc TrunkStateChange) { states = append(states, sc.To) }})
+		runFor(tr, time.Minute)
+		log := reg.sent()
+		if len(log) < 5 {
+			t.Fatalf("%d REGISTERs", len(log))
+		}
+		for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second} {
+			gap := log[i+1].at - log[i].at - reg.rtt
+			// The gate may add its own pacing after a failure; never less.
+			if gap < want || gap > want+time.Second {
+				t.Errorf("retry %d after %v, want %v", i+1, gap, want)
+			}
+		}
+		want := []TrunkState{Registering, Backoff, Registered, Unregistered}
+		if len(states) != len(want) {
+			t.Fatalf("states %v, want %v", states, want)
+		}
+		for i := range want {
+			if states[i] != want[i] {
+				t.Fatalf("states %v, want %v", states, want)
+			}
+		}
+	})
+}
+
+// TestRunnerRetryAfter: a 503 with Retry-After pauses the registrar's gate;
+// the next REGISTER waits at least that long.
+func TestRunnerRetryAfter(t *testing.T) {
+	ua := newTestUA(t)
+	synctest.Test(t, func(t *testing.T) {
+		reg := &fakeRegistrar{rtt: 10 * time.Millisecond,
+			answer: func(n int, req *sipmsg.Request) *sipmsg.Response {
+				if n == 1 {
+					res := sipmsg.NewResponseFromRequest(req, 503, "Busy", nil)
+					res.AppendHeader(sipmsg.NewHeader("Retry-After", "30"))
+					return res
+				}
+				return ok(req)
+			}}
+		tr := virtualTrunk(t, ua, reg, TrunkConfig{})
+		runFor(tr, 2*time.Minute)
+		log := reg.sent()
+		if len(log) < 2 {
+			t.Fatalf("%d REGISTERs", len(log))
+		}
+		if gap := log[1].at - log[0].at; gap < 30*time.Second || gap > 40*time.Second {
+			t.Errorf("REGISTER after a 503 Retry-After: 30 came %v later", gap)
+		}
+	})
+}
+
+// TestRunnerSlowRetry: a 403 waits SlowRetry (plus up to 10 %); a negative
+// SlowRetry never retries.
+func TestRunnerSlowRetry(t *testing.T) {
+	ua := newTestUA(t)
+	for _, slow := range []time.Duration{time.Minute, -1} {
+		t.Run(strconv.FormatInt(int64(slow), 10), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				reg := &fakeRegistrar{rtt: 10 * time.Millisecond,
+					answer: func(_ int, req *sipmsg.Request) *sipmsg.Response {
+						return sipmsg.NewResponseFromRequest(req, 403, "Forbidden", nil)
+					}}
+				tr := virtualTrunk(t, ua, reg, TrunkConfig{SlowRetry: slow})
+				runFor(tr, 150*time.Second)
+				log := reg.sent()
+				if slow < 0 {
+					if len(log) != 1 || tr.State() != Unregistered {
+						t.Errorf("%d REGISTERs with SlowRetry off", len(log))
+					}
+					return
+				}
+				if len(log) != 3 {
+					t.Fatalf("%d REGISTERs in 150 s with a 1 min slow retry", len(log))
+				}
+				if gap := log[1].at - log[0].at - reg.rtt; gap < slow || gap > slow+slow/10 {
+					t.Errorf("retry after %v, want %v–%v", gap, slow, slow+slow/10)
+				}
+			})
+		})
+	}
+}
+
+// TestRunnerTimeout: a registrar that never answers costs RequestTimeout per
+// attempt and sends the trunk to Backoff; the gate then scouts.
+func TestRunnerTimeout(t *testing.T) {
+	ua := newTestUA(t)
+	synctest.Test(t, func(t *testing.T) {
+		reg := &fakeRegistrar{answer: func(int, *sipmsg.Request) *sipmsg.Response { return nil }}
+		var errs []error
+		tr := virtualTrunk(t, ua, reg, TrunkConfig{RequestTimeout: 2 * time.Second, UnregisterTimeout: -1,
+			OnStateChange: func(sc TrunkStateChange) {
+				if sc.To == Backoff {
+					errs = append(errs, sc.Err)
+				}
+			}})
+		runFor(tr, 10*time.Second)
+		log := reg.sent()
+		if len(log) < 2 || len(log) > 5 {
+			t.Errorf("%d REGISTERs in 10 s with a 2 s timeout", len(log))
+		}
+		if gap := log[1].at - log[0].at; gap < 2*time.Second {
+			t.Errorf("second attempt %v after the first, before the timeout", gap)
+		}
+		if len(errs) != 1 || !isTimeout(errs[0]) {
+			t.Errorf("Backoff errors %v, want one timeout", errs)
+		}
+	})
+}
+
+func isTimeout(err error) bool {
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
+}
+
+// TestRunnerAskNone: a negative Expires sends no Expires header and takes
+// the registrar's grant.
+func TestRunnerAskNone(t *testing.T) {
+	ua := newTestUA(t)
+	synctest.Test(t, func(t *testing.T) {
+		reg := &fakeRegistrar{rtt: 10 * time.Millisecond,
+			answer: func(_ int, req *sipmsg.Request) *sipmsg.Response {
+				res := sipmsg.NewResponseFromRequest(req, 200, "OK", nil)
+				res.AppendHeader(sipmsg.NewHeader("Expires", "60"))
+				return res
+			}}
+		tr := virtualTrunk(t, ua, reg, TrunkConfig{Expires: -1, UnregisterTimeout: -1})
+		runFor(tr, 100*time.Second)
+		log := reg.sent()
+		if len(log) != 2 || log[0].expires != "" {
+			t.Fatalf("sent %+v, want two REGISTERs without Expires", log)
+		}
+		if gap := log[1].at - log[0].at - reg.rtt; gap < 45*time.Second || gap > 51*time.Second {
+			t.Errorf("refresh after %v of a 60 s grant", gap)
+		}
+	})
+}
