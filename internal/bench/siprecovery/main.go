@@ -72,9 +72,11 @@ import (
 	sipmsg "github.com/emiago/sipgo/sip"
 
 	"github.com/relinkgo/relink/backoff"
+	"github.com/relinkgo/relink/internal/ctxtime"
 	"github.com/relinkgo/relink/internal/faultproxy"
 	"github.com/relinkgo/relink/internal/kamailio"
 	"github.com/relinkgo/relink/internal/netns"
+	"github.com/relinkgo/relink/internal/testkit"
 	"github.com/relinkgo/relink/sip"
 )
 
@@ -436,7 +438,7 @@ func (e *env) newSite(ctx context.Context, o *options) (*site, error) {
 // run runs every strategy and reports each result; the status is 1 when a
 // relink strategy left trunks unrecovered.
 func run(ctx context.Context, o *options, e *env, logf func(string, ...any), report func(Result)) (int, error) {
-	if err := raiseFileLimit(uint64(2*o.n + 1024)); err != nil {
+	if _, err := testkit.RaiseFileLimit(uint64(2*o.n + 1024)); err != nil {
 		return 0, err
 	}
 	limit := float64(o.n) / o.capacity
@@ -565,110 +567,178 @@ type clients interface {
 	stop()
 }
 
+// trial is one strategy's run on a fresh Kamailio.
+type trial struct {
+	o          *options
+	strategy   string
+	logf       func(string, ...any)
+	res        Result
+	s          *site
+	rec        *recorder
+	cl         clients
+	loseT      *time.Timer // tells the naive clients at cut + bound
+	setupAt    time.Time
+	tx0        uint64 // REGISTER transactions before the cut
+	cutAt      time.Time
+	restoreAt  time.Time
+	undetected int // trunks still registered at the restore
+}
+
+// runStrategy measures one strategy: setup (Kamailio, the path, N trunks
+// registered) → warm-up (pings, then the rate limit on) → fault (the path
+// black-holed) → restore (until every trunk is back, or the cap) → report.
 func runStrategy(ctx context.Context, o *options, e *env, strategy string, logf func(string, ...any)) (Result, error) {
-	res := Result{Strategy: strategy, N: o.n, Capacity: o.capacity, BoundS: o.bound().Seconds(),
-		Method: e.method, HoleS: o.holeFor().Seconds()}
+	t := &trial{o: o, strategy: strategy, logf: logf, rec: newRecorder(o.n),
+		res: Result{Strategy: strategy, N: o.n, Capacity: o.capacity, BoundS: o.bound().Seconds(),
+			Method: e.method, HoleS: o.holeFor().Seconds()}}
 	if o.retryAfter > 0 {
-		res.RetryAfterS = math.Ceil(o.retryAfter.Seconds())
+		t.res.RetryAfterS = math.Ceil(o.retryAfter.Seconds())
 	}
-	s, err := e.newSite(ctx, o)
-	if err != nil {
-		return res, err
+	defer t.close()
+	if err := t.setup(ctx, e); err != nil {
+		return t.res, err
 	}
-	defer s.close()
-	rec := newRecorder(o.n)
-	var cl clients
-	switch strategy {
+	if err := t.warmUp(ctx); err != nil {
+		return t.res, err
+	}
+	if err := t.fault(ctx); err != nil {
+		return t.res, err
+	}
+	if err := t.restore(ctx); err != nil {
+		return t.res, err
+	}
+	return t.report()
+}
+
+// close stops the clients, then Kamailio and the path.
+func (t *trial) close() {
+	if t.loseT != nil {
+		t.loseT.Stop()
+	}
+	if t.cl != nil {
+		t.cl.stop()
+	}
+	if t.s != nil {
+		t.s.close()
+	}
+}
+
+// setup starts Kamailio behind its path and the strategy's N trunks, and
+// waits until they are all registered.
+func (t *trial) setup(ctx context.Context, e *env) error {
+	o := t.o
+	var err error
+	if t.s, err = e.newSite(ctx, o); err != nil {
+		return err
+	}
+	switch t.strategy {
 	case "naive":
-		cl, err = newNaive(o, s, rec)
+		t.cl, err = newNaive(o, t.s, t.rec)
 	default:
 		var gc backoff.GateConfig
-		if strategy == "relink-rate" {
+		if t.strategy == "relink-rate" {
 			gc.Rate = o.capacity
 		}
-		cl, err = newRelink(o, s, rec, gc)
+		t.cl, err = newRelink(o, t.s, t.rec, gc)
 	}
 	if err != nil {
-		return res, err
+		t.cl = nil
+		return err
 	}
-	defer cl.stop()
-
-	setup := time.Now()
+	t.setupAt = time.Now()
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second+time.Duration(o.n)*10*time.Millisecond)
-	err = cl.start(sctx)
+	err = t.cl.start(sctx)
 	cancel()
 	if err != nil {
-		return res, fmt.Errorf("initial registration: %w", err)
+		return fmt.Errorf("initial registration: %w", err)
 	}
-	// Let the flow carry a few pings and pongs before the cut.
-	if !sleep(ctx, o.keepAlive+o.keepAlive/2) {
-		return res, ctx.Err()
-	}
-	if err := s.k.SetRate(o.capacity); err != nil {
-		return res, err
-	}
-	if err := s.k.ResetStats(); err != nil {
-		return res, err
-	}
-	logf("%-12s %d trunks registered in %v; rate limit on; cutting the path\n", strategy, o.n,
-		time.Since(setup).Round(time.Millisecond))
-	tx0 := cl.transactions()
-	cutAt := time.Now()
-	rec.cutAt.Store(cutAt.UnixNano())
-	if err := s.cut(); err != nil {
-		return res, err
-	}
-	loseT := time.AfterFunc(o.bound(), cl.lose)
-	defer loseT.Stop()
-	if !sleep(ctx, o.holeFor()) {
-		return res, ctx.Err()
-	}
-	undetected := o.n - int(countLost(rec))
-	res.GateAtRestore, res.InFlightAtRestore = cl.gate()
-	if err := s.restore(); err != nil {
-		return res, err
-	}
-	restoreAt := time.Now()
+	return nil
+}
 
-	// Wait for every trunk, or the cap.
-	capT := time.NewTimer(o.capAfter)
+// warmUp lets the flow carry a few pings and pongs, then turns the rate
+// limit on with fresh counters.
+func (t *trial) warmUp(ctx context.Context) error {
+	if !ctxtime.Sleep(ctx, t.o.keepAlive+t.o.keepAlive/2) {
+		return ctx.Err()
+	}
+	if err := t.s.k.SetRate(t.o.capacity); err != nil {
+		return err
+	}
+	if err := t.s.k.ResetStats(); err != nil {
+		return err
+	}
+	t.logf("%-12s %d trunks registered in %v; rate limit on; cutting the path\n", t.strategy, t.o.n,
+		time.Since(t.setupAt).Round(time.Millisecond))
+	return nil
+}
+
+// fault black-holes the path for the hole's length; the naive clients are
+// told of the loss at cut + bound, when relink's trunks notice it.
+func (t *trial) fault(ctx context.Context) error {
+	t.tx0 = t.cl.transactions()
+	t.cutAt = time.Now()
+	t.rec.cutAt.Store(t.cutAt.UnixNano())
+	if err := t.s.cut(); err != nil {
+		return err
+	}
+	t.loseT = time.AfterFunc(t.o.bound(), t.cl.lose)
+	if !ctxtime.Sleep(ctx, t.o.holeFor()) {
+		return ctx.Err()
+	}
+	t.undetected = t.o.n - int(countLost(t.rec))
+	t.res.GateAtRestore, t.res.InFlightAtRestore = t.cl.gate()
+	return nil
+}
+
+// restore restores the path and waits for every trunk, or the cap; with
+// -trace it prints a line at each interval.
+func (t *trial) restore(ctx context.Context) error {
+	if err := t.s.restore(); err != nil {
+		return err
+	}
+	t.restoreAt = time.Now()
+	capT := time.NewTimer(t.o.capAfter)
 	defer capT.Stop()
 	var tickC <-chan time.Time
-	if o.trace > 0 {
-		tick := time.NewTicker(o.trace)
+	if t.o.trace > 0 {
+		tick := time.NewTicker(t.o.trace)
 		defer tick.Stop()
 		tickC = tick.C
 	}
-wait:
 	for {
 		select {
-		case <-rec.all:
-			break wait
+		case <-t.rec.all:
+			return nil
 		case <-capT.C:
-			break wait
+			return nil
 		case <-ctx.Done():
-			return res, ctx.Err()
+			return ctx.Err()
 		case <-tickC:
-			st, _ := s.k.Stats()
-			logf("  t=%5.1fs recovered %5d  registered %5d  kamailio: REGISTERs %6d 503s %6d saved %5d  %s\n",
-				time.Since(restoreAt).Seconds(), rec.recovered.Load(), cl.registered(), st.Registers, st.Shed,
-				st.Saved, cl.trace())
+			st, _ := t.s.k.Stats()
+			t.logf("  t=%5.1fs recovered %5d  registered %5d  kamailio: REGISTERs %6d 503s %6d saved %5d  %s\n",
+				time.Since(t.restoreAt).Seconds(), t.rec.recovered.Load(), t.cl.registered(), st.Registers, st.Shed,
+				st.Saved, t.cl.trace())
 		}
 	}
+}
+
+// report fills the result in from the recorder and Kamailio's counters.
+func (t *trial) report() (Result, error) {
+	o, res := t.o, &t.res
 	end := time.Now()
-	st, err := s.k.Stats()
+	st, err := t.s.k.Stats()
 	if err != nil {
-		return res, err
+		return *res, err
 	}
 	var backs []time.Duration
 	var detMax time.Duration
-	for i := range rec.tracks {
-		tr := &rec.tracks[i]
+	for i := range t.rec.tracks {
+		tr := &t.rec.tracks[i]
 		if l := tr.lostAt.Load(); l != 0 {
-			detMax = max(detMax, time.Unix(0, l).Sub(cutAt))
+			detMax = max(detMax, time.Unix(0, l).Sub(t.cutAt))
 		}
 		if b := tr.backAt.Load(); b != 0 {
-			backs = append(backs, time.Unix(0, b).Sub(restoreAt))
+			backs = append(backs, time.Unix(0, b).Sub(t.restoreAt))
 		}
 	}
 	sort.Slice(backs, func(i, j int) bool { return backs[i] < backs[j] })
@@ -676,7 +746,7 @@ wait:
 	if res.Stuck == 0 {
 		res.RecoverS = backs[len(backs)-1].Seconds()
 	} else {
-		res.RecoverS = end.Sub(restoreAt).Seconds()
+		res.RecoverS = end.Sub(t.restoreAt).Seconds()
 	}
 	if len(backs) > 0 {
 		res.FirstS = backs[0].Seconds()
@@ -684,22 +754,22 @@ wait:
 	}
 	res.RatioToLimit = res.RecoverS / (float64(o.n) / o.capacity)
 	res.RejectedFrac = float64(st.Shed) / float64(o.n)
-	res.TransactionsPerTrunk = float64(cl.transactions()-tx0) / float64(o.n)
+	res.TransactionsPerTrunk = float64(t.cl.transactions()-t.tx0) / float64(o.n)
 	res.ServerPerTrunk = float64(st.Registers) / float64(o.n)
 	res.DetectMaxS = detMax.Seconds()
-	res.Undetected = undetected
-	if strategy == "naive" {
+	res.Undetected = t.undetected
+	if t.strategy == "naive" {
 		// It detects nothing: it was told at cut + bound.
 		res.Undetected, res.DetectMaxS = 0, 0
 	}
-	logf("%-12s recovered %d/%d in %.2f s (first %.2f s, half %.2f s) after the restore; %d 503s, %d REGISTERs at Kamailio",
-		strategy, len(backs), o.n, res.RecoverS, res.FirstS, res.HalfS, st.Shed, st.Registers)
-	if strategy != "naive" {
-		logf("; loss noticed within %.2f s of the cut (%d not before the restore); at the restore the gate was %s with %d REGISTERs in flight",
-			res.DetectMaxS, undetected, res.GateAtRestore, res.InFlightAtRestore)
+	t.logf("%-12s recovered %d/%d in %.2f s (first %.2f s, half %.2f s) after the restore; %d 503s, %d REGISTERs at Kamailio",
+		t.strategy, len(backs), o.n, res.RecoverS, res.FirstS, res.HalfS, st.Shed, st.Registers)
+	if t.strategy != "naive" {
+		t.logf("; loss noticed within %.2f s of the cut (%d not before the restore); at the restore the gate was %s with %d REGISTERs in flight",
+			res.DetectMaxS, t.undetected, res.GateAtRestore, res.InFlightAtRestore)
 	}
-	logf("\n")
-	return res, nil
+	t.logf("\n")
+	return *res, nil
 }
 
 func countLost(r *recorder) int64 {
@@ -710,18 +780,6 @@ func countLost(r *recorder) int64 {
 		}
 	}
 	return n
-}
-
-// sleep waits d or until ctx ends (false).
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // waitAll polls count until it reaches n or ctx ends.
@@ -837,32 +895,24 @@ func (c *relinkClients) stop() {
 }
 
 // naiveClients is a gateway without relink: sipgo's UserAgent and Client with
-// their defaults; each trunk REGISTERs with digest and retries at once on any
-// failure.
+// their defaults; each trunk REGISTERs with digest (testkit's Registerer,
+// a fresh challenge every time, as sipgo's DoDigestAuth) and retries at once
+// on any failure.
 type naiveClients struct {
 	ua      *sipgo.UserAgent
 	client  *sipgo.Client
 	rec     *recorder
-	n       int
-	target  sipmsg.Uri
-	realm   string
-	pass    string
-	host    string
+	regs    []*testkit.Registerer
 	lostCh  chan struct{}
 	lostOne sync.Once
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
-	tx      atomic.Uint64
 	rej     atomic.Uint64
-	regs    atomic.Int64
+	up      atomic.Int64
 }
 
 func newNaive(o *options, s *site, rec *recorder) (*naiveClients, error) {
-	var target sipmsg.Uri
-	if err := sipmsg.ParseUri(s.uri, &target); err != nil {
-		return nil, err
-	}
 	ua, err := sipgo.NewUA()
 	if err != nil {
 		return nil, err
@@ -876,75 +926,62 @@ func newNaive(o *options, s *site, rec *recorder) (*naiveClients, error) {
 	if strings.HasPrefix(s.uri, "sip:"+netns.ServerIP.String()+":") {
 		host = netns.ClientIP.String()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	return &naiveClients{ua: ua, client: client, rec: rec, n: o.n, target: target,
-		realm: s.k.Realm(), pass: s.k.Password(), host: host, lostCh: make(chan struct{}),
-		ctx: ctx, cancel: cancel}, nil
+	c := &naiveClients{ua: ua, client: client, rec: rec, lostCh: make(chan struct{})}
+	for i := range o.n {
+		user := "t" + strconv.Itoa(i)
+		r, err := testkit.NewRegisterer(testkit.RegisterConfig{
+			Client: client, Registrar: s.uri, User: user, Password: s.k.Password(), Domain: s.k.Realm(),
+			Contact:        "sip:" + user + "@" + host + ";transport=tcp",
+			CallID:         fmt.Sprintf("naive-%d-%d", i, time.Now().UnixNano()),
+			FreshChallenge: true,
+		})
+		if err != nil {
+			ua.Close()
+			return nil, err
+		}
+		c.regs = append(c.regs, r)
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	return c, nil
 }
 
 func (c *naiveClients) start(ctx context.Context) error {
-	for i := range c.n {
+	for i := range c.regs {
 		c.wg.Add(1)
 		go c.trunk(i)
 	}
-	return waitAll(ctx, c.n, c.registered)
+	return waitAll(ctx, len(c.regs), c.registered)
 }
 
 // trunk registers, waits to be told its registration is lost, and registers
 // again.
 func (c *naiveClients) trunk(i int) {
 	defer c.wg.Done()
-	user := "t" + strconv.Itoa(i)
-	callID := sipmsg.CallIDHeader(fmt.Sprintf("naive-%d-%d", i, time.Now().UnixNano()))
-	cseq := uint32(1)
-	if !c.register(user, callID, &cseq) {
+	if !c.register(c.regs[i]) {
 		return
 	}
-	c.regs.Add(1)
+	c.up.Add(1)
 	select {
 	case <-c.lostCh:
 	case <-c.ctx.Done():
 		return
 	}
-	c.regs.Add(-1)
+	c.up.Add(-1)
 	c.rec.lost(i, time.Now())
-	if !c.register(user, callID, &cseq) {
+	if !c.register(c.regs[i]) {
 		return
 	}
-	c.regs.Add(1)
+	c.up.Add(1)
 	c.rec.back(i, time.Now())
 }
 
-// register sends REGISTERs until one succeeds (true) or the run ends.
-func (c *naiveClients) register(user string, callID sipmsg.CallIDHeader, cseq *uint32) bool {
-	aorURI := sipmsg.Uri{Scheme: "sip", User: user, Host: c.realm}
+// register sends REGISTERs until one succeeds (true) or the run ends: on a
+// timeout, a transport error or a 503, at once again.
+func (c *naiveClients) register(r *testkit.Registerer) bool {
 	for c.ctx.Err() == nil {
-		req := sipmsg.NewRequest(sipmsg.REGISTER, c.target)
-		fromParams := sipmsg.NewParams()
-		fromParams.Add("tag", sipmsg.GenerateTagN(16))
-		req.AppendHeader(&sipmsg.FromHeader{Address: aorURI, Params: fromParams})
-		req.AppendHeader(&sipmsg.ToHeader{Address: aorURI})
-		req.AppendHeader(&callID)
-		req.AppendHeader(&sipmsg.CSeqHeader{SeqNo: *cseq, MethodName: sipmsg.REGISTER})
-		contactParams := sipmsg.NewParams()
-		contactParams.Add("transport", "tcp")
-		req.AppendHeader(&sipmsg.ContactHeader{Address: sipmsg.Uri{Scheme: "sip", User: user, Host: c.host,
-			UriParams: contactParams}})
-		req.AppendHeader(sipmsg.NewHeader("Expires", "3600"))
-		req.SetTransport("TCP")
-		*cseq++
-		c.tx.Add(1)
-		res, err := c.client.Do(c.ctx, req)
+		res, err := r.Register(c.ctx, 3600)
 		if err != nil {
-			continue // timeout or transport error: at once again
-		}
-		if res.StatusCode == sipmsg.StatusUnauthorized || res.StatusCode == sipmsg.StatusProxyAuthRequired {
-			c.tx.Add(1)
-			*cseq++ // DoDigestAuth sends the request again with CSeq + 1
-			res, err = c.client.DoDigestAuth(c.ctx, req, res, sipgo.DigestAuth{Username: user, Password: c.pass})
-			if err != nil {
-				continue
-			}
+			continue
 		}
 		if res.StatusCode >= 200 && res.StatusCode < 300 {
 			return true
@@ -958,12 +995,18 @@ func (c *naiveClients) register(user string, callID sipmsg.CallIDHeader, cseq *u
 
 func (c *naiveClients) lose() { c.lostOne.Do(func() { close(c.lostCh) }) }
 
-func (c *naiveClients) transactions() uint64 { return c.tx.Load() }
+func (c *naiveClients) transactions() uint64 {
+	var n uint64
+	for _, r := range c.regs {
+		n += r.Transactions()
+	}
+	return n
+}
 
-func (c *naiveClients) registered() int { return int(c.regs.Load()) }
+func (c *naiveClients) registered() int { return int(c.up.Load()) }
 
 func (c *naiveClients) trace() string {
-	return fmt.Sprintf("naive: %d REGISTERs sent, %d 503s seen", c.tx.Load(), c.rej.Load())
+	return fmt.Sprintf("naive: %d REGISTERs sent, %d 503s seen", c.transactions(), c.rej.Load())
 }
 
 func (c *naiveClients) gate() (string, int) { return "", 0 }
@@ -973,20 +1016,4 @@ func (c *naiveClients) stop() {
 	c.wg.Wait()
 	c.client.Close()
 	c.ua.Close()
-}
-
-// raiseFileLimit raises RLIMIT_NOFILE to at least n if the hard limit allows.
-func raiseFileLimit(n uint64) error {
-	var l syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
-		return nil
-	}
-	if l.Cur >= n {
-		return nil
-	}
-	l.Cur = min(max(n, l.Cur), l.Max)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
-		return fmt.Errorf("raise the open file limit to %d: %w", n, err)
-	}
-	return nil
 }
