@@ -337,6 +337,7 @@ func TestLinkPermanentDialErrorStops(t *testing.T) {
 		var rec recorder
 		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"a:1", "b:2"}, Session: session,
 			Backoff: noJitter(), OnStateChange: rec.record})
+		start := time.Now()
 		err := l.Run(t.Context())
 		if !errors.Is(err, errDenied) || !backoff.IsPermanent(err) {
 			t.Fatalf("Run = %v, want errDenied marked permanent", err)
@@ -350,6 +351,9 @@ func TestLinkPermanentDialErrorStops(t *testing.T) {
 		}
 		if last := rec.events()[3]; last.Destination != "b:2" || !errors.Is(last.Err, errDenied) {
 			t.Fatalf("shutdown event = %+v, want errDenied at b:2", last)
+		}
+		if at := rec.events()[2].At.Sub(start); at != time.Second {
+			t.Fatalf("second connecting At = start+%v, want start+1s (the first backoff delay)", at)
 		}
 		if got, want := fn.dialTimes(), []time.Duration{0, time.Second}; !slices.Equal(got, want) {
 			t.Fatalf("dial times = %v, want %v", got, want)
