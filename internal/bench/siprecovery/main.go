@@ -293,49 +293,17 @@ func parent() int {
 			}
 		}
 	}()
-	var restores []func() error
+	h := &holes{p: p}
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
 		defer repW.Close()
-		sc := bufio.NewScanner(reqR)
-		for sc.Scan() {
-			verb, arg, _ := strings.Cut(sc.Text(), " ")
-			var err error
-			switch verb {
-			case "hole":
-				port, perr := strconv.Atoi(arg)
-				if perr != nil {
-					err = perr
-					break
-				}
-				var restore func() error
-				if restore, err = p.BlackHole(port); err == nil {
-					restores = append(restores, restore)
-				}
-			case "restore":
-				for _, r := range restores {
-					err = errors.Join(err, r())
-				}
-				restores = nil
-			default:
-				err = fmt.Errorf("unknown request %q", verb)
-			}
-			reply := "ok"
-			if err != nil {
-				reply = "err " + strings.ReplaceAll(err.Error(), "\n", " ")
-			}
-			if _, werr := fmt.Fprintln(repW, reply); werr != nil {
-				return
-			}
-		}
+		h.serve(reqR, repW)
 	}()
 	werr := cmd.Wait()
 	reqR.Close()
 	<-served
-	for _, r := range restores {
-		r()
-	}
+	h.restore()
 	if ee, ok := errors.AsType[*exec.ExitError](werr); ok {
 		if code := ee.ExitCode(); code >= 0 {
 			return code
@@ -347,6 +315,59 @@ func parent() int {
 		return 2
 	}
 	return 0
+}
+
+// holes applies the child's requests to black-hole and restore ports.
+type holes struct {
+	p        *netns.Pair
+	restores []func() error
+}
+
+// serve answers each request line read from r ("hole PORT", "restore") with
+// one line on w: "ok" or "err why".
+func (h *holes) serve(r io.Reader, w io.Writer) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		verb, arg, _ := strings.Cut(sc.Text(), " ")
+		var err error
+		switch verb {
+		case "hole":
+			err = h.hole(arg)
+		case "restore":
+			err = h.restore()
+		default:
+			err = fmt.Errorf("unknown request %q", verb)
+		}
+		reply := "ok"
+		if err != nil {
+			reply = "err " + strings.ReplaceAll(err.Error(), "\n", " ")
+		}
+		if _, werr := fmt.Fprintln(w, reply); werr != nil {
+			return
+		}
+	}
+}
+
+func (h *holes) hole(port string) error {
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		return err
+	}
+	restore, err := h.p.BlackHole(n)
+	if err == nil {
+		h.restores = append(h.restores, restore)
+	}
+	return err
+}
+
+// restore removes every black hole.
+func (h *holes) restore() error {
+	var err error
+	for _, r := range h.restores {
+		err = errors.Join(err, r())
+	}
+	h.restores = nil
+	return err
 }
 
 // env is where the strategies run: how to start a registrar and cut its path.
