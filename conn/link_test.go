@@ -447,6 +447,8 @@ func TestLinkBackoffAppliedAndReset(t *testing.T) {
 	})
 }
 
+// HealthyAfter negative turns the minimum lifetime off: every connection
+// that was established counts as healthy, so each redial is immediate.
 func TestLinkHealthyAfterNegative(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		fn := newFakeNet(func(int, string) dialAnswer { return accept })
@@ -867,21 +869,25 @@ func TestLinkGivesUpOnlyWhenTold(t *testing.T) {
 			})
 		})
 	}
-	// Without being told, it keeps trying: a day of refusals.
-	synctest.Test(t, func(t *testing.T) {
-		fn := newFakeNet(func(int, string) dialAnswer { return refuse })
-		session, _ := scriptedSessions()
-		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session})
-		ctx, cancel := context.WithTimeout(t.Context(), 24*time.Hour)
-		defer cancel()
-		if err := l.Run(ctx); !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("Run = %v, want context.DeadlineExceeded", err)
-		}
-		// Full jitter, capped at 60 s: at least 24 h / 60 s dials.
-		if n := len(fn.dialTimes()); n < 24*60 {
-			t.Fatalf("dials in 24 h = %d, want ≥ %d", n, 24*60)
-		}
-	})
+	// Without being told (MaxAttempts zero, the default, or negative, off),
+	// it keeps trying: a day of refusals.
+	for _, maxAttempts := range []int{0, -1} {
+		synctest.Test(t, func(t *testing.T) {
+			fn := newFakeNet(func(int, string) dialAnswer { return refuse })
+			session, _ := scriptedSessions()
+			l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session,
+				MaxAttempts: maxAttempts})
+			ctx, cancel := context.WithTimeout(t.Context(), 24*time.Hour)
+			defer cancel()
+			if err := l.Run(ctx); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("MaxAttempts %d: Run = %v, want context.DeadlineExceeded", maxAttempts, err)
+			}
+			// Full jitter, capped at 60 s: at least 24 h / 60 s dials.
+			if n := len(fn.dialTimes()); n < 24*60 {
+				t.Fatalf("MaxAttempts %d: dials in 24 h = %d, want ≥ %d", maxAttempts, n, 24*60)
+			}
+		})
+	}
 }
 
 func TestNewLinkValidates(t *testing.T) {
