@@ -121,7 +121,7 @@ func TestDecide(t *testing.T) {
 		{name: "401 stale again: answered", x: fresh,
 			r: reply{resp: resp(401, "WWW-Authenticate", chalStale), sentCreds: true}, act: resendAuth, outcome: "success"},
 		{name: "401 stale forever: rejected", x: exchange{fresh: true, challenges: maxChallenges},
-			r: reply{resp: resp(401, "WWW-Authenticate", chalStale), sentCreds: true},
+			r:   reply{resp: resp(401, "WWW-Authenticate", chalStale), sentCreds: true},
 			act: failed, outcome: "client-failure", errIs: ErrCredentialsRejected},
 		{name: "401 without usable challenge", x: x0, r: reply{resp: resp(401, "WWW-Authenticate", `Basic realm="x"`)},
 			act: failed, outcome: "client-failure", errIs: ErrBadResponse, code: 401},

@@ -6,15 +6,25 @@
 // TLS flow it registered over with CRLF pings (RFC 5626), and re-registers
 // when the flow dies or a refresh fails — through the registrar's
 // backoff.Gate, so that a thousand trunks recovering at once reach the
-// registrar at the pace it can serve. A Fleet runs many trunks on one
-// UserAgent with one Gate per registrar.
+// registrar at the pace it can serve. A Fleet runs many trunks on one UA
+// with one Gate per registrar address. A UA (NewUA) is a sipgo UserAgent
+// with relink's flow monitor; its UserAgent method gives the sipgo
+// UserAgent for calls. Package sip/siptest has an in-process registrar for
+// tests.
+//
+// This package's name clashes with sipgo's github.com/emiago/sipgo/sip;
+// relink imports that one as sipmsg, and so do its examples.
 //
 // The canonical composition:
 //
-//	ua, err := sip.NewUA(sip.UAConfig{})            // sipgo UA with relink's read filter and dialer
+//	import (
+//		"github.com/relinkgo/relink/sip"
+//	)
+//
+//	ua, err := sip.NewUA(sip.UAConfig{}) // sipgo UA + relink's flow monitor
 //	if err != nil { ... }
 //	defer ua.Close()
-//	fleet := sip.NewFleet(ua, sip.FleetConfig{})      // one Gate per registrar
+//	fleet := sip.NewFleet(ua, sip.FleetConfig{}) // one Gate per registrar address
 //	for _, acct := range accounts {
 //		fleet.Add(sip.TrunkConfig{
 //			Registrars: []string{"sip:pbx.example.com;transport=tcp"},
@@ -24,11 +34,35 @@
 //	}
 //	err = fleet.Run(ctx) // until ctx ends; then every trunk unregisters
 //
+// A trunk with a primary and a backup registrar takes them both in
+// Registrars and gets one gate per address from its Fleet (or a private one
+// each). A Gate set in TrunkConfig.Gate guards one destination, so NewTrunk
+// refuses it with more than one registrar.
+//
+// # Configuration
+//
+// In TrunkConfig, as in every relink Config, a zero field means the default
+// documented on it and a negative one turns the feature off: Expires < 0
+// sends no Expires (the registrar chooses), KeepAlive or KeepAliveTimeout
+// < 0 no CRLF ping, Qualify < 0 no OPTIONS, UnregisterTimeout < 0 no
+// unregistration, SlowRetry < 0 no retry after a refusal, FailbackInterval
+// < 0 no failback, RequestTimeout < 0 sipgo's own timers only.
+//
 // # Responses
+//
+// decide (decide.go) is the whole response handling: a pure function from
+// the exchange so far and one transaction's reply (a response, a timeout, a
+// transport error, a dead flow) to the next action and the outcome to
+// report to the gate; decide_test.go tables every class. The runner
+// (runner.go) performs the actions: Run's loop, refresh, keepalive, flow
+// loss, failback and shutdown; flow deaths reach it as events it takes on
+// its own goroutine. send.go builds and sends the REGISTERs.
 //
 // Every REGISTER transaction is admitted by the registrar's gate and reports
 // its outcome to it (a challenge round trip is two admissions: registrars
-// count REGISTERs); unregistration on exit bypasses the gate.
+// count REGISTERs). So is the unregistration on exit: a Fleet that stops
+// unregisters every trunk at once, and a 503 to it is retried after its
+// Retry-After within UnregisterTimeout.
 // 401/407 are answered once, and the challenge is kept: the next refresh
 // carries credentials with nc counting up, so a refresh is one transaction,
 // not two (sipgo's own helper re-challenges every time). A challenge with
@@ -38,15 +72,16 @@
 // once with Min-Expires (twice the interval without one). 408, timeouts,
 // transport errors and dead flows are reported to the gate as Unreachable:
 // the gate closes and sends one scout at a time, so no trunk sleeps in a long
-// private backoff when the path comes back. 500, 502 and 504 wait for the
-// trunk's Backoff policy, then the gate. 503 with Retry-After pauses the
-// registrar's gate, for every trunk that shares it (RFC 3261 §21.5.4); 503
-// without it is treated like 500; either moves the trunk on to its next
-// registrar if it has one. 3xx is followed to its first Contact (at most 3
-// in a row). A grant shorter than asked is obeyed, and a Contact's expires
-// parameter wins over the Expires header. Values from the registrar are
-// parsed defensively and clamped (parse.go): a Retry-After of 10^12 s pauses
-// for MaxRetryAfter (1 h).
+// private backoff when the path comes back; the trunk moves on to its next
+// registrar if it has one. 500, 502 and 504 wait for the trunk's Backoff
+// policy, then the gate, and stay with the registrar. 503 with Retry-After
+// pauses the registrar's gate for every trunk that shares it (RFC 3261
+// §21.5.4); 503 without it waits for the Backoff policy first; either moves
+// the trunk on to its next registrar if it has one. 3xx is followed to its
+// first Contact (at most 3 in a row). A grant shorter than asked is obeyed,
+// and a Contact's expires parameter wins over the Expires header. Values
+// from the registrar are parsed defensively and clamped (parse.go): a
+// Retry-After of 10^12 s pauses for MaxRetryAfter (1 h).
 //
 // # Flow liveness, and why it is driven by sipgo's read filter
 //
@@ -70,8 +105,9 @@
 //     is atomic with respect to sipgo's own message writes), after
 //     KeepAlive of inbound silence, by the liveness state machine of
 //     internal/liveness, which conn uses too.
-//   - Kernel options come from conn.Config.NetDialer through DialerCreate:
-//     TCP keepalive and TCP_USER_TIMEOUT bound detection even without pings.
+//   - Kernel options (UAConfig.KeepAlive and UserTimeout, applied as
+//     conn.Config.NetDialer does) reach sipgo through DialerCreate: TCP
+//     keepalive and TCP_USER_TIMEOUT bound detection even without pings.
 //   - When no pong arrives within KeepAliveTimeout the flow is dead: it is
 //     evicted from sipgo's pool (ConnectionPool.CloseAndDelete, which removes
 //     it only if the pool still maps the address to it, and closes it), so
@@ -80,9 +116,9 @@
 //     transactions pending on it at once; and every trunk on it re-registers
 //     through the gate on a new connection.
 //
-// A UserAgent not made by NewUA still works: relink cannot see its reads, so
-// it probes each flow with an OPTIONS request instead (any answer proves the
-// flow alive). UDP registrations have no flow; TrunkConfig.Qualify sends
+// A UserAgent not made by NewUA still works through WrapUA: relink cannot
+// see its reads, so it probes each flow with an OPTIONS request instead
+// (any answer proves the flow alive). UDP registrations have no flow; TrunkConfig.Qualify sends
 // OPTIONS at an interval and treats a failed one as a dead flow.
 //
 // # Telemetry
@@ -96,7 +132,8 @@
 //     server.address and network.transport;
 //   - relink.sip.responses ({response}): final responses by
 //     sip.response.status_class, and transactions without one by error.type
-//     (timeout, transport);
+//     ("timeout", or the transport error's type as internal/neterr names it
+//     for conn too: "connection_refused", "connection_reset", "eof", ...);
 //   - relink.sip.recoveries ({recovery}): registrations regained after being
 //     lost;
 //   - relink.sip.flow.failures ({flow}): dead flows seen by trunks;

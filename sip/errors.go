@@ -7,22 +7,22 @@ import (
 )
 
 var (
-	// ErrFlowDead: the connection the trunk was registered over stopped
+	// ErrFlowDead means the connection the trunk was registered over stopped
 	// answering keepalive pings (or qualify requests) within the timeout, or
 	// was closed. The error reported (TrunkStateChange.Err) matches it with
 	// errors.Is, unwraps to the cause, and is a net.Error whose Timeout() is
 	// true when the peer went silent.
 	ErrFlowDead = errors.New("sip: flow dead")
-	// ErrCredentialsRejected: the registrar challenged credentials that were
+	// ErrCredentialsRejected means the registrar challenged credentials that were
 	// computed from its own fresh challenge, so the username or password is
 	// wrong. It wraps the 401/407 *StatusError.
 	ErrCredentialsRejected = errors.New("sip: credentials rejected")
-	// ErrTimeout: no final response to a REGISTER within
+	// ErrTimeout means no final response to a REGISTER within
 	// TrunkConfig.RequestTimeout. It satisfies net.Error with Timeout() true.
 	ErrTimeout = errors.New("sip: request timed out")
-	// ErrTooManyRedirects: more 3xx in a row than a trunk follows.
+	// ErrTooManyRedirects means more 3xx in a row than a trunk follows.
 	ErrTooManyRedirects = errors.New("sip: too many redirects")
-	// ErrBadResponse: the response could not be used (no challenge relink
+	// ErrBadResponse means the response could not be used (no challenge relink
 	// can answer, a 423 without progress, a 3xx without Contact).
 	ErrBadResponse = errors.New("sip: unusable response")
 )

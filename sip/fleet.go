@@ -61,7 +61,7 @@ func (s FleetStats) Count(st TrunkState) int {
 	return 0
 }
 
-// Fleet runs many trunks on one sipgo UserAgent. Trunks that register with
+// Fleet runs many trunks on one UA. Trunks that register with
 // the same registrar address share one backoff.Gate, so that when a flow
 // dies (and with it every registration on it) or a registrar comes back,
 // the trunks recover at the pace the registrar can serve, and one 503

@@ -7,6 +7,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/relinkgo/relink/internal/neterr"
 )
 
 // ScopeName is the instrumentation scope of this package's metrics and spans.
@@ -87,16 +89,16 @@ const (
 	class5xx
 	class6xx
 	classTimeout
-	classTransport
 	numClasses
 )
 
-var classNames = [numClasses]string{"1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "timeout", "transport"}
+var classNames = [numClasses]string{"1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "timeout"}
 
 // targetAttrs are the attribute sets of one registrar, built once per trunk
 // and registrar: per-call WithAttributes would cost ~220 ns and 3
 // allocations even with a no-op provider.
 type targetAttrs struct {
+	base      []attribute.KeyValue
 	server    metric.MeasurementOption
 	class     [numClasses]metric.AddOption
 	spanAttrs []attribute.KeyValue
@@ -105,6 +107,7 @@ type targetAttrs struct {
 func newTargetAttrs(server, transport string) *targetAttrs {
 	base := []attribute.KeyValue{attrServer.String(server), attrTransport.String(transport)}
 	a := &targetAttrs{
+		base:      base,
 		server:    metric.WithAttributeSet(attribute.NewSet(base...)),
 		spanAttrs: base,
 	}
@@ -116,6 +119,14 @@ func newTargetAttrs(server, transport string) *targetAttrs {
 		a.class[c] = metric.WithAttributeSet(attribute.NewSet(kv...))
 	}
 	return a
+}
+
+// transportError is the attribute set of a transaction that failed without
+// a response, error.type from the classifier conn uses too. Built per call:
+// it is the error path.
+func (a *targetAttrs) transportError(err error) metric.AddOption {
+	kv := append(append([]attribute.KeyValue{}, a.base...), attrErrorType.String(neterr.Type(err)))
+	return metric.WithAttributeSet(attribute.NewSet(kv...))
 }
 
 func (in *instruments) stateChanged(ctx context.Context, from, to TrunkState, running bool) {

@@ -76,13 +76,13 @@ func (d *deathQueue) take() []flowDeath {
 
 // absorb takes the queued flow deaths and notes those of the runner's
 // flows; deaths of flows it left are dropped.
-func (r *runner) absorb() {
+func (r *runner) absorb(ctx context.Context) {
 	for _, ev := range r.t.deaths.take() {
 		if ev.f == r.bound {
 			r.bound, r.boundErr = nil, ev.err
 			if r.on >= 0 {
 				tg := r.t.tgts[r.on]
-				r.t.inst.flowDeaths.Add(context.Background(), 1, tg.attrs.server)
+				r.t.inst.flowDeaths.Add(context.WithoutCancel(ctx), 1, tg.attrs.server)
 			}
 		}
 		if ev.f == r.pend {
@@ -135,12 +135,12 @@ func (r *runner) endWatch(f *flow, bind bool) {
 }
 
 // dropFlow leaves the binding flow (the binding is gone or being replaced).
-func (r *runner) dropFlow() {
+func (r *runner) dropFlow(ctx context.Context) {
 	if f := r.bound; f != nil {
 		f.detach(r.t)
 	}
 	r.bound, r.boundErr = nil, nil
-	r.absorb()
+	r.absorb(ctx)
 	r.boundErr = nil
 }
 
@@ -198,7 +198,7 @@ func (r *runner) failedAttempt(ctx context.Context, tg *regTarget, res result) t
 	if t.State() == Registered {
 		r.lost = true
 	}
-	r.dropFlow()
+	r.dropFlow(ctx)
 	switch res.act {
 	case unreachable:
 		// The gate closes and scouts: no private backoff, so that the
@@ -284,7 +284,7 @@ func (r *runner) keep(ctx context.Context) bool {
 		s.qualify = now.Add(t.cfg.Qualify)
 	}
 	for {
-		r.absorb()
+		r.absorb(ctx)
 		if err := r.boundErr; err != nil {
 			r.flowLost(ctx, tg, err)
 			return true
@@ -332,7 +332,7 @@ func (r *runner) qualifyFailed(ctx context.Context, tg *regTarget, err error) bo
 	}
 	if f := r.bound; f != nil {
 		f.fail(err) // every trunk on the flow re-registers
-		r.absorb()
+		r.absorb(ctx)
 	}
 	r.boundErr = nil
 	r.flowLost(ctx, tg, &flowError{cause: err})
@@ -415,7 +415,7 @@ func (r *runner) shutdown(ctx context.Context) {
 	if r.on >= 0 {
 		r.unregisterFrom(ctx, t.tgts[r.on])
 	}
-	r.dropFlow()
+	r.dropFlow(ctx)
 	t.setState(context.WithoutCancel(ctx), Unregistered, t.tgts[max(r.on, 0)], context.Cause(ctx), 0)
 }
 

@@ -57,7 +57,7 @@ func (r *runner) exchange(ctx context.Context, tg *regTarget, expires time.Durat
 		rep, f := r.send(ctx, tg, x.expires)
 		var d decision
 		x, d = decide(x, rep)
-		r.apply(tg, x, d, f)
+		r.apply(ctx, tg, x, d, f)
 		permit.Done(d.outcome)
 		if d.act.final() {
 			return result{act: d.act, err: d.err, granted: d.granted, retryAfter: d.retryAfter}
@@ -67,7 +67,7 @@ func (r *runner) exchange(ctx context.Context, tg *regTarget, expires time.Durat
 
 // apply carries a decision out on the registrar's state and the flow the
 // transaction went out on.
-func (r *runner) apply(tg *regTarget, x exchange, d decision, f *flow) {
+func (r *runner) apply(ctx context.Context, tg *regTarget, x exchange, d decision, f *flow) {
 	if d.resetAuth {
 		tg.auth.reset()
 	}
@@ -79,7 +79,7 @@ func (r *runner) apply(tg *regTarget, x exchange, d decision, f *flow) {
 		tg.auth.set(d.chal, d.proxy)
 	case resendExpires:
 		tg.expires = x.expires
-		r.t.log.LogAttrs(context.Background(), slog.LevelDebug, "sip interval too brief",
+		r.t.log.LogAttrs(ctx, slog.LevelDebug, "sip interval too brief",
 			slog.String("registrar", tg.raw), slog.Duration("expires", x.expires))
 	case resendRedirect:
 		tg.redirect = d.redirect
@@ -104,7 +104,7 @@ func (r *runner) admit(ctx context.Context, gate *backoff.Gate, refresh bool) (*
 	if !refresh {
 		return gate.Acquire(ctx)
 	}
-	r.absorb()
+	r.absorb(ctx)
 	if err := r.boundErr; err != nil {
 		return nil, err
 	}
@@ -121,7 +121,7 @@ func (r *runner) admit(ctx context.Context, gate *backoff.Gate, refresh bool) (*
 	p, err := gate.AcquirePriority(actx)
 	cancel(nil)
 	<-watched
-	r.absorb()
+	r.absorb(ctx)
 	if r.boundErr != nil {
 		if p != nil {
 			p.Abandon()
@@ -206,7 +206,7 @@ func (r *runner) transact(ctx context.Context, tg *regTarget, req *sipmsg.Reques
 		case <-tctx.Done():
 			return nil, f, t.txError(ctx, tctx, tg, tctx.Err(), isReg)
 		case <-t.deaths.ready:
-			r.absorb() // the top of the loop looks
+			r.absorb(ctx) // the top of the loop looks
 		}
 	}
 }
@@ -234,7 +234,7 @@ func (t *Trunk) txError(ctx, tctx context.Context, tg *regTarget, err error, isR
 		}
 	default:
 		if isReg {
-			t.inst.responses.Add(ctx, 1, tg.attrs.class[classTransport])
+			t.inst.responses.Add(ctx, 1, tg.attrs.transportError(err))
 		}
 	}
 	if isReg {

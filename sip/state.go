@@ -9,19 +9,19 @@ import (
 type TrunkState int
 
 const (
-	// Unregistered: not started, or stopped (the binding was removed or
+	// Unregistered means not started, or stopped (the binding was removed or
 	// left to expire).
 	Unregistered TrunkState = iota
-	// Registering: a REGISTER is waiting for admission by the registrar's
+	// Registering means a REGISTER is waiting for admission by the registrar's
 	// gate or for its answer.
 	Registering
-	// Registered: the registrar granted the binding and the flow is alive.
+	// Registered means the registrar granted the binding and the flow is alive.
 	Registered
-	// Backoff: the last attempt failed for a reason that may pass (timeout,
+	// Backoff means the last attempt failed for a reason that may pass (timeout,
 	// transport error, 5xx, overload); the trunk waits for its backoff or
 	// for the gate before trying again.
 	Backoff
-	// Failed: the registrar refused this trunk (credentials rejected, 403,
+	// Failed means the registrar refused this trunk (credentials rejected, 403,
 	// 404, 6xx). The trunk retries only after TrunkConfig.SlowRetry.
 	Failed
 )
