@@ -86,7 +86,8 @@ type LinkConfig struct {
 	// Unreachable when the dial timed out or was refused, reset or found no
 	// route, ClientFailure for other errors (an unknown host, a bad
 	// address). Share one Gate among all the Links (and trunks) that
-	// recover towards the same server. Nil means no gate.
+	// recover towards the same server. Nil means no gate. Closing the Gate
+	// (Gate.Close) stops the Link: Run returns backoff.ErrClosed.
 	Gate *backoff.Gate
 	// HealthyAfter is how long a session must have lived for its
 	// connection to count as healthy. When a healthy connection is lost,
@@ -295,7 +296,8 @@ func (l *Link) setState(ctx context.Context, to LinkState, err error, addr strin
 // Session or the Dialer returns an error marked by backoff.Permanent, Run
 // returns that error as it was returned — still marked, so that
 // backoff.IsPermanent holds for it and errors.Is finds the error inside —
-// without trying again. It returns an error wrapping ErrLinkGaveUp only
+// without trying again; so it does with backoff.ErrClosed once the Gate
+// has been closed. It returns an error wrapping ErrLinkGaveUp only
 // when told to give up (MaxAttempts, or a policy that returns backoff.Stop),
 // and ErrLinkRunning at once if another Run on the same Link has not
 // returned. The Link is in LinkShutdown when Run returns (except for
@@ -415,12 +417,13 @@ func (r *runner) ended(ctx context.Context, err error, lived time.Duration) (boo
 
 // final returns Run's error when an attempt that failed with err (or a
 // connection that ended with err) ends Run: ctx's cause once ctx has ended,
-// err itself when it is marked by backoff.Permanent; nil otherwise.
+// err itself when it is marked by backoff.Permanent or comes from a closed
+// Gate; nil otherwise.
 func final(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
-	if backoff.IsPermanent(err) {
+	if backoff.IsPermanent(err) || errors.Is(err, backoff.ErrClosed) {
 		return err
 	}
 	return nil

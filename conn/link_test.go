@@ -364,6 +364,36 @@ func TestLinkPermanentDialErrorStops(t *testing.T) {
 	})
 }
 
+// A closed Gate stops the Link: retrying cannot help.
+func TestLinkStopsWhenGateCloses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fn := newFakeNet(func(int, string) dialAnswer { return refuse })
+		gate := backoff.NewGate(backoff.GateConfig{Destination: "srv:5060"})
+		session, _ := scriptedSessions()
+		var rec recorder
+		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session,
+			Gate: gate, Backoff: noJitter(), OnStateChange: rec.record})
+		wait := startRun(t.Context(), l)
+		time.Sleep(10 * time.Second) // refused dials, paced by the backoff and the gate
+		synctest.Wait()
+		dials := len(fn.dialTimes())
+		if dials == 0 {
+			t.Fatal("no dial in 10 s")
+		}
+		gate.Close()
+		if err := wait(); !errors.Is(err, backoff.ErrClosed) {
+			t.Fatalf("Run = %v, want backoff.ErrClosed", err)
+		}
+		if n := len(fn.dialTimes()); n != dials {
+			t.Fatalf("dials after Close = %d, want none", n-dials)
+		}
+		evs := rec.events()
+		if last := evs[len(evs)-1]; last.To != LinkShutdown || !errors.Is(last.Err, backoff.ErrClosed) {
+			t.Fatalf("last event = %+v, want shutdown with backoff.ErrClosed", last)
+		}
+	})
+}
+
 // A session that never touches its Conn is still stopped when the Conn
 // declares its peer gone: its ctx is cancelled with the Conn's Err.
 func TestLinkConnDeathCancelsSession(t *testing.T) {
