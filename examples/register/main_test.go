@@ -1,36 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/relinkgo/relink/internal/registrar"
+	"github.com/relinkgo/relink/internal/testkit"
 	"github.com/relinkgo/relink/sip"
 )
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestRegister runs the example against the in-process registrar: it
 // registers, prints the change, and unregisters when its context ends.
@@ -42,7 +24,7 @@ func TestRegister(t *testing.T) {
 	}
 	defer reg.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuf
+	var out testkit.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, &out, reg.URI(), "alice", "secret", "", "", time.Hour, sip.DefaultKeepAlive, false)

@@ -407,43 +407,13 @@ func TestRateOverTime(t *testing.T) {
 // credentials on its kept nonce, 64 in flight.
 func BenchmarkRegister(b *testing.B) {
 	k := Start(b, Options{})
-	cl := testkit.NewSipgoClient(b)
 	const trunks = 2000
-	clients := make([]*client, trunks)
-	locks := make([]sync.Mutex, trunks)
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 64)
-	for i := range clients {
-		clients[i] = newClientOn(b, cl, k.URI(), fmt.Sprintf("trunk%d", i), k.Password())
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if res, err := clients[i].tryRegister(3600); err != nil || res.StatusCode != 200 {
-				b.Errorf("initial register: %v %v", res, err)
-			}
-		}()
-	}
-	wg.Wait()
+	regs := testkit.Registerers(b, testkit.NewSipgoClient(b), k.URI(), "trunk", k.Password(), trunks)
+	testkit.RegisterAll(b, regs, 3600, 64)
 	if st, err := k.Stats(); err != nil || st.Contacts != trunks {
 		b.Fatalf("after initial registration: %+v %v", st, err)
 	}
-	var next atomic.Int64
-	b.SetParallelism(32)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			i := int(next.Add(1)) % trunks
-			locks[i].Lock()
-			res, err := clients[i].tryRegister(3600)
-			locks[i].Unlock()
-			if err != nil || res.StatusCode != 200 {
-				b.Errorf("refresh: %v %v", res, err)
-				return
-			}
-		}
-	})
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registers/s")
+	testkit.RefreshParallel(b, regs, 3600)
 }
 
 // Launch outside a test, as a benchmark program does.
