@@ -1,7 +1,6 @@
 package sip
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/relinkgo/relink/backoff"
 	"github.com/relinkgo/relink/internal/registrar"
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -103,7 +103,7 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// changes records a trunk's state changes.
+// changes records a trunk's state changes (TrunkConfig.OnStateChange).
 type changes struct {
 	mu sync.Mutex
 	ch []TrunkStateChange
@@ -111,43 +111,28 @@ type changes struct {
 
 func (c *changes) add(sc TrunkStateChange) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.ch = append(c.ch, sc)
-	c.mu.Unlock()
 }
 
-func (c *changes) all() []TrunkStateChange {
+// all returns the changes recorded so far; given a state, only those to it.
+func (c *changes) all(to ...TrunkState) []TrunkStateChange {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]TrunkStateChange(nil), c.ch...)
+	var out []TrunkStateChange
+	for _, sc := range c.ch {
+		if len(to) == 0 || sc.To == to[0] {
+			out = append(out, sc)
+		}
+	}
+	return out
 }
 
 func (c *changes) last(to TrunkState) (TrunkStateChange, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i := len(c.ch) - 1; i >= 0; i-- {
-		if c.ch[i].To == to {
-			return c.ch[i], true
-		}
+	if all := c.all(to); len(all) > 0 {
+		return all[len(all)-1], true
 	}
 	return TrunkStateChange{}, false
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes (log output).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 var sharedTestGate = backoff.NewGate(backoff.GateConfig{})
@@ -190,20 +175,15 @@ func (c *changes) nth(t testing.TB, to TrunkState, k int) TrunkStateChange {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		c.mu.Lock()
-		n := 0
-		for _, sc := range c.ch {
-			if sc.To == to {
-				if n++; n == k {
-					c.mu.Unlock()
-					return sc
-				}
-			}
+		if all := c.all(to); len(all) >= k {
+			return all[k-1]
 		}
-		c.mu.Unlock()
 		if time.Now().After(deadline) {
 			t.Fatalf("no change #%d to %v recorded", k, to)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// syncBuffer collects log output written concurrently.
+type syncBuffer = testkit.SyncBuffer
