@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/relinkgo/relink/conn"
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 // TestMain checks every test of package conn (both conn and conn_test) for
@@ -553,7 +554,7 @@ func TestTinyIntervalsAreClamped(t *testing.T) {
 
 func TestDeathIsLogged(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var buf coreLogBuffer
+		var buf testkit.SyncBuffer
 		log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		a, b := net.Pipe()
 		p := startCorePeer(b, false, false)
@@ -568,23 +569,6 @@ func TestDeathIsLogged(t *testing.T) {
 			}
 		}
 	})
-}
-
-type coreLogBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *coreLogBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *coreLogBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestDialerWithDialFunc(t *testing.T) {
