@@ -70,6 +70,7 @@ type Gate struct {
 
 	pacer  pacer
 	bucket bucket
+	fleet  fleetLink
 
 	pausedUntil time.Time
 
@@ -111,6 +112,9 @@ func NewGate(cfg GateConfig) *Gate {
 	g.bucket = bucket{depth: cfg.Burst}
 	g.bucket.tokens = g.bucket.burst(g.pacer.pace)
 	g.inst = newGateInstruments(g)
+	if cfg.Fleet != nil {
+		g.fleet.m = cfg.Fleet.Join(cfg.Destination)
+	}
 	return g
 }
 
@@ -214,6 +218,10 @@ func (g *Gate) Close() error {
 	}
 	g.mu.Unlock()
 	g.inst.close()
+	g.fleet.wg.Wait()
+	if g.fleet.m != nil {
+		return g.fleet.m.Leave()
+	}
 	return nil
 }
 
@@ -228,6 +236,7 @@ func (g *Gate) PushBack(d time.Duration) {
 	now := time.Now()
 	g.mu.Lock()
 	ev := g.pushBackLocked(now, d)
+	g.fleetPushBackLocked(now, d)
 	ev = append(ev, g.dispatchLocked(now)...)
 	g.mu.Unlock()
 	g.emit(ev)
@@ -273,131 +282,13 @@ func (g *Gate) WaitForStateChange(ctx context.Context, from GateState) bool {
 	return g.box.Wait(ctx, from)
 }
 
-// Done reports the attempt's outcome and frees its in-flight slot. Only the
-// first call counts.
-func (p *Permit) Done(o Outcome) {
-	if p == nil || p.g == nil {
-		return
-	}
-	g := p.g
-	now := time.Now()
-	g.mu.Lock()
-	if !p.releaseLocked() {
-		g.mu.Unlock()
-		return
-	}
-	var ev []GateStateChange
-	switch o.kind() {
-	case Success:
-		g.stats.Succeeded++
-		g.lastSuccess = now
-		g.pacer.accepted(now, p.stamp)
-		g.bucket.clamp(g.pacer.pace)
-		ev = g.reachableLocked(now)
-	case ClientFailure:
-		g.stats.ClientFailures++
-		ev = g.reachableLocked(now)
-	case kindOverload:
-		g.stats.Overloaded++
-		ev = g.reachableLocked(now)
-		ev = append(ev, g.rejectedLocked(now, o.RetryAfter(), p.stamp)...)
-	case Unreachable:
-		g.stats.Unreachable++
-		if g.stats.Succeeded > p.succSeq {
-			// Others got through meanwhile: the destination is alive but
-			// not keeping up (or this attempt is a straggler from before
-			// the gate last closed, which says nothing).
-			ev = g.rejectedLocked(now, 0, p.stamp)
-		} else {
-			ev = g.unreachableLocked(now)
-		}
-	}
-	ev = append(ev, g.dispatchLocked(now)...)
-	g.mu.Unlock()
-	g.emit(ev)
-	g.inst.outcome(o)
-}
-
-// Observe reports an outcome learned outside an admitted attempt: a
-// keepalive that went unanswered on an established flow (Unreachable), a 503
-// to a request the gate does not pace (Overload), an answer on a flow the
-// gate did not admit (Success). Unreachable closes the gate at once: the
-// attempts that would follow would only go into the same black hole; the
-// scouts find out when the path is back — unless an attempt succeeded within
-// the last ScoutMax (or, for UnreachableSince(t), after t): then the
-// destination answers on other paths. Observe does not count in Stats'
-// outcome counters, which are for admitted attempts.
-func (g *Gate) Observe(o Outcome) {
-	if g == nil {
-		return
-	}
-	now := time.Now()
-	g.mu.Lock()
-	var ev []GateStateChange
-	switch o.kind() {
-	case Success, ClientFailure:
-		ev = g.reachableLocked(now)
-	case kindOverload:
-		ev = g.reachableLocked(now)
-		ev = append(ev, g.rejectedLocked(now, o.RetryAfter(), g.pacer.stamp(now))...)
-	case Unreachable:
-		since := o.since()
-		if since.IsZero() {
-			since = now.Add(-g.cfg.ScoutMax)
-		} else {
-			// The path's last bytes may themselves have completed an
-			// attempt (a 200 read just before the silence): only a
-			// success clearly later proves another path.
-			since = since.Add(time.Second)
-		}
-		if !g.lastSuccess.After(since) {
-			ev = g.unreachableLocked(now)
-		}
-	}
-	ev = append(ev, g.dispatchLocked(now)...)
-	g.mu.Unlock()
-	g.emit(ev)
-}
-
-// Abandon frees the permit's in-flight slot without reporting an outcome: the
-// attempt was given up before it told anything about the destination (its
-// caller was cancelled mid-dial, say). Calls after Done or Abandon are
-// ignored.
-func (p *Permit) Abandon() {
-	if p == nil || p.g == nil {
-		return
-	}
-	g := p.g
-	g.mu.Lock()
-	if !p.releaseLocked() {
-		g.mu.Unlock()
-		return
-	}
-	ev := g.dispatchLocked(time.Now())
-	g.mu.Unlock()
-	g.emit(ev)
-}
-
-// releaseLocked marks p done and frees its in-flight slot, under g.mu; it
-// reports false if p was done already.
-func (p *Permit) releaseLocked() bool {
-	if p.done {
-		return false
-	}
-	p.done = true
-	p.g.inFlight--
-	if p.scout {
-		p.g.scoutsOut--
-	}
-	return true
-}
-
 // rejectedLocked feeds a rejection to the pacer, and pauses for its
 // Retry-After.
 func (g *Gate) rejectedLocked(now time.Time, retryAfter time.Duration, s stamp) []GateStateChange {
 	g.pacer.rejected(now, retryAfter, s)
 	g.bucket.clamp(g.pacer.pace)
 	if retryAfter > 0 {
+		g.fleetPushBackLocked(now, retryAfter)
 		return g.pushBackLocked(now, retryAfter)
 	}
 	return nil
@@ -411,6 +302,9 @@ func (g *Gate) reachableLocked(now time.Time) []GateStateChange {
 	g.scoutFails = 0
 	g.pacer.reopen(now)
 	g.bucket.clamp(g.pacer.pace)
+	if g.fleet.m != nil {
+		g.fleetScoutEndLocked(true)
+	}
 	return g.setStateLocked(now, GateOpen, time.Time{})
 }
 
@@ -420,6 +314,7 @@ func (g *Gate) unreachableLocked(now time.Time) []GateStateChange {
 	}
 	g.scoutFails = 0
 	g.nextScout = now.Add(g.scoutDelay())
+	g.fleet.closedAt, g.fleet.booked = g.fleet.opened, time.Time{}
 	return g.setStateLocked(now, GateClosed, time.Time{})
 }
 
@@ -446,7 +341,7 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 	if g.state == GateOpen {
 		g.pacer.control(now, g.queued())
 	}
-	g.bucket.refill(now, g.pacer.pace)
+	g.bucket.refill(now, g.localPace())
 	for g.queued() > 0 {
 		var at time.Time
 		var ok bool
@@ -454,15 +349,17 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 		case GatePaused:
 			at = g.pausedUntil
 		case GateClosed:
-			at, ok = g.scoutLocked(now)
+			at, ok = g.closedLocked(now)
 		default:
 			if g.cfg.MaxInFlight > 0 && g.inFlight >= g.cfg.MaxInFlight {
 				return ev
 			}
-			at, ok = g.paceLocked(now)
+			at, ok = g.openLocked(now)
 		}
 		if !ok {
-			g.armLocked(at)
+			if !at.IsZero() { // zero: a call to the fleet dispatches again
+				g.armLocked(at)
+			}
 			return ev
 		}
 		g.admitLocked(now)
@@ -494,7 +391,7 @@ func (g *Gate) scoutLocked(now time.Time) (time.Time, bool) {
 // paceLocked reports whether the pace lets an attempt go at now, and takes
 // its token; if not, it returns when to look again.
 func (g *Gate) paceLocked(now time.Time) (time.Time, bool) {
-	pace := g.pacer.pace
+	pace := g.localPace()
 	if g.pacer.unlimited() {
 		return time.Time{}, true
 	}

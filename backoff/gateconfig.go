@@ -118,6 +118,11 @@ type GateConfig struct {
 	// OnStateChange, if set, is called after each state change, outside the
 	// gate's lock, in order. It must not block.
 	OnStateChange func(GateStateChange)
+	// Fleet, if set, shares the gate's admission with the other processes
+	// admitting towards Destination (see Fleet; package backoff/fleetgate
+	// keeps it on Redis): one pace, one pause, one scout and one learned
+	// pace for the whole fleet. Nil keeps the gate local to its process.
+	Fleet Fleet
 
 	// rand is the source of scout jitter for tests; nil means the
 	// process-wide source. It is used under the gate's lock.

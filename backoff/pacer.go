@@ -420,3 +420,39 @@ func (p *pacer) next() time.Time {
 	}
 	return p.probeAt
 }
+
+// fleetPace returns the pace state a fleet shares (FleetPace); Pace is zero
+// when unlimited.
+func (p *pacer) fleetPace() FleetPace {
+	if p.unlimited() {
+		return FleetPace{}
+	}
+	return FleetPace{Pace: p.pace, Estimate: p.estimate, Startup: p.startup}
+}
+
+// adopt takes at now the pace another member of the fleet set: a cut for its
+// Retry-After, a measurement, a startup doubling or a probe. The pacer goes
+// on from there with fresh timers, so that the fleet doubles or probes once
+// per period, not once per member. A lower pace counts as this pacer's own
+// cut: the rejections of attempts admitted before it do not cut again, the
+// pace it replaces is the ceiling for the next probes, and no probe comes
+// within a second.
+func (p *pacer) adopt(now time.Time, f FleetPace) {
+	if !p.adaptive() || p.unlimited() || !(f.Pace > 0) {
+		return
+	}
+	pace := math.Max(math.Min(f.Pace, p.ceiling()), p.minRate)
+	if pace < p.pace {
+		p.cuts++
+		p.hi, p.hiAt = p.pace, now
+		p.rejectedAt = now
+	}
+	p.pace = pace
+	p.estimate = f.Estimate
+	p.startup = f.Startup
+	p.ep = episode{}
+	p.probeFrom = 0
+	p.paceSetAt = now
+	p.growAt = now.Add(p.startupPeriod())
+	p.probeAt = now.Add(p.probeEvery)
+}

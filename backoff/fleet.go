@@ -1,0 +1,126 @@
+package backoff
+
+import (
+	"context"
+	"time"
+)
+
+// Fleet shares a Gate's admission with the other processes of a fleet that
+// admit towards the same destination: every gateway process of a platform
+// recovering towards one registrar. Set it as GateConfig.Fleet; nil keeps the
+// gate local to its process. Package backoff/fleetgate implements it on
+// Redis.
+//
+// Per destination, the members of a fleet share four things:
+//   - the admission pace: each admission books the fleet's next slot (a GCRA
+//     on the store's clock), so the fleet admits at one combined pace;
+//   - the pause: one Retry-After, told to any process, pauses every process;
+//   - the closed state's scout lease: one scout probes a dead destination
+//     for the whole fleet, and its success reopens every member's gate;
+//   - the learned pace (FleetPace): what one process learns (a Retry-After
+//     cut, a measured capacity, a startup doubling) becomes every process's,
+//     and it outlives the herd (a TTL) for the next herd and a restarted
+//     process.
+//
+// The store is never in the way. The Gate calls a member outside its lock,
+// one call at a time, each bounded by FleetCallBound (the member should use a
+// tighter bound of its own). A call that fails or times out puts the gate on
+// local admission for a second — at its share of the last known fleet pace,
+// FleetPace.Pace divided by Members — after which it asks the store again and
+// rejoins the fleet's schedule, which admits no burst.
+//
+// A GateConfig.Rate given with a Fleet is the fleet's rate, not the
+// process's.
+type Fleet interface {
+	// Join returns the member through which a Gate towards destination
+	// (GateConfig.Destination) shares its admission. NewGate calls it once;
+	// Gate.Close calls the member's Leave.
+	Join(destination string) FleetMember
+}
+
+// FleetMember is one Gate's membership of a Fleet for one destination. Its
+// methods are called by one Gate, from several goroutines but never two
+// calls of Admit or of Scout at once; each ctx carries FleetCallBound.
+type FleetMember interface {
+	// Admit folds the gate's admission work into one round trip: it stores
+	// the request's PushBack (a pause for every member) and its Pace (the
+	// fleet pace, when the request may set it), and, if Book is set and the
+	// destination is not paused, books the fleet's next admission slot at
+	// the fleet pace. It returns the fleet's state after the request.
+	Admit(ctx context.Context, req FleetRequest) (FleetReply, error)
+	// Scout asks for the fleet's scout lease for lease (SET NX with a
+	// TTL): granted, this member scouts for all; lease ≤ 0 releases the
+	// lease if this member holds it. Reopened true tells the fleet that the
+	// destination answered (and releases the lease): FleetReply.Opened and
+	// FleetScout.Opened count those.
+	Scout(ctx context.Context, lease time.Duration, reopened bool) (FleetScout, error)
+	// Members returns the live members for this destination (at least 1),
+	// as last counted: the process's share of the fleet pace when the
+	// store cannot be reached is 1/Members.
+	Members() int
+	// Leave ends the membership: heartbeats stop and the member's share is
+	// released at once.
+	Leave() error
+}
+
+// FleetCallBound bounds every call a Gate makes to a FleetMember: no
+// admission waits on the fleet's store longer than this.
+const FleetCallBound = 100 * time.Millisecond
+
+// FleetPace is the pace state a fleet shares. Version counts the changes:
+// a proposal (FleetRequest.Pace with Propose) is stored only if its Version
+// is the stored one, so that of two members changing the pace at once one
+// wins and the other adopts the winner's (one cut per overshoot, one
+// startup doubling per period, fleet-wide).
+type FleetPace struct {
+	// Pace is the fleet's admission pace in attempts per second; zero when
+	// unlimited.
+	Pace float64
+	// Estimate is the capacity the fleet measured, or zero.
+	Estimate float64
+	// Startup is true while the pace is still doubling from InitialRate.
+	Startup bool
+	// Version is the stored version; in a request, the version the
+	// proposal derives from.
+	Version uint64
+}
+
+// FleetRequest is one Admit call.
+type FleetRequest struct {
+	// Pace is the gate's pace. It is stored when Propose is set and its
+	// Version is the stored one, or when the store has none.
+	Pace FleetPace
+	// Propose asks to store Pace: the gate's controller changed it.
+	Propose bool
+	// Book asks for the fleet's next admission slot.
+	Book bool
+	// Burst is the slots the fleet may admit at once (GCRA's tolerance is
+	// Burst-1 slots), at least 1.
+	Burst float64
+	// PushBack, if positive, pauses the destination fleet-wide for that
+	// long (overlapping pauses end at the latest end); nothing is booked.
+	PushBack time.Duration
+}
+
+// FleetReply is the fleet's state after an Admit call.
+type FleetReply struct {
+	// Pace is the fleet pace after the request.
+	Pace FleetPace
+	// Paused is how long the destination stays paused, fleet-wide; when
+	// positive nothing was booked.
+	Paused time.Duration
+	// Booked reports a booked slot; Wait is how long until it, from the
+	// store's answer.
+	Booked bool
+	Wait   time.Duration
+	// Opened counts the reopenings told with Scout(…, true).
+	Opened uint64
+}
+
+// FleetScout is the answer to Scout.
+type FleetScout struct {
+	// Granted reports that this member holds the scout lease.
+	Granted bool
+	// Opened counts the reopenings told with Scout(…, true).
+	Opened uint64
+}
