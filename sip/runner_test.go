@@ -20,13 +20,14 @@ type fakeTx struct {
 	res  chan *sipmsg.Response
 	done chan struct{}
 	once sync.Once
+	conn sipmsg.Connection // nil: UDP, no flow to watch
 }
 
 func (f *fakeTx) Responses() <-chan *sipmsg.Response { return f.res }
 func (f *fakeTx) Done() <-chan struct{}              { return f.done }
 func (f *fakeTx) Err() error                         { return sipmsg.ErrTransactionTimeout }
 func (f *fakeTx) Terminate()                         { f.once.Do(func() { close(f.done) }) }
-func (f *fakeTx) Connection() sipmsg.Connection      { return nil }
+func (f *fakeTx) Connection() sipmsg.Connection      { return f.conn }
 
 // sent is one request the runner sent, at virtual time at.
 type sent struct {
@@ -285,6 +286,112 @@ func TestRunnerAskNone(t *testing.T) {
 		}
 		if gap := log[1].at - log[0].at - reg.rtt; gap < 45*time.Second || gap > 51*time.Second {
 			t.Errorf("refresh after %v of a 60 s grant", gap)
+		}
+	})
+}
+
+// fakeConn is a TCP connection in sipgo's pool. A CRLF ping written to it
+// is answered through pong (the UA's read filter), or never if pong is nil.
+type fakeConn struct {
+	local, remote *net.TCPAddr
+	pong          func(c *fakeConn)
+	mu            sync.Mutex
+	pings         int
+	closed        bool
+}
+
+func (c *fakeConn) LocalAddr() net.Addr           { return c.local }
+func (c *fakeConn) RemoteAddr() net.Addr          { return c.remote }
+func (c *fakeConn) WriteMsg(sipmsg.Message) error { return nil }
+func (c *fakeConn) Ref(int) int                   { return 1 }
+func (c *fakeConn) TryClose() (int, error)        { return 1, nil }
+func (c *fakeConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.pings++
+	c.mu.Unlock()
+	if c.pong != nil {
+		time.AfterFunc(10*time.Millisecond, func() { c.pong(c) })
+	}
+	return len(p), nil
+}
+func (c *fakeConn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	return nil
+}
+func (c *fakeConn) state() (pings int, closed bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pings, c.closed
+}
+func (f *fakeTx) withConn(c sipmsg.Connection) *fakeTx { f.conn = c; return f }
+
+// TestRunnerFlowDeath: the flow a trunk registered over goes silent; the
+// runner hears of its death as an event, within KeepAlive + KeepAliveTimeout,
+// evicts it from sipgo's pool, and registers again on a new connection,
+// whose pings are answered.
+func TestRunnerFlowDeath(t *testing.T) {
+	ua := newTestUA(t)
+	remote := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 5060}
+	c1 := &fakeConn{local: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 10), Port: 40001}, remote: remote}
+	c2 := &fakeConn{local: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 10), Port: 40002}, remote: remote,
+		pong: func(c *fakeConn) {
+			_, _ = ua.mon.filter(sipmsg.TransportReadProps{Transport: "tcp", LocalAddr: c.local,
+				RemoteAddr: c.remote}, []byte("\r\n"))
+		}}
+	pool := ua.UserAgent().TransportLayer().Pool("tcp")
+	pool.Add(remote.String(), c1)
+	t.Cleanup(func() { pool.Delete(remote.String()) })
+	synctest.Test(t, func(t *testing.T) {
+		reg := &fakeRegistrar{rtt: 20 * time.Millisecond,
+			answer: func(_ int, req *sipmsg.Request) *sipmsg.Response { return ok(req) }}
+		var mu sync.Mutex
+		var changes []TrunkStateChange
+		tr := virtualTrunk(t, ua, reg, TrunkConfig{KeepAlive: 4 * time.Second, KeepAliveTimeout: 2 * time.Second,
+			UnregisterTimeout: -1,
+			OnStateChange:     func(sc TrunkStateChange) { mu.Lock(); changes = append(changes, sc); mu.Unlock() }})
+		conn := sipmsg.Connection(c1)
+		tr.request = func(ctx context.Context, req *sipmsg.Request) (clientTx, error) {
+			tx, err := reg.request(ctx, req)
+			if _, closed := c1.state(); closed && conn == c1 {
+				conn = c2
+				pool.Add(remote.String(), c2) // sipgo dials anew
+			}
+			return tx.(*fakeTx).withConn(conn), err
+		}
+		runFor(tr, 20*time.Second)
+		pings, closed := c1.state()
+		if pings != 1 || !closed {
+			t.Errorf("silent flow: %d pings, closed %v; want 1 ping, then closed", pings, closed)
+		}
+		if pings, closed := c2.state(); pings < 3 || closed {
+			t.Errorf("answering flow: %d pings, closed %v; want a ping every 3.2–4 s, open", pings, closed)
+		}
+		if got := pool.Get(remote.String()); got == c1 {
+			t.Error("the dead flow is still in sipgo's pool")
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		var lost *TrunkStateChange
+		regs := 0
+		for i, sc := range changes {
+			if sc.From == Registered && lost == nil {
+				lost = &changes[i]
+			}
+			if sc.To == Registered {
+				regs++
+			}
+		}
+		if lost == nil || !errors.Is(lost.Err, ErrFlowDead) || !isTimeout(lost.Err) {
+			t.Fatalf("changes %+v: no loss by a silent flow", changes)
+		}
+		// Silent since the REGISTER went out: dead within 4 s + 2 s.
+		if at := lost.At.Sub(reg.start); at < 3*time.Second || at > 6*time.Second+reg.rtt {
+			t.Errorf("flow declared dead %v after it went silent, want within 3.2–6 s", at)
+		}
+		if regs != 2 {
+			t.Errorf("registered %d times, want 2 (before and after the flow died)", regs)
 		}
 	})
 }
