@@ -249,7 +249,7 @@ type incident struct {
 
 	// running.
 	stopFleet, stopNaive context.CancelFunc
-	fleetDone            chan error
+	fleetDone            chan struct{} // closed when the Fleet's Run returned
 	stopped              bool
 	stopSampler          context.CancelFunc
 	samplerDone          chan struct{}
@@ -427,13 +427,16 @@ func (in *incident) setupNaive() error {
 // start runs both populations, prints the header and starts the timeline.
 func (in *incident) start(ctx context.Context) {
 	fctx, stopFleet := context.WithCancel(ctx)
-	in.stopFleet, in.fleetDone = stopFleet, make(chan error, 1)
-	go func() { in.fleetDone <- in.fleet.Run(fctx) }()
+	in.stopFleet, in.fleetDone = stopFleet, make(chan struct{})
+	go func() {
+		defer close(in.fleetDone)
+		_ = in.fleet.Run(fctx) // ends with fctx
+	}()
 	nctx, stopNaive := context.WithCancel(ctx)
 	in.stopNaive = stopNaive
 	in.naive.start(nctx)
 	in.printHeader()
-	in.startTimeline()
+	in.startTimeline(ctx)
 }
 
 // shutdown ends the measurement and stops both populations, once.
@@ -525,9 +528,9 @@ func (in *incident) printHeader() {
 }
 
 // startTimeline samples both populations once a second, printing a line
-// and keeping a tick for each, until stopTimeline.
-func (in *incident) startTimeline() {
-	ctx, stop := context.WithCancel(context.Background())
+// and keeping a tick for each, until stopTimeline or the end of ctx.
+func (in *incident) startTimeline(ctx context.Context) {
+	ctx, stop := context.WithCancel(ctx)
 	in.stopSampler, in.samplerDone = stop, make(chan struct{})
 	go func() {
 		defer close(in.samplerDone)
@@ -707,6 +710,8 @@ func (in *incident) report() *outcome {
 
 // newRegistrar starts an embedded registrar that grants at most cfg.Grant
 // and has no capacity limit until the warm-up is over.
+//
+//nolint:contextcheck // registrar.New takes no ctx: the registrar lives until its Close
 func newRegistrar(cfg config, on func(registrar.Event)) (*registrar.Registrar, error) {
 	r, err := registrar.New(registrar.Config{
 		DisableUDP: true,

@@ -152,20 +152,24 @@ func session(ctx context.Context, c *conn.Conn, n int) error {
 		logf("session %d: ended after %.1fs with %d echoes: %v", n, time.Since(began).Seconds(), echoes.Load(), why)
 		return why
 	}
+	// closeAndWait ends the connection and waits for the reader; its end
+	// is then no news.
+	closeAndWait := func() error {
+		_ = c.Close()
+		return <-readErr
+	}
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for i := 1; ; i++ {
 		select {
 		case <-ctx.Done():
-			c.Close()
-			<-readErr
+			_ = closeAndWait()
 			return end(context.Cause(ctx))
 		case err := <-readErr:
 			return end(err)
 		case <-tick.C:
 			if _, err := fmt.Fprintf(c, "ping %d\n", i); err != nil {
-				c.Close()
-				<-readErr
+				_ = closeAndWait()
 				return end(err)
 			}
 		}

@@ -96,7 +96,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if err := d.restore(ctx); err != nil {
 		return err
 	}
-	return d.report()
+	return d.report(ctx)
 }
 
 // demo holds the scenario's parts.
@@ -146,6 +146,8 @@ func (d *demo) close() {
 }
 
 // setupSIP starts a registrar behind a freeze proxy, and a Fleet on it.
+//
+//nolint:contextcheck // registrar.New takes no ctx: the registrar lives until its Close
 func (d *demo) setupSIP() error {
 	quiet := slog.New(slog.DiscardHandler)
 	reg, err := registrar.New(registrar.Config{Password: "secret", DisableUDP: true})
@@ -290,11 +292,12 @@ func (d *demo) restore(ctx context.Context) error {
 	return nil
 }
 
-// report stops everything and prints the final export and the spans.
-func (d *demo) report() error {
+// report stops everything and prints the final export and the spans. The
+// export runs even if ctx has ended, within 5 s.
+func (d *demo) report(ctx context.Context) error {
 	d.stopRuns()
 	d.logf("stopped (trunks unregistered); exporting")
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer scancel()
 	if err := errors.Join(d.mp.Shutdown(sctx), d.tp.Shutdown(sctx)); err != nil {
 		return err

@@ -206,9 +206,9 @@ func (p *Proxy) Freeze() {
 		pc.state = frozen
 		// Interrupt the copiers' blocked Read and Write calls; they
 		// notice the state and park. Unread bytes stay in the kernel.
-		pc.client.SetDeadline(aLongTimeAgo)
+		_ = pc.client.SetDeadline(aLongTimeAgo)
 		if pc.target != nil {
-			pc.target.SetDeadline(aLongTimeAgo)
+			_ = pc.target.SetDeadline(aLongTimeAgo)
 		}
 	}
 }
@@ -242,9 +242,9 @@ func (p *Proxy) thaw(forget bool) {
 			continue
 		}
 		pc.state = forwarding
-		pc.client.SetDeadline(time.Time{})
+		_ = pc.client.SetDeadline(time.Time{})
 		if pc.target != nil {
-			pc.target.SetDeadline(time.Time{})
+			_ = pc.target.SetDeadline(time.Time{})
 		}
 	}
 	p.cond.Broadcast()
@@ -292,12 +292,12 @@ func (p *Proxy) closePairLocked(pc *pair, rst bool) {
 	pc.state = closed
 	delete(p.pairs, pc)
 	if rst {
-		pc.client.SetLinger(0)
+		_ = pc.client.SetLinger(0)
 	}
 	pc.client.Close()
 	if pc.target != nil {
 		if rst {
-			pc.target.SetLinger(0)
+			_ = pc.target.SetLinger(0)
 		}
 		pc.target.Close()
 	}
@@ -375,7 +375,7 @@ func (p *Proxy) serve(pc *pair) {
 	pc.target = target
 	if pc.state == frozen {
 		// Frozen while dialing: the new socket is frozen too.
-		target.SetDeadline(aLongTimeAgo)
+		_ = target.SetDeadline(aLongTimeAgo)
 	}
 	p.mu.Unlock()
 	go func() {
@@ -439,7 +439,7 @@ func (p *Proxy) halfClose(pc *pair, dst *net.TCPConn) bool {
 	case frozen:
 		return false
 	case forwarding:
-		dst.CloseWrite()
+		_ = dst.CloseWrite()
 		pc.halves++
 		if pc.halves == 2 {
 			p.closePairLocked(pc, false)

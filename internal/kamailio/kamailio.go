@@ -349,9 +349,9 @@ func (k *Instance) start(ctx context.Context, bin string) error {
 		}
 		select {
 		case <-k.done:
-			return fmt.Errorf("kamailio: exited during start (%v): %s", k.waitErr, tail(k.Log(), 2000))
+			return fmt.Errorf("kamailio: exited during start (%w): %s", k.waitErr, tail(k.Log(), 2000))
 		case <-ctx.Done():
-			k.Stop()
+			_ = k.Stop()
 			return fmt.Errorf("kamailio: not ready: %w: %s", context.Cause(ctx), tail(k.Log(), 2000))
 		case <-tick.C:
 		}
@@ -428,7 +428,9 @@ func (k *Instance) Log() string {
 
 // Kamcmd runs kamcmd against this instance's control socket. Kamailio's
 // RPC errors ("error: 500 - ...", which kamcmd reports with exit status 0)
-// are returned as errors.
+// are returned as errors. Each call is bounded by 5 s of its own.
+//
+//nolint:contextcheck // a short bounded RPC; it outlives no caller, so it takes no ctx
 func (k *Instance) Kamcmd(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

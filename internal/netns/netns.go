@@ -232,13 +232,13 @@ func New() (*Pair, error) {
 func addNamespace(name string) (*Namespace, error) {
 	if err := run(nil, "ip", "netns", "add", name); err != nil {
 		if strings.Contains(err.Error(), "Operation not permitted") {
-			return nil, fmt.Errorf("%w: %v", errUnsupported, err)
+			return nil, fmt.Errorf("%w: %w", errUnsupported, err)
 		}
 		return nil, err
 	}
 	fd, err := unix.Open(runDir+"/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		run(nil, "ip", "netns", "del", name)
+		_ = run(nil, "ip", "netns", "del", name) // best effort: the open error says why
 		return nil, fmt.Errorf("netns: open %s: %w", name, err)
 	}
 	return &Namespace{name: name, fd: fd}, nil
@@ -261,7 +261,7 @@ func sweep() {
 			continue
 		}
 		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
-			run(nil, "ip", "netns", "del", e.Name())
+			_ = run(nil, "ip", "netns", "del", e.Name()) // best effort: a sweep of leftovers
 		}
 	}
 }
@@ -368,11 +368,11 @@ func (p *Pair) addRule(port int, verdict, kind string) (func() error, error) {
 	ps := strconv.Itoa(port)
 	restore := func() error { return p.removeRule(table) }
 	if err := run(strings.NewReader(ruleset("tcp dport "+ps)), "ip", "netns", "exec", p.server.name, "nft", "-f", "-"); err != nil {
-		restore()
+		_ = restore() // the install error says why
 		return nil, err
 	}
 	if err := run(strings.NewReader(ruleset("tcp sport "+ps)), "ip", "netns", "exec", p.client.name, "nft", "-f", "-"); err != nil {
-		restore()
+		_ = restore() // the install error says why
 		return nil, err
 	}
 	return restore, nil

@@ -112,7 +112,10 @@ func main() {
 		os.Exit(2)
 	}
 	if *asJSON {
-		json.NewEncoder(os.Stdout).Encode(r.Result)
+		if err := json.NewEncoder(os.Stdout).Encode(r.Result); err != nil {
+			fmt.Fprintln(os.Stderr, "detect:", err)
+			os.Exit(2)
+		}
 	} else {
 		printReport(r)
 	}
@@ -248,7 +251,7 @@ func warmUp(ctx context.Context, flows []*flow, settle time.Duration) error {
 	for _, f := range flows {
 		select {
 		case <-f.done:
-			return fmt.Errorf("a flow ended before the cut: %v", f.c.Err())
+			return fmt.Errorf("a flow ended before the cut: %w", f.c.Err())
 		default:
 		}
 	}

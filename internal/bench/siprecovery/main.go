@@ -289,7 +289,7 @@ func parent() int {
 	go func() {
 		for s := range sigs {
 			if s == syscall.SIGTERM {
-				cmd.Process.Signal(s)
+				_ = cmd.Process.Signal(s)
 			}
 		}
 	}()
@@ -303,7 +303,9 @@ func parent() int {
 	werr := cmd.Wait()
 	reqR.Close()
 	<-served
-	h.restore()
+	if err := h.restore(); err != nil {
+		fmt.Fprintln(os.Stderr, "siprecovery:", err)
+	}
 	if ee, ok := errors.AsType[*exec.ExitError](werr); ok {
 		if code := ee.ExitCode(); code >= 0 {
 			return code
@@ -436,7 +438,7 @@ func (e *env) newSite(ctx context.Context, o *options) (*site, error) {
 		return &site{k: k, uri: k.URI(),
 			cut:     func() error { return e.ctl.call("hole " + port) },
 			restore: func() error { return e.ctl.call("restore") },
-			close:   func() { e.ctl.call("restore"); k.Stop() },
+			close:   func() { _ = e.ctl.call("restore"); _ = k.Stop() },
 		}, nil
 	default:
 		k, err := kamailio.Launch(ctx, ko)
@@ -445,13 +447,13 @@ func (e *env) newSite(ctx context.Context, o *options) (*site, error) {
 		}
 		px, err := faultproxy.New(k.Addr())
 		if err != nil {
-			k.Stop()
+			_ = k.Stop()
 			return nil, err
 		}
 		return &site{k: k, uri: "sip:" + px.Addr() + ";transport=tcp",
 			cut:     func() error { px.Freeze(); return nil },
 			restore: func() error { px.Forget(); return nil },
-			close:   func() { px.Close(); k.Stop() },
+			close:   func() { px.Close(); _ = k.Stop() },
 		}, nil
 	}
 }
@@ -869,12 +871,14 @@ func newRelink(o *options, s *site, rec *recorder, gc backoff.GateConfig) (*reli
 	return c, nil
 }
 
+// start runs the Fleet until stop (ctx bounds only the registration it
+// waits for) and returns when every trunk is registered.
 func (c *relinkClients) start(ctx context.Context) error {
-	rctx, cancel := context.WithCancel(context.Background())
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel, c.done = cancel, make(chan struct{})
 	go func() {
 		defer close(c.done)
-		c.fleet.Run(rctx)
+		_ = c.fleet.Run(rctx)
 	}()
 	return waitAll(ctx, len(c.trunks), c.registered)
 }
