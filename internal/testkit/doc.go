@@ -9,7 +9,11 @@
 //     github.com/icholy/digest, either on the kept nonce with nc counting
 //     up or on a fresh challenge each time as sipgo's DoDigestAuth does) and
 //     sends it through a sipgo client, for the naive baselines and for tests
-//     that talk SIP below relink's Trunk.
+//     that talk SIP below relink's Trunk; [NewSipgoClient] gives it a client
+//     closed with the test, and [Registerers], [RegisterAll] and
+//     [RefreshParallel] are the registrar benchmarks' shared loop;
+//   - [SyncBuffer], a buffer goroutines write while a test reads it, and
+//     [RaiseFileLimit], for runs that open thousands of sockets.
 //
 // The context-aware sleep they use is internal/ctxtime.Sleep; the server
 // models (token bucket, fixed window) live in internal/ratelimit.
