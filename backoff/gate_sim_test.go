@@ -3,6 +3,7 @@ package backoff
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"sort"
@@ -24,7 +25,9 @@ type limiter interface{ Admit(now time.Time) bool }
 // against lim until admitted; rejections carry retryAfter. It returns the time
 // all took and the rejections.
 func simRecovery(t *testing.T, lim limiter, n int, rtt, retryAfter time.Duration) (time.Duration, int) {
-	return simRecoveryGate(t, NewGate(GateConfig{}), lim, n, rtt, retryAfter)
+	// A seeded source for the scouts' and pauses' jitter: the same figures
+	// on every run.
+	return simRecoveryGate(t, NewGate(GateConfig{rand: rand.New(rand.NewPCG(1, 2))}), lim, n, rtt, retryAfter)
 }
 
 // simRecoveryGate is simRecovery through g.
