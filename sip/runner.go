@@ -269,20 +269,25 @@ func (s schedule) next() time.Time {
 	return at
 }
 
+// newSchedule is keep's timetable for a binding just granted at tg.
+func (r *runner) newSchedule(tg *regTarget) schedule {
+	now := time.Now()
+	s := schedule{refresh: now.Add(refreshDelay(tg.lastGrant()))}
+	if r.cur != 0 && r.t.cfg.FailbackInterval > 0 {
+		s.failback = now.Add(r.t.cfg.FailbackInterval)
+	}
+	if r.t.cfg.Qualify > 0 {
+		s.qualify = now.Add(r.t.cfg.Qualify)
+	}
+	return s
+}
+
 // keep waits while registered: it refreshes, fails back to the first
 // registrar, qualifies, and returns when the registration is lost or due
 // for refresh (true: the loop registers again at once) or ctx ends (false).
 func (r *runner) keep(ctx context.Context) bool {
-	t := r.t
-	tg := t.tgts[r.cur]
-	now := time.Now()
-	s := schedule{refresh: now.Add(refreshDelay(tg.lastGrant()))}
-	if r.cur != 0 && t.cfg.FailbackInterval > 0 {
-		s.failback = now.Add(t.cfg.FailbackInterval)
-	}
-	if t.cfg.Qualify > 0 {
-		s.qualify = now.Add(t.cfg.Qualify)
-	}
+	tg := r.t.tgts[r.cur]
+	s := r.newSchedule(tg)
 	for {
 		r.absorb(ctx)
 		if err := r.boundErr; err != nil {
@@ -306,18 +311,20 @@ func (r *runner) keep(ctx context.Context) bool {
 		now := time.Now()
 		switch {
 		case !s.qualify.IsZero() && !now.Before(s.qualify):
-			s.qualify = now.Add(t.cfg.Qualify)
+			s.qualify = now.Add(r.t.cfg.Qualify)
 			if err := r.qualify(ctx, tg); err != nil {
 				return r.qualifyFailed(ctx, tg, err)
 			}
 		case !s.failback.IsZero() && !now.Before(s.failback):
 			if r.failback(ctx) {
-				return true // registered with the first; loop refreshes there
+				tg = r.t.tgts[r.cur] // registered with the first: keep it
+				s = r.newSchedule(tg)
+				continue
 			}
 			if ctx.Err() != nil {
 				return false
 			}
-			s.failback = time.Now().Add(t.cfg.FailbackInterval)
+			s.failback = time.Now().Add(r.t.cfg.FailbackInterval)
 		default:
 			return true // refresh: the loop sends the REGISTER
 		}

@@ -32,6 +32,7 @@ func (f *fakeTx) Connection() sipmsg.Connection      { return f.conn }
 // sent is one request the runner sent, at virtual time at.
 type sent struct {
 	at      time.Duration // since the test began
+	host    string        // the Request-URI's host
 	expires string        // the Expires header, "" if none
 	auth    bool
 }
@@ -48,7 +49,8 @@ type fakeRegistrar struct {
 }
 
 func (f *fakeRegistrar) request(_ context.Context, req *sipmsg.Request) (clientTx, error) {
-	s := sent{at: time.Since(f.start), auth: req.GetHeader("Authorization") != nil}
+	s := sent{at: time.Since(f.start), host: req.Recipient.Host,
+		auth: req.GetHeader("Authorization") != nil}
 	if h := req.GetHeader("Expires"); h != nil {
 		s.expires = h.Value()
 	}
@@ -83,10 +85,12 @@ func ok(req *sipmsg.Request) *sipmsg.Response {
 // (the Contact is configured, so no connection is asked for).
 func virtualTrunk(t *testing.T, ua *UA, reg *fakeRegistrar, cfg TrunkConfig) *Trunk {
 	t.Helper()
-	cfg.Registrars = []string{"sip:registrar.test;transport=tcp"}
+	if cfg.Registrars == nil {
+		cfg.Registrars = []string{"sip:registrar.test;transport=tcp"}
+		cfg.Gate = backoff.NewGate(backoff.GateConfig{})
+	}
 	cfg.AOR = "sip:alice@relink.test"
 	cfg.Contact = "sip:alice@192.0.2.10:5060;transport=tcp"
-	cfg.Gate = backoff.NewGate(backoff.GateConfig{})
 	tr, err := NewTrunk(ua, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -392,6 +396,68 @@ func TestRunnerFlowDeath(t *testing.T) {
 		}
 		if regs != 2 {
 			t.Errorf("registered %d times, want 2 (before and after the flow died)", regs)
+		}
+	})
+}
+
+// TestRunnerFailback: a trunk whose first registrar answers 503 registers
+// with the second, tries the first every FailbackInterval, and once the
+// first accepts it removes its binding from the second.
+func TestRunnerFailback(t *testing.T) {
+	ua := newTestUA(t)
+	synctest.Test(t, func(t *testing.T) {
+		var reg *fakeRegistrar
+		reg = &fakeRegistrar{rtt: 10 * time.Millisecond,
+			answer: func(_ int, req *sipmsg.Request) *sipmsg.Response {
+				if req.Recipient.Host == "primary.test" && time.Since(reg.start) < time.Minute {
+					return sipmsg.NewResponseFromRequest(req, 503, "Busy", nil)
+				}
+				return ok(req)
+			}}
+		var mu sync.Mutex
+		var dests []string
+		tr := virtualTrunk(t, ua, reg, TrunkConfig{
+			Registrars:       []string{"sip:primary.test;transport=tcp", "sip:backup.test;transport=tcp"},
+			FailbackInterval: 30 * time.Second,
+			OnStateChange: func(sc TrunkStateChange) {
+				if sc.To == Registered {
+					mu.Lock()
+					dests = append(dests, sc.Destination)
+					mu.Unlock()
+				}
+			}})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- tr.Run(ctx) }()
+		time.Sleep(2 * time.Minute)
+		cur := tr.Registrar()
+		cancel()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		// Failback is no state change (Registered stays): Registrar() says.
+		if len(dests) != 1 || dests[0] != "sip:backup.test;transport=tcp" || cur != "sip:primary.test;transport=tcp" {
+			t.Fatalf("registered with %v, on %q at the end; want the backup, then the primary", dests, cur)
+		}
+		var unregBackup bool
+		var tries []time.Duration
+		for _, s := range reg.sent() {
+			if s.host == "backup.test" && s.expires == "0" {
+				unregBackup = true
+			}
+			if s.host == "primary.test" {
+				tries = append(tries, s.at)
+			}
+		}
+		if !unregBackup {
+			t.Error("the backup's binding was not removed after failback")
+		}
+		// The first try at 0, then one per FailbackInterval while on the
+		// backup: at 30 s (503), at 60 s (200). Then nothing until the
+		// unregistration at 120 s: the failback's REGISTER was the refresh.
+		if len(tries) != 4 || tries[1] < 30*time.Second || tries[2] < 60*time.Second ||
+			tries[2] > 61*time.Second || tries[3] != 2*time.Minute {
+			t.Errorf("REGISTERs to the primary at %v; want 0, 30 s, 60 s, 120 s", tries)
 		}
 	})
 }
