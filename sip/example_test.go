@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/emiago/sipgo"
 	sipmsg "github.com/emiago/sipgo/sip"
 
 	"github.com/relinkgo/relink/sip"
@@ -100,4 +101,27 @@ func ExampleFleet() {
 	// Output:
 	// 100 of 100 registered over 1 connection
 	// 100 unregistered, 0 bindings left
+}
+
+// A UA's sipgo UserAgent serves the application's own requests (calls,
+// OPTIONS...): they share the flows that relink keeps alive for the trunks.
+func ExampleNewUA() {
+	ua, err := sip.NewUA(sip.UAConfig{
+		UserTimeout: 10 * time.Second, // TCP_USER_TIMEOUT on the connections sipgo dials
+		TransportLayerOptions: []sipmsg.TransportLayerOption{
+			sipmsg.WithTransportLayerLogger(quiet),
+		},
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer ua.Close()
+	client, err := sipgo.NewClient(ua.UserAgent())
+	if err != nil {
+		panic(err)
+	}
+	defer client.Close()
+	fmt.Println(ua.UserAgent().Name())
+	// Output:
+	// sipgo
 }

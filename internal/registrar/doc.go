@@ -1,5 +1,8 @@
 // Package registrar is an in-process SIP registrar built on sipgo, for unit
-// tests and demonstrations. It is not a production registrar.
+// tests and demonstrations. It is not a production registrar. Its public
+// face is github.com/relinkgo/relink/sip/siptest, which wraps it for users'
+// tests; this package keeps the switches relink's own tests and benchmarks
+// need (faults per AoR, silence, samples, fixed windows).
 //
 // It listens on TCP and UDP on loopback, checks digest credentials (MD5,
 // qop=auth, nonces with a lifetime, nc counting up on a reused nonce,
