@@ -128,11 +128,17 @@ func (r *runner) admit(ctx context.Context, gate *backoff.Gate, refresh bool) (*
 		}
 		return nil, r.boundErr
 	}
-	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(actx), errDeathQueued) {
-		// A death of a flow that is not ours: wait again.
-		return r.admit(ctx, gate, refresh)
+	if err != nil {
+		if p != nil {
+			p.Abandon()
+		}
+		if ctx.Err() == nil && errors.Is(context.Cause(actx), errDeathQueued) {
+			// A death of a flow that is not ours: wait again.
+			return r.admit(ctx, gate, refresh)
+		}
+		return nil, err
 	}
-	return p, err
+	return p, nil
 }
 
 var errDeathQueued = errors.New("sip: flow death queued")
