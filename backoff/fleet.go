@@ -25,9 +25,10 @@ import (
 // The store is never in the way. The Gate calls a member outside its lock,
 // one call at a time, each bounded by FleetCallBound (the member should use a
 // tighter bound of its own). A call that fails or times out puts the gate on
-// local admission for a second — at its share of the last known fleet pace,
-// FleetPace.Pace divided by Members — after which it asks the store again and
-// rejoins the fleet's schedule, which admits no burst.
+// local admission until the next whole second of the wall clock — at its
+// share of the last known fleet pace, FleetPace.Pace divided by Members —
+// after which it asks the store again and rejoins the fleet's schedule
+// without a burst (so members cut off together rejoin together).
 //
 // A GateConfig.Rate given with a Fleet is the fleet's rate, not the
 // process's.

@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-// fleetFallback is how long a gate admits locally after a call to its
-// FleetMember failed, before it asks the store again.
+// fleetFallback is how long, at most, a gate admits locally after a call to
+// its FleetMember failed, before it asks the store again.
 const fleetFallback = time.Second
 
 // fleetLink is a Gate's side of its FleetMember. Its fields are guarded by
@@ -32,9 +32,12 @@ func (f *fleetLink) on(now time.Time) bool {
 	return f.m != nil && !now.Before(f.downUntil)
 }
 
-// fail puts the gate on local admission after a failed call.
+// fail puts the gate on local admission after a failed call, until the
+// next whole fleetFallback of the wall clock: the members that lost the
+// store together rejoin together, rather than one at the full fleet pace
+// while the others still admit at their shares.
 func (f *fleetLink) fail(now time.Time) {
-	f.downUntil = now.Add(fleetFallback)
+	f.downUntil = now.Add(fleetFallback).Truncate(fleetFallback)
 	f.booked = time.Time{}
 }
 
@@ -104,6 +107,12 @@ func (g *Gate) fleetAdmitLocked(now time.Time) {
 		PushBack: f.pushBack,
 	}
 	req.Pace.Version = f.synced.Version
+	if !f.downUntil.IsZero() {
+		// Rejoining after local admission: the fleet's schedule may be
+		// empty (a restarted store), and the other members may still admit
+		// locally. No burst.
+		req.Burst = 1
+	}
 	req.Propose = !req.Pace.sameAs(f.synced)
 	f.pushBack = 0
 	f.admitting = true
@@ -234,7 +243,12 @@ func (g *Gate) fleetPushBackLocked(now time.Time, d time.Duration) {
 }
 
 // fleetGo runs call outside the gate's lock, bounded by FleetCallBound, and
-// then what it returns under the lock; it emits that function's events.
+// then what it returns under the lock; it emits that function's events. The
+// call's context starts from context.Background: it serves the gate (a pace
+// to book, a pause to share, a lease) and no caller's ctx, and it must not
+// end when the Acquire that set it off gives up.
+//
+//nolint:contextcheck // see above
 func (g *Gate) fleetGo(call func(ctx context.Context) func(now time.Time) []GateStateChange) {
 	if g.closed {
 		return
