@@ -464,20 +464,7 @@ func run(ctx context.Context, o *options, e *env, logf func(string, ...any), rep
 	if _, err := testkit.RaiseFileLimit(uint64(2*o.n + 1024)); err != nil {
 		return 0, err
 	}
-	limit := float64(o.n) / o.capacity
-	logf("siprecovery: N=%d trunks, Kamailio admits C=%.0f REGISTERs/s (windows of 100 ms; beyond: 503", o.n, o.capacity)
-	if o.retryAfter > 0 {
-		logf(" + Retry-After: %d s", int(math.Ceil(o.retryAfter.Seconds())))
-	}
-	logf("); physical limit N/C = %.2f s\n", limit)
-	switch e.method {
-	case "netns":
-		logf("method: netns — Kamailio in one network namespace, the trunks in another, nft DROP on the SIP port both ways (%s)\n", e.why)
-	default:
-		logf("method: proxy — freeze proxy in front of Kamailio on loopback; restore = Forget (old connections silent for ever) (%s)\n", e.why)
-	}
-	logf("detection: keepalive %v + timeout %v = bound %v; black hole %v; each strategy capped %v after the restore\n\n",
-		o.keepAlive, o.timeout, o.bound(), o.holeFor(), o.capAfter)
+	printHeader(o, e, logf)
 	status := 0
 	var rows []Result
 	for i, s := range o.strategies {
@@ -498,6 +485,30 @@ func run(ctx context.Context, o *options, e *env, logf func(string, ...any), rep
 			status = 1
 		}
 	}
+	printTable(rows, logf)
+	return status, nil
+}
+
+// printHeader says what the run measures and how.
+func printHeader(o *options, e *env, logf func(string, ...any)) {
+	limit := float64(o.n) / o.capacity
+	logf("siprecovery: N=%d trunks, Kamailio admits C=%.0f REGISTERs/s (windows of 100 ms; beyond: 503", o.n, o.capacity)
+	if o.retryAfter > 0 {
+		logf(" + Retry-After: %d s", int(math.Ceil(o.retryAfter.Seconds())))
+	}
+	logf("); physical limit N/C = %.2f s\n", limit)
+	switch e.method {
+	case "netns":
+		logf("method: netns — Kamailio in one network namespace, the trunks in another, nft DROP on the SIP port both ways (%s)\n", e.why)
+	default:
+		logf("method: proxy — freeze proxy in front of Kamailio on loopback; restore = Forget (old connections silent for ever) (%s)\n", e.why)
+	}
+	logf("detection: keepalive %v + timeout %v = bound %v; black hole %v; each strategy capped %v after the restore\n\n",
+		o.keepAlive, o.timeout, o.bound(), o.holeFor(), o.capAfter)
+}
+
+// printTable prints every strategy's figures and the goals' verdicts.
+func printTable(rows []Result, logf func(string, ...any)) {
 	logf("\n%-12s %9s %9s %7s %8s %10s %10s %6s %9s %7s\n",
 		"strategy", "recovered", "time (s)", "× N/C", "503s/N", "REG/trunk", "srv REG/N", "stuck", "detect", "bound")
 	for _, r := range rows {
@@ -529,7 +540,6 @@ func run(ctx context.Context, o *options, e *env, logf func(string, ...any), rep
 		}
 		logf("  %-12s %s\n", r.Strategy+":", verdict)
 	}
-	return status, nil
 }
 
 // trunkTrack records when one trunk lost its registration after the cut and
