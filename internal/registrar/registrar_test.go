@@ -7,163 +7,78 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/emiago/sipgo"
 	sipmsg "github.com/emiago/sipgo/sip"
-	"github.com/icholy/digest"
 	"go.uber.org/goleak"
+
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// client is a raw sipgo client that registers one AoR with one Call-ID and
-// CSeq counting up, as RFC 3261 §10.2 asks.
-type client struct {
-	t         testing.TB
-	c         *sipgo.Client
-	registrar sipmsg.Uri
-	aor       sipmsg.Uri
-	contact   sipmsg.Uri
-	callID    string
-	fromTag   string
-	cseq      uint32
-	user, pw  string
-
-	chal *digest.Challenge // kept for nonce reuse
-	nc   int
+// newRegisterer returns a testkit.Registerer for user on a sipgo client of
+// its own, binding "sip:<user>@127.0.0.1:5999".
+func newRegisterer(t testing.TB, registrarURI, user, pw string) *testkit.Registerer {
+	t.Helper()
+	return newRegistererOn(t, testkit.NewSipgoClient(t), registrarURI, user, pw)
 }
 
-func newClient(t testing.TB, registrarURI, user, pw string) *client {
+func newRegistererOn(t testing.TB, cl *sipgo.Client, registrarURI, user, pw string) *testkit.Registerer {
 	t.Helper()
-	return newClientOn(t, newSipgoClient(t), registrarURI, user, pw)
-}
-
-// newSipgoClient returns a sipgo client on its own user agent; the trunks
-// sharing it share its TCP connection.
-func newSipgoClient(t testing.TB) *sipgo.Client {
-	t.Helper()
-	ua, err := sipgo.NewUA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ua.Close() })
-	c, err := sipgo.NewClient(ua)
+	c, err := testkit.NewRegisterer(testkit.RegisterConfig{Client: cl, Registrar: registrarURI,
+		User: user, Password: pw, Contact: "sip:" + user + "@127.0.0.1:5999"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
 }
 
-func newClientOn(t testing.TB, c *sipgo.Client, registrarURI, user, pw string) *client {
+// do sends req within 10 s and fails the test on a transport error.
+func do(t testing.TB, c *testkit.Registerer, req *sipmsg.Request) *sipmsg.Response {
 	t.Helper()
-	var ru sipmsg.Uri
-	if err := sipmsg.ParseUri(registrarURI, &ru); err != nil {
-		t.Fatal(err)
-	}
-	return &client{
-		t: t, c: c, registrar: ru,
-		aor:     sipmsg.Uri{Scheme: "sip", User: user, Host: "relink.test"},
-		contact: sipmsg.Uri{Scheme: "sip", User: user, Host: "127.0.0.1", Port: 5999},
-		callID:  fmt.Sprintf("call-%s-%d", user, time.Now().UnixNano()),
-		fromTag: sipmsg.GenerateTagN(8),
-		cseq:    1,
-		user:    user, pw: pw,
-	}
-}
-
-// request builds the next REGISTER: expires < 0 means no Expires header.
-func (c *client) request(expires int, contactExpires string) *sipmsg.Request {
-	req := sipmsg.NewRequest(sipmsg.REGISTER, c.registrar)
-	req.AppendHeader(&sipmsg.FromHeader{Address: c.aor, Params: sipmsg.HeaderParams{{K: "tag", V: c.fromTag}}})
-	req.AppendHeader(&sipmsg.ToHeader{Address: c.aor})
-	cid := sipmsg.CallIDHeader(c.callID)
-	req.AppendHeader(&cid)
-	req.AppendHeader(&sipmsg.CSeqHeader{SeqNo: c.cseq, MethodName: sipmsg.REGISTER})
-	c.cseq++
-	ct := &sipmsg.ContactHeader{Address: c.contact}
-	if contactExpires != "" {
-		ct.Params.Add("expires", contactExpires)
-	}
-	req.AppendHeader(ct)
-	if expires >= 0 {
-		req.AppendHeader(sipmsg.NewHeader("Expires", strconv.Itoa(expires)))
-	}
-	req.SetBody(nil)
-	return req
-}
-
-// do sends req, adding credentials from the kept challenge (nc+1) if any.
-func (c *client) do(req *sipmsg.Request) *sipmsg.Response {
-	c.t.Helper()
-	res, err := c.try(req)
-	if err != nil {
-		c.t.Fatalf("REGISTER: %v", err)
-	}
-	return res
-}
-
-// try is do that returns its error, for use off the test goroutine.
-func (c *client) try(req *sipmsg.Request) (*sipmsg.Response, error) {
-	if c.chal != nil {
-		c.nc++
-		cred, err := digest.Digest(c.chal, digest.Options{
-			Method: "REGISTER", URI: c.registrar.Addr(), Username: c.user, Password: c.pw, Count: c.nc,
-		})
-		if err != nil {
-			return nil, err
-		}
-		req.AppendHeader(sipmsg.NewHeader("Authorization", cred.String()))
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return c.c.Do(ctx, req)
-}
-
-// tryRegister sends a REGISTER and answers one 401 challenge, keeping the
-// nonce; it returns errors instead of failing the test.
-func (c *client) tryRegister(expires int) (*sipmsg.Response, error) {
-	res, err := c.try(c.request(expires, ""))
-	if err != nil || res.StatusCode != 401 {
-		return res, err
-	}
-	h := res.GetHeader("WWW-Authenticate")
-	if h == nil {
-		return nil, fmt.Errorf("401 without WWW-Authenticate")
-	}
-	if c.chal, err = digest.ParseChallenge(h.Value()); err != nil {
-		return nil, err
-	}
-	c.nc = 0
-	return c.try(c.request(expires, ""))
-}
-
-// register sends a REGISTER and answers one 401 challenge, keeping the nonce.
-func (c *client) register(expires int) *sipmsg.Response {
-	c.t.Helper()
-	res := c.do(c.request(expires, ""))
-	if res.StatusCode == 401 {
-		c.keep(res)
-		res = c.do(c.request(expires, ""))
+	res, err := c.Do(ctx, req)
+	if err != nil {
+		t.Fatalf("REGISTER: %v", err)
 	}
 	return res
 }
 
-func (c *client) keep(res *sipmsg.Response) {
-	c.t.Helper()
-	h := res.GetHeader("WWW-Authenticate")
-	if h == nil {
-		c.t.Fatal("401 without WWW-Authenticate")
-	}
-	chal, err := digest.ParseChallenge(h.Value())
+// send sends c's next REGISTER; expires < 0 means no Expires header.
+func send(t testing.TB, c *testkit.Registerer, expires int) *sipmsg.Response {
+	t.Helper()
+	return do(t, c, c.Request(expires))
+}
+
+// register sends a REGISTER and answers one challenge, keeping the nonce.
+func register(t testing.TB, c *testkit.Registerer, expires int) *sipmsg.Response {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := c.Register(ctx, expires)
 	if err != nil {
-		c.t.Fatal(err)
+		t.Fatalf("REGISTER: %v", err)
 	}
-	c.chal, c.nc = chal, 0
+	return res
+}
+
+func keep(t testing.TB, c *testkit.Registerer, res *sipmsg.Response) {
+	t.Helper()
+	if err := c.Keep(res); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// withContactExpires adds an expires parameter to req's Contact.
+func withContactExpires(req *sipmsg.Request, v string) *sipmsg.Request {
+	req.Contact().Params.Add("expires", v)
+	return req
 }
 
 func newRegistrar(t testing.TB, cfg Config) *Registrar {
@@ -208,9 +123,9 @@ func TestRegisterWithDigest(t *testing.T) {
 			if transport == "udp" {
 				uri = r.UDPURI()
 			}
-			c := newClient(t, uri, "alice", "secret")
+			c := newRegisterer(t, uri, "alice", "secret")
 
-			res := c.do(c.request(120, ""))
+			res := send(t, c, 120)
 			if res.StatusCode != 401 {
 				t.Fatalf("first REGISTER: %d, want 401", res.StatusCode)
 			}
@@ -220,8 +135,8 @@ func TestRegisterWithDigest(t *testing.T) {
 					t.Errorf("WWW-Authenticate %q lacks %s", wa, want)
 				}
 			}
-			c.keep(res)
-			res = c.do(c.request(120, ""))
+			keep(t, c, res)
+			res = send(t, c, 120)
 			if res.StatusCode != 200 {
 				t.Fatalf("authenticated REGISTER: %d, want 200", res.StatusCode)
 			}
@@ -237,7 +152,7 @@ func TestRegisterWithDigest(t *testing.T) {
 			}
 
 			// A refresh reuses the nonce with nc=2: one transaction.
-			res = c.do(c.request(120, ""))
+			res = send(t, c, 120)
 			if res.StatusCode != 200 {
 				t.Fatalf("refresh on kept nonce: %d, want 200", res.StatusCode)
 			}
@@ -254,7 +169,7 @@ func TestRegisterWithDigest(t *testing.T) {
 			}
 
 			// Unregister.
-			res = c.do(c.request(0, ""))
+			res = send(t, c, 0)
 			if res.StatusCode != 200 || res.Contact() != nil {
 				t.Fatalf("unregister: %d contact %v", res.StatusCode, res.Contact())
 			}
@@ -268,15 +183,16 @@ func TestRegisterWithDigest(t *testing.T) {
 // sipgo's own DoDigestAuth (nc=1 on a fresh challenge) is accepted.
 func TestSipgoDigestAuth(t *testing.T) {
 	r := newRegistrar(t, Config{Users: map[string]string{"bob": "pw"}})
-	c := newClient(t, r.URI(), "bob", "pw")
-	req := c.request(300, "")
-	res := c.do(req)
+	cl := testkit.NewSipgoClient(t)
+	c := newRegistererOn(t, cl, r.URI(), "bob", "pw")
+	req := c.Request(300)
+	res := do(t, c, req)
 	if res.StatusCode != 401 {
 		t.Fatalf("got %d", res.StatusCode)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	res, err := c.c.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: "bob", Password: "pw"})
+	res, err := cl.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: "bob", Password: "pw"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,8 +214,8 @@ func TestBadCredentials(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRegistrar(t, tc.cfg)
-			c := newClient(t, r.URI(), tc.user, "wrong")
-			res := c.register(60)
+			c := newRegisterer(t, r.URI(), tc.user, "wrong")
+			res := register(t, c, 60)
 			if res.StatusCode != tc.status {
 				t.Fatalf("got %d, want %d", res.StatusCode, tc.status)
 			}
@@ -315,17 +231,17 @@ func TestBadCredentials(t *testing.T) {
 
 func TestStaleNonce(t *testing.T) {
 	r := newRegistrar(t, Config{Password: "secret", NonceLifetime: time.Second})
-	c := newClient(t, r.URI(), "alice", "secret")
-	if res := c.register(60); res.StatusCode != 200 {
+	c := newRegisterer(t, r.URI(), "alice", "secret")
+	if res := register(t, c, 60); res.StatusCode != 200 {
 		t.Fatalf("register: %d", res.StatusCode)
 	}
 	time.Sleep(1100 * time.Millisecond)
-	res := c.do(c.request(60, ""))
+	res := send(t, c, 60)
 	if res.StatusCode != 401 || !strings.Contains(header(res, "WWW-Authenticate"), "stale=true") {
 		t.Fatalf("expired nonce: %d %q, want 401 stale=true", res.StatusCode, header(res, "WWW-Authenticate"))
 	}
-	c.keep(res)
-	if res := c.do(c.request(60, "")); res.StatusCode != 200 {
+	keep(t, c, res)
+	if res := send(t, c, 60); res.StatusCode != 200 {
 		t.Fatalf("after stale: %d", res.StatusCode)
 	}
 	if st := r.Stats(); st.Stale != 1 {
@@ -335,12 +251,15 @@ func TestStaleNonce(t *testing.T) {
 
 func TestNonceCountReplay(t *testing.T) {
 	r := newRegistrar(t, Config{Password: "secret"})
-	c := newClient(t, r.URI(), "alice", "secret")
-	if res := c.register(60); res.StatusCode != 200 {
+	c := newRegisterer(t, r.URI(), "alice", "secret")
+	keep(t, c, send(t, c, 60))
+	first := c.Request(60) // nc=1
+	if res := do(t, c, first); res.StatusCode != 200 {
 		t.Fatalf("register: %d", res.StatusCode)
 	}
-	c.nc-- // send nc=1 again
-	res := c.do(c.request(60, ""))
+	replay := c.Request(60) // send nc=1 again, with a higher CSeq
+	replay.ReplaceHeader(first.GetHeader("Authorization"))
+	res := do(t, c, replay)
 	if res.StatusCode != 401 || !strings.Contains(header(res, "WWW-Authenticate"), "stale=true") {
 		t.Fatalf("replayed nc: %d, want 401 stale=true", res.StatusCode)
 	}
@@ -349,11 +268,11 @@ func TestNonceCountReplay(t *testing.T) {
 func TestForgedNonce(t *testing.T) {
 	r := newRegistrar(t, Config{Password: "secret"})
 	other := newRegistrar(t, Config{Password: "secret"})
-	c := newClient(t, other.URI(), "alice", "secret")
-	res := c.do(c.request(60, ""))
-	c.keep(res) // a nonce of another registrar
-	c.registrar.Port = r.tcpLn.Addr().(*net.TCPAddr).Port
-	res = c.do(c.request(60, ""))
+	c := newRegisterer(t, other.URI(), "alice", "secret")
+	res := send(t, c, 60)
+	c = newRegisterer(t, r.URI(), "alice", "secret")
+	keep(t, c, res) // a nonce of another registrar
+	res = send(t, c, 60)
 	if res.StatusCode != 401 || strings.Contains(header(res, "WWW-Authenticate"), "stale") {
 		t.Fatalf("foreign nonce: %d %q, want 401 without stale", res.StatusCode, header(res, "WWW-Authenticate"))
 	}
@@ -361,31 +280,32 @@ func TestForgedNonce(t *testing.T) {
 
 func TestExpiryRules(t *testing.T) {
 	r := newRegistrar(t, Config{MinExpires: 30 * time.Second, MaxExpires: 600 * time.Second, DefaultExpires: 90 * time.Second})
-	c := newClient(t, r.URI(), "carol", "")
+	c := newRegisterer(t, r.URI(), "carol", "")
 
-	res := c.do(c.request(10, ""))
+	res := send(t, c, 10)
 	if res.StatusCode != 423 || header(res, "Min-Expires") != "30" {
 		t.Fatalf("short expiry: %d Min-Expires %q, want 423 30", res.StatusCode, header(res, "Min-Expires"))
 	}
 	if n := r.Stats().Bindings; n != 0 {
 		t.Fatalf("423 created %d bindings", n)
 	}
-	if res := c.do(c.request(-1, "")); contactExpiresOf(t, res) != 90 {
+	if res := send(t, c, -1); contactExpiresOf(t, res) != 90 {
 		t.Errorf("default expiry: %d", contactExpiresOf(t, res))
 	}
-	if res := c.do(c.request(3600, "")); contactExpiresOf(t, res) != 600 {
+	if res := send(t, c, 3600); contactExpiresOf(t, res) != 600 {
 		t.Errorf("capped expiry: %d, want 600", contactExpiresOf(t, res))
 	}
 	// The Contact's expires parameter wins over the Expires header.
-	if res := c.do(c.request(300, "45")); contactExpiresOf(t, res) != 45 {
+	if res := do(t, c, withContactExpires(c.Request(300), "45")); contactExpiresOf(t, res) != 45 {
 		t.Errorf("contact param: %d, want 45", contactExpiresOf(t, res))
 	}
-	if res := c.do(c.request(300, "5")); res.StatusCode != 423 {
+	if res := do(t, c, withContactExpires(c.Request(300), "5")); res.StatusCode != 423 {
 		t.Errorf("short contact param: %d, want 423", res.StatusCode)
 	}
 	// A CSeq that does not count up is refused.
-	c.cseq -= 2
-	if res := c.do(c.request(300, "")); res.StatusCode != 500 {
+	req := c.Request(300)
+	req.CSeq().SeqNo -= 2
+	if res := do(t, c, req); res.StatusCode != 500 {
 		t.Errorf("old CSeq: %d, want 500", res.StatusCode)
 	}
 	if a := r.AoR("carol@relink.test"); a.OutOfOrder != 1 {
@@ -395,8 +315,8 @@ func TestExpiryRules(t *testing.T) {
 
 func TestBindingsExpire(t *testing.T) {
 	r := newRegistrar(t, Config{MinExpires: -1, SampleInterval: 100 * time.Millisecond})
-	c := newClient(t, r.URI(), "dave", "")
-	if res := c.do(c.request(1, "")); res.StatusCode != 200 || contactExpiresOf(t, res) != 1 {
+	c := newRegisterer(t, r.URI(), "dave", "")
+	if res := send(t, c, 1); res.StatusCode != 200 || contactExpiresOf(t, res) != 1 {
 		t.Fatalf("register: %d", res.StatusCode)
 	}
 	if n := r.Stats().Bindings; n != 1 {
@@ -432,11 +352,11 @@ func TestBindingsExpire(t *testing.T) {
 
 func TestCapacity(t *testing.T) {
 	r := newRegistrar(t, Config{Capacity: 20, RetryAfter: 3 * time.Second, SampleInterval: -1})
-	c := newClient(t, r.URI(), "erin", "")
+	c := newRegisterer(t, r.URI(), "erin", "")
 	var ok, shed int
 	start := time.Now()
 	for range 40 {
-		res := c.do(c.request(60, ""))
+		res := send(t, c, 60)
 		switch res.StatusCode {
 		case 200:
 			ok++
@@ -458,7 +378,7 @@ func TestCapacity(t *testing.T) {
 	}
 
 	r.SetCapacity(0)
-	if res := c.do(c.request(60, "")); res.StatusCode != 200 {
+	if res := send(t, c, 60); res.StatusCode != 200 {
 		t.Errorf("unlimited: %d", res.StatusCode)
 	}
 }
@@ -466,11 +386,11 @@ func TestCapacity(t *testing.T) {
 // A capacity set at run time on an unlimited registrar takes effect.
 func TestSetCapacity(t *testing.T) {
 	r := newRegistrar(t, Config{})
-	c := newClient(t, r.URI(), "erin", "")
+	c := newRegisterer(t, r.URI(), "erin", "")
 	r.SetCapacity(5)
 	var shed int
 	for range 20 {
-		if c.do(c.request(60, "")).StatusCode == 503 {
+		if send(t, c, 60).StatusCode == 503 {
 			shed++
 		}
 	}
@@ -481,9 +401,9 @@ func TestSetCapacity(t *testing.T) {
 
 func TestCapacityNoRetryAfter(t *testing.T) {
 	r := newRegistrar(t, Config{Capacity: 1, RetryAfter: -1})
-	c := newClient(t, r.URI(), "erin", "")
-	c.do(c.request(60, ""))
-	res := c.do(c.request(60, ""))
+	c := newRegisterer(t, r.URI(), "erin", "")
+	send(t, c, 60)
+	res := send(t, c, 60)
 	if res.StatusCode != 503 || res.GetHeader("Retry-After") != nil {
 		t.Fatalf("%d Retry-After %q", res.StatusCode, header(res, "Retry-After"))
 	}
@@ -496,11 +416,11 @@ func TestCapacityRate(t *testing.T) {
 	}
 	const capacity = 50
 	r := newRegistrar(t, Config{Capacity: capacity})
-	c := newClient(t, r.URI(), "frank", "")
+	c := newRegisterer(t, r.URI(), "frank", "")
 	start := time.Now()
 	var ok int
 	for time.Since(start) < time.Second {
-		if c.do(c.request(60, "")).StatusCode == 200 {
+		if send(t, c, 60).StatusCode == 200 {
 			ok++
 		}
 		time.Sleep(2 * time.Millisecond)
@@ -519,11 +439,11 @@ func TestCapacityWindow(t *testing.T) {
 	}
 	const capacity = 50
 	r := newRegistrar(t, Config{Capacity: capacity, Window: 100 * time.Millisecond})
-	c := newClient(t, r.URI(), "frank", "")
+	c := newRegisterer(t, r.URI(), "frank", "")
 	start := time.Now()
 	var ok, shed int
 	for time.Since(start) < time.Second {
-		switch c.do(c.request(60, "")).StatusCode {
+		switch send(t, c, 60).StatusCode {
 		case 200:
 			ok++
 		case 503:
@@ -536,17 +456,17 @@ func TestCapacityWindow(t *testing.T) {
 		t.Errorf("%d admitted, %d shed in %v (%d windows of 5)", ok, shed, time.Since(start), windows)
 	}
 	r.SetCapacity(0)
-	if res := c.do(c.request(60, "")); res.StatusCode != 200 {
+	if res := send(t, c, 60); res.StatusCode != 200 {
 		t.Errorf("unlimited: %d", res.StatusCode)
 	}
 }
 
 func TestFaults(t *testing.T) {
 	r := newRegistrar(t, Config{Password: "secret"})
-	c := newClient(t, r.URI(), "gina", "secret")
+	c := newRegisterer(t, r.URI(), "gina", "secret")
 
 	r.SetOverload(7 * time.Second)
-	res := c.do(c.request(60, ""))
+	res := send(t, c, 60)
 	if res.StatusCode != 503 || header(res, "Retry-After") != "7" {
 		t.Fatalf("overload: %d %q", res.StatusCode, header(res, "Retry-After"))
 	}
@@ -558,7 +478,7 @@ func TestFaults(t *testing.T) {
 		{Code: 503, Headers: []sipmsg.Header{sipmsg.NewHeader("Retry-After", "18000 (maintenance);duration=3600")}},
 	} {
 		r.SetFault(f)
-		res := c.do(c.request(60, ""))
+		res := send(t, c, 60)
 		if res.StatusCode != f.Code {
 			t.Errorf("fault %d: got %d", f.Code, res.StatusCode)
 		}
@@ -573,16 +493,16 @@ func TestFaults(t *testing.T) {
 
 	// A per-AoR fault applied twice, then normal processing.
 	r.SetAoRFault("sip:gina@relink.test", Fault{Code: 404, Times: 2})
-	other := newClient(t, r.URI(), "hank", "secret")
-	if res := other.do(other.request(60, "")); res.StatusCode != 401 {
+	other := newRegisterer(t, r.URI(), "hank", "secret")
+	if res := send(t, other, 60); res.StatusCode != 401 {
 		t.Errorf("other AoR: %d, want 401", res.StatusCode)
 	}
 	for i := range 2 {
-		if res := c.do(c.request(60, "")); res.StatusCode != 404 {
+		if res := send(t, c, 60); res.StatusCode != 404 {
 			t.Errorf("AoR fault %d: %d", i, res.StatusCode)
 		}
 	}
-	if res := c.register(60); res.StatusCode != 200 {
+	if res := register(t, c, 60); res.StatusCode != 200 {
 		t.Errorf("after AoR fault: %d", res.StatusCode)
 	}
 }
@@ -657,15 +577,15 @@ func TestCRLFPing(t *testing.T) {
 
 func TestSilentDropsRequests(t *testing.T) {
 	r := newRegistrar(t, Config{})
-	c := newClient(t, r.URI(), "ivy", "")
+	c := newRegisterer(t, r.URI(), "ivy", "")
 	r.SetSilent(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	if res, err := c.c.Do(ctx, c.request(60, "")); err == nil {
+	if res, err := c.Do(ctx, c.Request(60)); err == nil {
 		t.Fatalf("silent registrar answered %d", res.StatusCode)
 	}
 	r.SetSilent(false)
-	if res := c.do(c.request(60, "")); res.StatusCode != 200 {
+	if res := send(t, c, 60); res.StatusCode != 200 {
 		t.Fatalf("after silence: %d", res.StatusCode)
 	}
 	if st := r.Stats(); st.Dropped != 1 || st.Registers != 2 {
@@ -681,16 +601,21 @@ func TestOptionsAndEvents(t *testing.T) {
 		events = append(events, e)
 		mu.Unlock()
 	}})
-	c := newClient(t, r.URI(), "jack", "")
-	req := sipmsg.NewRequest(sipmsg.OPTIONS, c.registrar)
+	cl := testkit.NewSipgoClient(t)
+	c := newRegistererOn(t, cl, r.URI(), "jack", "")
+	var uri sipmsg.Uri
+	if err := sipmsg.ParseUri(r.URI(), &uri); err != nil {
+		t.Fatal(err)
+	}
+	req := sipmsg.NewRequest(sipmsg.OPTIONS, uri)
 	req.SetBody(nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	res, err := c.c.Do(ctx, req)
+	res, err := cl.Do(ctx, req)
 	if err != nil || res.StatusCode != 200 {
 		t.Fatalf("OPTIONS: %v %v", res, err)
 	}
-	c.do(c.request(60, ""))
+	send(t, c, 60)
 	mu.Lock()
 	defer mu.Unlock()
 	if len(events) != 2 || events[0].Method != "OPTIONS" || events[1].Method != "REGISTER" ||
@@ -705,8 +630,8 @@ func TestModifyResponse(t *testing.T) {
 			res.AppendHeader(sipmsg.NewHeader("Expires", "999"))
 		}
 	}})
-	c := newClient(t, r.URI(), "kate", "")
-	if res := c.do(c.request(60, "")); header(res, "Expires") != "999" || contactExpiresOf(t, res) != 60 {
+	c := newRegisterer(t, r.URI(), "kate", "")
+	if res := send(t, c, 60); header(res, "Expires") != "999" || contactExpiresOf(t, res) != 60 {
 		t.Errorf("Expires %q", header(res, "Expires"))
 	}
 }
@@ -715,29 +640,12 @@ func TestModifyResponse(t *testing.T) {
 // with one Call-ID and CSeqs counting up.
 func TestManyTrunksOneConnection(t *testing.T) {
 	r := newRegistrar(t, Config{Password: "secret"})
-	cl := newSipgoClient(t)
 	const n = 200
-	clients := make([]*client, n)
-	for i := range clients {
-		clients[i] = newClientOn(t, cl, r.URI(), fmt.Sprintf("trunk%d", i), "secret")
-	}
-	var wg sync.WaitGroup
-	var failed atomic.Int32
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := clients[i]
-			for range 2 {
-				if res, err := c.tryRegister(300); err != nil || res.StatusCode != 200 {
-					failed.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if failed.Load() != 0 {
-		t.Fatalf("%d failures", failed.Load())
+	regs := testkit.Registerers(t, testkit.NewSipgoClient(t), r.URI(), "trunk", "secret", n)
+	testkit.RegisterAll(t, regs, 300, n) // 401 + 200 each
+	testkit.RegisterAll(t, regs, 300, n) // a refresh on the kept nonce
+	if t.Failed() {
+		t.FailNow()
 	}
 	st := r.Stats()
 	if st.AoRs != n || st.Bindings != n || st.Accepted != 1 {
