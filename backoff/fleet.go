@@ -12,8 +12,9 @@ import (
 // Redis.
 //
 // Per destination, the members of a fleet share four things:
-//   - the admission pace: each admission books the fleet's next slot (a GCRA
-//     on the store's clock), so the fleet admits at one combined pace;
+//   - the admission pace: each admission takes a place in the fleet's queue
+//     (a GCRA on the store's clock), so the fleet admits at one combined
+//     pace, evenly spaced;
 //   - the pause: one Retry-After, told to any process, pauses every process;
 //   - the closed state's scout lease: one scout probes a dead destination
 //     for the whole fleet, and its success reopens every member's gate;
@@ -40,14 +41,15 @@ type Fleet interface {
 }
 
 // FleetMember is one Gate's membership of a Fleet for one destination. Its
-// methods are called by one Gate, from several goroutines but never two
-// calls of Admit or of Scout at once; each ctx carries FleetCallBound.
+// methods are called by one Gate, from several goroutines, never two Admit
+// calls at once; each ctx carries FleetCallBound.
 type FleetMember interface {
 	// Admit folds the gate's admission work into one round trip: it stores
 	// the request's PushBack (a pause for every member) and its Pace (the
-	// fleet pace, when the request may set it), and, if Book is set and the
-	// destination is not paused, books the fleet's next admission slot at
-	// the fleet pace. It returns the fleet's state after the request.
+	// fleet pace, when the request may set it), reckons when the place the
+	// gate holds is due, and, if Book is set, books the next place in the
+	// fleet's queue (see FleetReply). It returns the fleet's state after the
+	// request.
 	Admit(ctx context.Context, req FleetRequest) (FleetReply, error)
 	// Scout asks for the fleet's scout lease for lease (SET NX with a
 	// TTL): granted, this member scouts for all; lease ≤ 0 releases the
@@ -71,8 +73,10 @@ const FleetCallBound = 100 * time.Millisecond
 // FleetPace is the pace state a fleet shares. Version counts the changes:
 // a proposal (FleetRequest.Pace with Propose) is stored only if its Version
 // is the stored one, so that of two members changing the pace at once one
-// wins and the other adopts the winner's (one cut per overshoot, one
-// startup doubling per period, fleet-wide).
+// wins and the other adopts the winner's (one cut per overshoot, one probe
+// at a time, fleet-wide) — except that a cut (a lower pace) also replaces a
+// stored pace that was not itself a cut: a rejection beats a concurrent
+// doubling or probe.
 type FleetPace struct {
 	// Pace is the fleet's admission pace in attempts per second; zero when
 	// unlimited.
@@ -93,27 +97,47 @@ type FleetRequest struct {
 	Pace FleetPace
 	// Propose asks to store Pace: the gate's controller changed it.
 	Propose bool
-	// Book asks for the fleet's next admission slot.
+	// Book asks for a place in the fleet's queue of admissions.
 	Book bool
-	// Burst is the slots the fleet may admit at once (GCRA's tolerance is
-	// Burst-1 slots), at least 1.
-	Burst float64
+	// Held, if not zero, is a place this gate holds (a FleetReply.Seq): the
+	// reply says when it is due (FleetReply.Due).
+	Held uint64
 	// PushBack, if positive, pauses the destination fleet-wide for that
-	// long (overlapping pauses end at the latest end); nothing is booked.
+	// long (overlapping pauses end at the latest end).
 	PushBack time.Duration
+	// Grow is the startup's doubling period: while the stored pace is in
+	// startup and a place is booked, the store doubles the pace (up to
+	// Ceiling) once it is Grow old, so that the fleet doubles once per
+	// period whichever member happens to call. The gate's own pacer does
+	// not double while it has a fleet.
+	Grow time.Duration
+	// Ceiling is the highest pace (95 % of a configured Rate).
+	Ceiling float64
 }
 
 // FleetReply is the fleet's state after an Admit call.
+//
+// The fleet's admissions are a queue: places (Seq) are numbered, and place n
+// is due when a virtual clock, which runs at the fleet pace and stands
+// still during a pause, reaches n; a virtual clock with no place waiting does
+// not run ahead, so there is no burst. It is a GCRA counted in places rather
+// than times: a place booked at one pace moves when the pace changes, and
+// one booked before a pause is due after it.
 type FleetReply struct {
 	// Pace is the fleet pace after the request.
 	Pace FleetPace
-	// Paused is how long the destination stays paused, fleet-wide; when
-	// positive nothing was booked.
+	// PaceAge is how long ago Pace was set: a member adopting it dates it
+	// from then, not from when it heard of it.
+	PaceAge time.Duration
+	// Paused is how long the destination stays paused, fleet-wide.
 	Paused time.Duration
-	// Booked reports a booked slot; Wait is how long until it, from the
-	// store's answer.
-	Booked bool
-	Wait   time.Duration
+	// Seq is the place booked, or zero; Wait is how long until it is due.
+	Seq  uint64
+	Wait time.Duration
+	// Due is how long until the place the request held is due; negative
+	// when the store never gave that place (it lost its state): the gate
+	// books another.
+	Due time.Duration
 	// Opened counts the reopenings told with Scout(…, true).
 	Opened uint64
 }

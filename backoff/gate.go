@@ -330,7 +330,8 @@ func (g *Gate) unreachableLocked(now time.Time) []GateStateChange {
 	}
 	g.scoutFails = 0
 	g.nextScout = now.Add(g.scoutDelay())
-	g.fleet.closedAt, g.fleet.booked = g.fleet.opened, time.Time{}
+	g.fleet.closedAt = g.fleet.opened
+	g.fleet.drop()
 	return g.setStateLocked(now, GateClosed, time.Time{})
 }
 
@@ -355,7 +356,8 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 		ev = g.setStateLocked(now, GateOpen, time.Time{})
 	}
 	if g.state == GateOpen {
-		g.pacer.control(now, g.queued())
+		g.pacer.fleetGrows = g.fleet.on(now)
+		g.pacer.control(now, g.fleetQueued(now))
 	}
 	g.bucket.refill(now, g.localPace())
 	for g.queued() > 0 {

@@ -18,12 +18,23 @@ type fleetLink struct {
 	wg        sync.WaitGroup
 	admitting bool          // an Admit call is in flight
 	scouting  bool          // a Scout call for the lease is in flight
-	booked    time.Time     // a booked fleet slot not used yet, or zero
+	slot      fleetSlot     // the slot this gate goes on next
+	next      fleetSlot     // the slot booked after it
+	validated bool          // slot is confirmed due within lead, no pause
+	rtt       time.Duration // the smoothed round trip of Admit calls
+	calledAt  time.Time     // when the last Admit call started
 	downUntil time.Time     // admitting locally until then: the store failed
 	synced    FleetPace     // the fleet pace last seen or stored
 	opened    uint64        // the fleet's reopenings, last seen
 	closedAt  uint64        // opened when this gate last closed
 	pushBack  time.Duration // a pause to tell the fleet with the next call
+}
+
+// fleetSlot is a place in the fleet's queue (FleetReply.Seq, zero: none) and
+// when it was last reckoned due.
+type fleetSlot struct {
+	seq uint64
+	at  time.Time
 }
 
 // on reports whether the gate admits through its fleet at now: it has one,
@@ -38,7 +49,12 @@ func (f *fleetLink) on(now time.Time) bool {
 // while the others still admit at their shares.
 func (f *fleetLink) fail(now time.Time) {
 	f.downUntil = now.Add(fleetFallback).Truncate(fleetFallback)
-	f.booked = time.Time{}
+	f.drop()
+}
+
+// drop forgets the gate's slots.
+func (f *fleetLink) drop() {
+	f.slot, f.next, f.validated = fleetSlot{}, fleetSlot{}, false
 }
 
 // localPace is the pace of the gate's own token bucket: the pacer's, or,
@@ -51,25 +67,146 @@ func (g *Gate) localPace() float64 {
 	return g.pacer.pace / float64(max(f.m.Members(), 1))
 }
 
+// fleetQueued is the attempts queued for the destination: this gate's, or,
+// with a fleet, this gate's times the live members (the herd is taken as
+// spread evenly), so that the pacer weighs a probe against the fleet's
+// remaining work, not a member's share of it.
+func (g *Gate) fleetQueued(now time.Time) int {
+	if g.fleet.m == nil || !g.fleet.on(now) {
+		return g.queued()
+	}
+	return g.queued() * g.fleet.m.Members()
+}
+
 // openLocked reports whether an attempt may go at now while the gate is
 // open; if not, it returns when to look again, or zero when a call to the
 // fleet will.
+//
+// With a fleet, an attempt goes on a place in the fleet's queue, at the time
+// the store reckons it due, once a call made within lead of that time has
+// confirmed it (the pace may have changed since, or another member told a
+// pause: places are counted in slots, not times, so they move with the
+// pace and past a pause). That call also books the next place, so a herd
+// costs one round trip per admission, and the attempt goes at its slot's
+// time, not a round trip late: the fleet's admissions stay evenly spaced.
+// While the fleet pace doubles in startup, a place further ahead than a
+// period is reckoned again every period: it comes sooner at each doubling.
 func (g *Gate) openLocked(now time.Time) (time.Time, bool) {
 	f := &g.fleet
 	if !f.on(now) || g.pacer.unlimited() {
 		return g.paceLocked(now)
 	}
+	if f.slot.seq != 0 && f.validated {
+		if now.Before(f.slot.at) {
+			return f.slot.at, false
+		}
+		f.slot, f.next, f.validated = f.next, fleetSlot{}, false
+		return time.Time{}, true
+	}
 	if f.admitting {
 		return time.Time{}, false
 	}
-	if !f.booked.IsZero() && now.Before(f.booked) {
-		return f.booked, false
+	if f.slot.seq != 0 {
+		at := f.slot.at.Add(-f.lead())
+		if f.synced.Startup {
+			at = minTime(at, f.calledAt.Add(g.pacer.startupPeriod()))
+		}
+		if now.Before(at) {
+			return at, false
+		}
 	}
-	// No slot, or a slot now due: ask the fleet, which books the next one
-	// and says whether the destination was paused since the slot was
-	// booked.
 	g.fleetAdmitLocked(now)
 	return time.Time{}, false
+}
+
+// fleetAdmitLocked starts an Admit call: it tells the fleet a pause and this
+// gate's pace, reckons the slot held and books the next.
+func (g *Gate) fleetAdmitLocked(now time.Time) {
+	f := &g.fleet
+	want := 1
+	if f.slot.seq != 0 {
+		want = 2
+	}
+	req := FleetRequest{
+		Pace:     g.pacer.fleetPace(),
+		Book:     f.pushBack <= 0 && g.state == GateOpen && f.next.seq == 0 && g.queued() >= want,
+		Held:     f.slot.seq,
+		PushBack: f.pushBack,
+		Grow:     g.pacer.startupPeriod(),
+		Ceiling:  g.pacer.ceiling(),
+	}
+	req.Pace.Version = f.synced.Version
+	req.Propose = !req.Pace.sameAs(f.synced)
+	f.pushBack = 0
+	f.admitting = true
+	f.calledAt = now
+	g.fleetGo(func(ctx context.Context) func(time.Time) []GateStateChange {
+		start := time.Now()
+		rep, err := f.m.Admit(ctx, req)
+		took := time.Since(start)
+		return func(now time.Time) []GateStateChange {
+			f.rtt = (7*f.rtt + took) / 8
+			return g.fleetAdmittedLocked(now, req, rep, err)
+		}
+	})
+}
+
+// fleetAdmittedLocked takes the answer to an Admit call.
+func (g *Gate) fleetAdmittedLocked(now time.Time, req FleetRequest, rep FleetReply, err error) []GateStateChange {
+	f := &g.fleet
+	f.admitting = false
+	if err != nil {
+		f.fail(now)
+		// Admit locally from now on, without a burst of saved tokens.
+		g.bucket.resume(now, g.localPace())
+		return g.dispatchLocked(now)
+	}
+	f.downUntil = time.Time{}
+	f.opened = max(f.opened, rep.Opened)
+	g.fleetPaceLocked(now, req.Pace, rep.Pace, rep.PaceAge)
+	if req.Held != 0 && req.Held == f.slot.seq {
+		f.slot.at = now.Add(rep.Due)
+		if rep.Due < 0 {
+			f.drop()
+		}
+	}
+	if rep.Seq != 0 {
+		s := fleetSlot{seq: rep.Seq, at: now.Add(rep.Wait)}
+		if f.slot.seq == 0 {
+			f.slot = s
+		} else {
+			f.next = s
+		}
+	}
+	var ev []GateStateChange
+	if rep.Paused > 0 {
+		// Another member's Retry-After: a probe's price, for this pacer
+		// too. The places held stay valid: the queue resumes after it.
+		g.pacer.lastRA = max(g.pacer.lastRA, rep.Paused)
+		ev = g.pushBackLocked(now, rep.Paused)
+	}
+	// Reckoned just now: the slot is confirmed if it is near enough.
+	f.validated = f.slot.seq != 0 && rep.Paused <= 0 && !f.slot.at.After(now.Add(f.lead()))
+	if f.pushBack > 0 {
+		g.fleetAdmitLocked(now)
+	}
+	return append(ev, g.dispatchLocked(now)...)
+}
+
+// lead is how long before its slot the gate confirms it: four smoothed
+// round trips to the store plus 2 ms (a late answer admits late, and a late
+// admission lands in the next 100 ms of a server counting per window), at
+// most 25 ms. A pause another member tells within that lead can let one
+// attempt of this gate through.
+func (f *fleetLink) lead() time.Duration {
+	return min(4*f.rtt+2*time.Millisecond, 25*time.Millisecond)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // closedLocked reports whether a scout may go at now while the gate is
@@ -91,91 +228,15 @@ func (g *Gate) closedLocked(now time.Time) (time.Time, bool) {
 	return g.nextScout, false
 }
 
-// fleetAdmitLocked starts an Admit call: it tells the fleet a pause and this
-// gate's pace, validates a due slot and books the next.
-func (g *Gate) fleetAdmitLocked(now time.Time) {
-	f := &g.fleet
-	due := !f.booked.IsZero() && !now.Before(f.booked)
-	want := 1
-	if due {
-		want = 2
-	}
-	req := FleetRequest{
-		Pace:     g.pacer.fleetPace(),
-		Book:     f.pushBack <= 0 && g.state == GateOpen && g.queued() >= want,
-		Burst:    g.bucket.burst(g.pacer.pace),
-		PushBack: f.pushBack,
-	}
-	req.Pace.Version = f.synced.Version
-	if !f.downUntil.IsZero() {
-		// Rejoining after local admission: the fleet's schedule may be
-		// empty (a restarted store), and the other members may still admit
-		// locally. No burst.
-		req.Burst = 1
-	}
-	req.Propose = !req.Pace.sameAs(f.synced)
-	f.pushBack = 0
-	f.admitting = true
-	g.fleetGo(func(ctx context.Context) func(time.Time) []GateStateChange {
-		rep, err := f.m.Admit(ctx, req)
-		return func(now time.Time) []GateStateChange { return g.fleetAdmittedLocked(now, req, due, rep, err) }
-	})
-}
-
-// fleetAdmittedLocked takes the answer to an Admit call.
-func (g *Gate) fleetAdmittedLocked(now time.Time, req FleetRequest, due bool, rep FleetReply, err error) []GateStateChange {
-	f := &g.fleet
-	f.admitting = false
-	if err != nil {
-		f.fail(now)
-		// Admit locally from now on, without a burst of saved tokens.
-		g.bucket.resume(now, g.localPace())
-		return g.dispatchLocked(now)
-	}
-	f.downUntil = time.Time{}
-	f.opened = max(f.opened, rep.Opened)
-	g.fleetPaceLocked(now, req.Pace, rep.Pace)
-	if rep.Paused > 0 {
-		f.booked = time.Time{}
-		ev := g.pushBackLocked(now, rep.Paused)
-		return append(ev, g.dispatchLocked(now)...)
-	}
-	if due {
-		f.booked = time.Time{}
-		g.admitBookedLocked(now)
-	}
-	if rep.Booked {
-		f.booked = now.Add(rep.Wait)
-		if rep.Wait <= 0 && g.admitBookedLocked(now) {
-			f.booked = time.Time{}
-		}
-	}
-	if f.pushBack > 0 {
-		g.fleetAdmitLocked(now)
-	}
-	return g.dispatchLocked(now)
-}
-
-// admitBookedLocked admits the queue's head on a fleet slot, if the gate is
-// open and the in-flight bound allows.
-func (g *Gate) admitBookedLocked(now time.Time) bool {
-	if g.closed || g.state != GateOpen || g.queued() == 0 ||
-		(g.cfg.MaxInFlight > 0 && g.inFlight >= g.cfg.MaxInFlight) {
-		return false
-	}
-	g.admitLocked(now)
-	return true
-}
-
 // fleetPaceLocked reconciles the pacer with the fleet's pace: ours stored,
 // or another member's adopted.
-func (g *Gate) fleetPaceLocked(now time.Time, sent, got FleetPace) {
+func (g *Gate) fleetPaceLocked(now time.Time, sent, got FleetPace, age time.Duration) {
 	f := &g.fleet
 	if got.sameAs(sent) || got.Version == f.synced.Version {
 		f.synced = got
 		return
 	}
-	g.pacer.adopt(now, got)
+	g.pacer.adopt(now, got, now.Add(-age))
 	g.bucket.clamp(g.pacer.pace)
 	f.synced = got
 	f.synced.Pace, f.synced.Estimate, f.synced.Startup = g.pacer.pace, g.pacer.estimate, g.pacer.startup

@@ -69,6 +69,9 @@ type pacer struct {
 	trustAt    time.Time     // a Retry-After forgiven at a configured Rate
 	lastRA     time.Duration // the last Retry-After
 	ep         episode
+	// fleetGrows: the gate's Fleet doubles the pace during startup (see
+	// FleetRequest.Grow), so control does not.
+	fleetGrows bool
 }
 
 // episode is a measurement of the destination's acceptance while it rejects.
@@ -331,7 +334,7 @@ func (p *pacer) control(now time.Time, queued int) {
 		return
 	}
 	if p.startup {
-		if now.Before(p.growAt) {
+		if p.fleetGrows || now.Before(p.growAt) {
 			return
 		}
 		p.growAt = now.Add(p.startupPeriod())
@@ -432,27 +435,40 @@ func (p *pacer) fleetPace() FleetPace {
 
 // adopt takes at now the pace another member of the fleet set: a cut for its
 // Retry-After, a measurement, a startup doubling or a probe. The pacer goes
-// on from there with fresh timers, so that the fleet doubles or probes once
-// per period, not once per member. A lower pace counts as this pacer's own
-// cut: the rejections of attempts admitted before it do not cut again, the
-// pace it replaces is the ceiling for the next probes, and no probe comes
-// within a second.
-func (p *pacer) adopt(now time.Time, f FleetPace) {
+// on from there with fresh timers, so that the fleet probes about once per
+// period, not once per member. A lower pace counts as this pacer's own cut:
+// the rejections of attempts admitted before it do not cut again, the pace
+// it replaces is the ceiling for the next probes, and no probe comes within
+// a second. A higher pace after startup counts as this pacer's own probe.
+// setAt is when the fleet set the pace: its timers run from then.
+func (p *pacer) adopt(now time.Time, f FleetPace, setAt time.Time) {
 	if !p.adaptive() || p.unlimited() || !(f.Pace > 0) {
 		return
 	}
 	pace := math.Max(math.Min(f.Pace, p.ceiling()), p.minRate)
-	if pace < p.pace {
+	switch {
+	case pace < p.pace:
+		if p.probeFrom > 0 && now.Sub(p.probedAt) < p.probeEvery {
+			// A probe (ours or adopted) overshot: probe half as often,
+			// as rejected does for a probe of our own.
+			p.probeEvery = min(2*p.probeEvery, 16*defaultProbePeriod)
+		}
 		p.cuts++
 		p.hi, p.hiAt = p.pace, now
 		p.rejectedAt = now
+	case pace > p.pace && !f.Startup:
+		// Another member's probe: if it overshoots, back to this pace at
+		// once, as after a probe of our own.
+		p.probeFrom, p.probedAt = p.pace, now
+	}
+	if pace <= p.pace {
+		p.probeFrom = 0
 	}
 	p.pace = pace
 	p.estimate = f.Estimate
 	p.startup = f.Startup
 	p.ep = episode{}
-	p.probeFrom = 0
-	p.paceSetAt = now
-	p.growAt = now.Add(p.startupPeriod())
-	p.probeAt = now.Add(p.probeEvery)
+	p.paceSetAt = setAt
+	p.growAt = setAt.Add(p.startupPeriod())
+	p.probeAt = setAt.Add(p.probeEvery)
 }

@@ -164,32 +164,38 @@ func (m *member) bound(ctx context.Context) (context.Context, context.CancelFunc
 func (m *member) Admit(ctx context.Context, req backoff.FleetRequest) (backoff.FleetReply, error) {
 	ctx, cancel := m.bound(ctx)
 	defer cancel()
-	startup := "0"
-	if req.Pace.Startup {
-		startup = "1"
-	}
 	v, err := admitScript.Run(ctx, m.f.c, m.admit,
-		fmtFloat(req.Pace.Pace), fmtFloat(req.Pace.Estimate), startup,
+		fmtFloat(req.Pace.Pace), fmtFloat(req.Pace.Estimate), flag(req.Pace.Startup),
 		strconv.FormatUint(req.Pace.Version, 10), flag(req.Propose), flag(req.Book),
-		fmtFloat(req.Burst), strconv.FormatInt(req.PushBack.Microseconds(), 10),
-		strconv.FormatInt(m.f.cfg.PaceTTL.Milliseconds(), 10)).StringSlice()
+		strconv.FormatUint(req.Held, 10), strconv.FormatInt(req.PushBack.Microseconds(), 10),
+		strconv.FormatInt(m.f.cfg.PaceTTL.Milliseconds(), 10),
+		strconv.FormatInt(req.Grow.Microseconds(), 10), fmtFloat(req.Ceiling)).StringSlice()
 	if err != nil {
 		return backoff.FleetReply{}, fmt.Errorf("fleetgate: admit: %w", err)
 	}
-	if len(v) != 7 {
-		return backoff.FleetReply{}, fmt.Errorf("fleetgate: admit: %d values, want 7", len(v))
+	return parseAdmit(v)
+}
+
+// parseAdmit reads admitScript's answer.
+func parseAdmit(v []string) (backoff.FleetReply, error) {
+	if len(v) != 10 {
+		return backoff.FleetReply{}, fmt.Errorf("fleetgate: admit: %d values, want 10", len(v))
+	}
+	us := func(s string) time.Duration {
+		n, _ := strconv.ParseInt(s, 10, 64)
+		return time.Duration(n) * time.Microsecond
 	}
 	var rep backoff.FleetReply
 	rep.Pace.Pace, _ = strconv.ParseFloat(v[0], 64)
 	rep.Pace.Estimate, _ = strconv.ParseFloat(v[1], 64)
 	rep.Pace.Startup = v[2] == "1"
 	rep.Pace.Version, _ = strconv.ParseUint(v[3], 10, 64)
-	paused, _ := strconv.ParseInt(v[4], 10, 64)
-	wait, _ := strconv.ParseInt(v[5], 10, 64)
-	rep.Opened, _ = strconv.ParseUint(v[6], 10, 64)
-	rep.Paused = time.Duration(paused) * time.Microsecond
-	rep.Booked = wait >= 0
-	rep.Wait = time.Duration(max(wait, 0)) * time.Microsecond
+	rep.Paused = us(v[4])
+	rep.Seq, _ = strconv.ParseUint(v[5], 10, 64)
+	rep.Wait = us(v[6])
+	rep.Due = us(v[7])
+	rep.Opened, _ = strconv.ParseUint(v[8], 10, 64)
+	rep.PaceAge = max(us(v[9]), 0)
 	return rep, nil
 }
 

@@ -2,61 +2,95 @@ package fleetgate
 
 import "github.com/redis/go-redis/v9"
 
-// admitScript is one admission's round trip: it stores the fleet pace
-// (compare-and-set on its version), stores a pause, and books a GCRA slot
-// on the server's clock at the fleet pace, all atomically.
+// admitScript is one admission's round trip, atomic on the server's clock:
+// it stores the fleet pace (compare-and-set on its version; a cut also
+// replaces a stored growth), doubles it during startup, stores a pause,
+// reckons a held place and books the next one in the fleet's queue.
 //
-// KEYS: tat, pace (a hash), pause, opened. ARGV: pace, estimate, startup
-// (0/1), the version the pace derives from, propose (0/1), book (0/1), burst,
-// push-back (µs), the pace's TTL (ms, ≤ 0: none). It returns the fleet's
-// pace, estimate, startup and version, the pause left (µs), the wait for the
-// booked slot (µs, -1: none) and the reopenings.
+// The queue (KEYS[1], a hash) is a GCRA counted in places: issued is the
+// next place to give out; v0 is a virtual clock's reading at t0, and the
+// clock runs at the fleet pace from t0 (the end of a pause, if any), never
+// past issued (an idle fleet saves no burst). Place n is due when the clock
+// reaches n.
 //
-// Times are µs from the server's TIME and are formatted with %.0f: Lua's
-// default number format would round them to 14 digits.
+// KEYS: queue, pace (a hash), pause, opened. ARGV: pace, estimate, startup
+// (0/1), the version the pace derives from, propose (0/1), book (0/1), the
+// place held (0: none), push-back (µs), the TTL of the pace and the queue
+// (ms, ≤ 0: none), the startup's doubling period (µs), the ceiling. It
+// returns the fleet's pace, estimate, startup and version, the pause left
+// (µs), the place booked (0: none) and its wait (µs), the held place's wait
+// (µs; -1: a place this queue never gave, lost with Redis's state), the
+// reopenings and the pace's age (µs).
+//
+// Times are µs and formatted with %.0f, paces with %.17g: Lua's default
+// number format would round them to 14 digits.
 var admitScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local ttl = tonumber(ARGV[9])
-local rec = redis.call('HMGET', KEYS[2], 'pace', 'est', 'startup', 'ver')
+local function fmt(x) return string.format('%.0f', x) end
+local rec = redis.call('HMGET', KEYS[2], 'pace', 'est', 'startup', 'ver', 'at', 'cut')
 local ver = tonumber(rec[4])
-local base = tonumber(ARGV[4])
-if tonumber(ARGV[1]) > 0 and (ver == nil or (ARGV[5] == '1' and base == ver)) then
-  ver = math.max(ver or 0, base) + 1
-  rec = {ARGV[1], ARGV[2], ARGV[3]}
-  redis.call('HSET', KEYS[2], 'pace', ARGV[1], 'est', ARGV[2], 'startup', ARGV[3], 'ver', string.format('%.0f', ver))
+local old = tonumber(rec[1] or '0') or 0
+local q = redis.call('HMGET', KEYS[1], 'v0', 't0', 'issued')
+local issued = tonumber(q[3] or '1')
+local v = tonumber(q[1] or '1')
+local t0 = tonumber(q[2] or fmt(now))
+if old > 0 and now > t0 then
+  v = v + (now - t0) * old / 1000000
 end
-if ver ~= nil and ttl > 0 then
-  redis.call('PEXPIRE', KEYS[2], ttl)
+v = math.min(v, issued)
+local want = tonumber(ARGV[1])
+local book = ARGV[6] == '1'
+if want > 0 then
+  local cut = ver ~= nil and want < old and rec[6] ~= '1'
+  if ver == nil or (ARGV[5] == '1' and (tonumber(ARGV[4]) == ver or cut)) then
+    ver = math.max(ver or 0, tonumber(ARGV[4])) + 1
+    local isCut = '0'
+    if old > 0 and want < old then
+      isCut = '1'
+    end
+    rec = {ARGV[1], ARGV[2], ARGV[3], ver, now, isCut}
+    redis.call('HSET', KEYS[2], 'pace', ARGV[1], 'est', ARGV[2], 'startup', ARGV[3],
+      'ver', fmt(ver), 'at', fmt(now), 'cut', isCut)
+  end
 end
+local grow = tonumber(ARGV[10])
+if ver ~= nil and book and rec[3] == '1' and grow > 0 and now - tonumber(rec[5]) >= grow then
+  ver = ver + 1
+  rec = {string.format('%.17g', math.min(tonumber(rec[1]) * 2, tonumber(ARGV[11]))), rec[2], rec[3], ver, now, '0'}
+  redis.call('HSET', KEYS[2], 'pace', rec[1], 'ver', fmt(ver), 'at', fmt(now), 'cut', '0')
+end
+local pace = tonumber(rec[1] or '0') or 0
 local pend = tonumber(redis.call('GET', KEYS[3]) or '0')
 local pb = tonumber(ARGV[8])
 if pb > 0 and now + pb > pend then
   pend = now + pb
-  redis.call('SET', KEYS[3], string.format('%.0f', pend), 'PX', math.ceil(pb / 1000) + 1)
+  redis.call('SET', KEYS[3], fmt(pend), 'PX', math.ceil(pb / 1000) + 1)
 end
-local paused = 0
-if pend > now then
-  paused = pend - now
-end
-local wait = -1
-local pace = tonumber(rec[1] or '0') or 0
-if paused == 0 and ARGV[6] == '1' and pace > 0 then
-  local slot = 1000000 / pace
-  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if tat < now then
-    tat = now
+local start = math.max(now, pend, t0)
+local seq, wait, due = 0, 0, 0
+if pace > 0 then
+  if book then
+    seq = issued
+    issued = issued + 1
+    wait = start - now + math.max(seq - v, 0) * 1000000 / pace
   end
-  wait = tat - (math.max(tonumber(ARGV[7]), 1) - 1) * slot - now
-  if wait < 0 then
-    wait = 0
+  local held = tonumber(ARGV[7])
+  if held > 0 and held >= issued then
+    due = -1
+  elseif held > 0 then
+    due = start - now + math.max(held - v, 0) * 1000000 / pace
   end
-  tat = tat + slot
-  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
-local opened = redis.call('GET', KEYS[4]) or '0'
-return {rec[1] or '0', rec[2] or '0', rec[3] or '0', string.format('%.0f', ver or 0),
-  string.format('%.0f', paused), string.format('%.0f', wait), opened}
+redis.call('HSET', KEYS[1], 'v0', string.format('%.17g', v), 't0', fmt(start), 'issued', fmt(issued))
+if tonumber(ARGV[9]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[9])
+  if ver ~= nil then
+    redis.call('PEXPIRE', KEYS[2], ARGV[9])
+  end
+end
+return {rec[1] or '0', rec[2] or '0', rec[3] or '0', fmt(ver or 0), fmt(math.max(pend - now, 0)),
+  fmt(seq), fmt(wait), fmt(due), redis.call('GET', KEYS[4]) or '0', fmt(now - tonumber(rec[5] or now))}
 `)
 
 // scoutScript takes or releases the scout lease (SET NX PX), and counts a
