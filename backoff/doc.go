@@ -58,4 +58,12 @@
 // GatePaused) is reported by State, WaitForStateChange and the OnStateChange
 // callback, in the shape packages conn and sip use for their own states.
 // Packages conn and sip use a Gate for every redial and re-registration.
+//
+// A Gate admits for one process. GateConfig.Fleet shares it with every
+// process of a fleet that admits towards the same destination (package
+// backoff/fleetgate keeps the shared state on Redis): one pace, one pause for
+// a Retry-After, one scout for a dead destination, one learned pace that
+// outlives the herd. Admission never waits on the shared store longer than
+// FleetCallBound; without it each process admits at its share of the last
+// known fleet pace.
 package backoff

@@ -135,9 +135,11 @@ type FleetReply struct {
 	Seq  uint64
 	Wait time.Duration
 	// Due is how long until the place the request held is due; negative
-	// when the store never gave that place (it lost its state): the gate
-	// books another.
+	// when it is overdue by that much (its gate had no attempt waiting).
 	Due time.Duration
+	// Lost reports that the store never gave the held place: it lost its
+	// state (a restart). The gate books another.
+	Lost bool
 	// Opened counts the reopenings told with Scout(…, true).
 	Opened uint64
 }

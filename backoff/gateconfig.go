@@ -121,7 +121,11 @@ type GateConfig struct {
 	// Fleet, if set, shares the gate's admission with the other processes
 	// admitting towards Destination (see Fleet; package backoff/fleetgate
 	// keeps it on Redis): one pace, one pause, one scout and one learned
-	// pace for the whole fleet. Nil keeps the gate local to its process.
+	// pace for the whole fleet; Rate is then the fleet's. Nil keeps the
+	// gate local to its process. With a negative Rate (no rate limit) the
+	// gate shares the pauses it is told and the scout, but admits without
+	// asking the fleet, so it hears of other members' pauses only through
+	// outcomes of its own.
 	Fleet Fleet
 
 	// rand is the source of scout jitter for tests; nil means the

@@ -96,13 +96,14 @@ func (g *Gate) openLocked(now time.Time) (time.Time, bool) {
 	if !f.on(now) || g.pacer.unlimited() {
 		return g.paceLocked(now)
 	}
-	if f.slot.seq != 0 && f.validated {
+	if f.slot.seq != 0 && f.validated && now.Sub(f.slot.at) <= f.lead() {
 		if now.Before(f.slot.at) {
 			return f.slot.at, false
 		}
 		f.slot, f.next, f.validated = f.next, fleetSlot{}, false
 		return time.Time{}, true
 	}
+	f.validated = false // confirmed too long ago, if at all
 	if f.admitting {
 		return time.Time{}, false
 	}
@@ -166,8 +167,11 @@ func (g *Gate) fleetAdmittedLocked(now time.Time, req FleetRequest, rep FleetRep
 	g.fleetPaceLocked(now, req.Pace, rep.Pace, rep.PaceAge)
 	if req.Held != 0 && req.Held == f.slot.seq {
 		f.slot.at = now.Add(rep.Due)
-		if rep.Due < 0 {
-			f.drop()
+		if rep.Lost || rep.Due < -f.lead() {
+			// Lost with the store's state, or long overdue (nobody
+			// waited for it): using it now would add an admission to the
+			// fleet's pace. Leave it unused.
+			f.slot, f.next = f.next, fleetSlot{}
 		}
 	}
 	if rep.Seq != 0 {
@@ -186,7 +190,8 @@ func (g *Gate) fleetAdmittedLocked(now time.Time, req FleetRequest, rep FleetRep
 		ev = g.pushBackLocked(now, rep.Paused)
 	}
 	// Reckoned just now: the slot is confirmed if it is near enough.
-	f.validated = f.slot.seq != 0 && rep.Paused <= 0 && !f.slot.at.After(now.Add(f.lead()))
+	f.validated = f.slot.seq != 0 && rep.Paused <= 0 && !f.slot.at.After(now.Add(f.lead())) &&
+		!f.slot.at.Before(now.Add(-f.lead()))
 	if f.pushBack > 0 {
 		g.fleetAdmitLocked(now)
 	}

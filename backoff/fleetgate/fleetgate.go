@@ -193,7 +193,7 @@ func parseAdmit(v []string) (backoff.FleetReply, error) {
 	rep.Paused = us(v[4])
 	rep.Seq, _ = strconv.ParseUint(v[5], 10, 64)
 	rep.Wait = us(v[6])
-	rep.Due = us(v[7])
+	rep.Due, rep.Lost = us(v[7]), v[7] == "lost"
 	rep.Opened, _ = strconv.ParseUint(v[8], 10, 64)
 	rep.PaceAge = max(us(v[9]), 0)
 	return rep, nil

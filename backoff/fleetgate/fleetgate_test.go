@@ -351,3 +351,45 @@ func TestStoppedMemberReleasesItsShare(t *testing.T) {
 	_ = mc.Leave()
 	t.Logf("a leaving member counted out in %v, a crashed one in %v (heartbeat %v)", left, crashed, cfg.Heartbeat)
 }
+
+// What one process learned is where a restarted process starts, until
+// PaceTTL passes with no admission.
+func TestLearnedPaceOutlivesAProcess(t *testing.T) {
+	s := redistest.Start(t)
+	cfg := Config{PaceTTL: 300 * time.Millisecond}
+	fa, c := newFleet(t, s, "a", cfg)
+	ga := newGate(t, fa, backoff.GateConfig{}) // adaptive: startup at 20/s
+	p, err := ga.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Done(backoff.Overload(10 * time.Millisecond)) // a Retry-After: the pace halves
+	learned := ga.Stats()
+	ga.Close()
+	if learned.Rate != 10 || learned.Estimate == 0 {
+		t.Fatalf("gate A: pace %v estimate %v after a Retry-After in startup, want 10 and an estimate", learned.Rate, learned.Estimate)
+	}
+	restarted := func() backoff.GateStats {
+		t.Helper()
+		fb, _ := newFleet(t, s, "b", cfg)
+		gb := newGate(t, fb, backoff.GateConfig{})
+		defer gb.Close()
+		p, err := gb.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Done(backoff.Success)
+		return gb.Stats()
+	}
+	if st := restarted(); st.Rate != learned.Rate || st.Estimate != learned.Estimate {
+		t.Fatalf("a restarted process starts at pace %v estimate %v, want the learned %v and %v",
+			st.Rate, st.Estimate, learned.Rate, learned.Estimate)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if n := c.Exists(t.Context(), DefaultPrefix+"{registrar.test:5060}:pace").Val(); n != 0 {
+		t.Fatal("the learned pace outlived PaceTTL")
+	}
+	if st := restarted(); st.Rate != backoff.DefaultInitialRate {
+		t.Fatalf("after PaceTTL a new process starts at %v, want InitialRate %v", st.Rate, backoff.DefaultInitialRate)
+	}
+}

@@ -19,8 +19,8 @@ import "github.com/redis/go-redis/v9"
 // (ms, ≤ 0: none), the startup's doubling period (µs), the ceiling. It
 // returns the fleet's pace, estimate, startup and version, the pause left
 // (µs), the place booked (0: none) and its wait (µs), the held place's wait
-// (µs; -1: a place this queue never gave, lost with Redis's state), the
-// reopenings and the pace's age (µs).
+// (µs, negative when overdue; "lost": a place this queue never gave, lost
+// with Redis's state), the reopenings and the pace's age (µs).
 //
 // Times are µs and formatted with %.0f, paces with %.17g: Lua's default
 // number format would round them to 14 digits.
@@ -68,7 +68,7 @@ if pb > 0 and now + pb > pend then
   redis.call('SET', KEYS[3], fmt(pend), 'PX', math.ceil(pb / 1000) + 1)
 end
 local start = math.max(now, pend, t0)
-local seq, wait, due = 0, 0, 0
+local seq, wait, due = 0, 0, '0'
 if pace > 0 then
   if book then
     seq = issued
@@ -77,9 +77,9 @@ if pace > 0 then
   end
   local held = tonumber(ARGV[7])
   if held > 0 and held >= issued then
-    due = -1
+    due = 'lost'
   elseif held > 0 then
-    due = start - now + math.max(held - v, 0) * 1000000 / pace
+    due = fmt(start - now + (held - v) * 1000000 / pace)
   end
 end
 redis.call('HSET', KEYS[1], 'v0', string.format('%.17g', v), 't0', fmt(start), 'issued', fmt(issued))
@@ -90,7 +90,7 @@ if tonumber(ARGV[9]) > 0 then
   end
 end
 return {rec[1] or '0', rec[2] or '0', rec[3] or '0', fmt(ver or 0), fmt(math.max(pend - now, 0)),
-  fmt(seq), fmt(wait), fmt(due), redis.call('GET', KEYS[4]) or '0', fmt(now - tonumber(rec[5] or now))}
+  fmt(seq), fmt(wait), due, redis.call('GET', KEYS[4]) or '0', fmt(now - tonumber(rec[5] or now))}
 `)
 
 // scoutScript takes or releases the scout lease (SET NX PX), and counts a

@@ -1,0 +1,125 @@
+package backoff
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// fakeFleet is a FleetMember whose Admit answers with admit (nil: an
+// error at once) and which counts its calls.
+type fakeFleet struct {
+	mu      sync.Mutex
+	admit   func(ctx context.Context, req FleetRequest) (FleetReply, error)
+	calls   int
+	members int
+	left    bool
+}
+
+func (f *fakeFleet) Join(string) FleetMember { return f }
+
+func (f *fakeFleet) Admit(ctx context.Context, req FleetRequest) (FleetReply, error) {
+	f.mu.Lock()
+	f.calls++
+	admit := f.admit
+	f.mu.Unlock()
+	if admit == nil {
+		return FleetReply{}, errors.New("fake: store down")
+	}
+	return admit(ctx, req)
+}
+
+func (f *fakeFleet) Scout(context.Context, time.Duration, bool) (FleetScout, error) {
+	return FleetScout{}, errors.New("fake: store down")
+}
+
+func (f *fakeFleet) Members() int { return f.members }
+
+func (f *fakeFleet) Leave() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.left = true
+	return nil
+}
+
+// admitN admits n attempts through g one after the other, each done with
+// Success, and returns how long that took.
+func admitN(t *testing.T, g *Gate, n int) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for range n {
+		p, err := g.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Done(Success)
+	}
+	return time.Since(start)
+}
+
+// A store that hangs costs an admission at most FleetCallBound; then the
+// gate admits locally at its share of the fleet pace (pace ÷ members), and
+// Close leaves the fleet.
+func TestGateFleetHungStore(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeFleet{members: 2, admit: func(ctx context.Context, _ FleetRequest) (FleetReply, error) {
+			<-ctx.Done()
+			return FleetReply{}, context.Cause(ctx)
+		}}
+		g := NewGate(GateConfig{Rate: 100, Fleet: f}) // fleet pace 95/s
+		if d := admitN(t, g, 1); d > FleetCallBound {
+			t.Fatalf("first admission took %v with a hung store, want ≤ %v", d, FleetCallBound)
+		}
+		// 30 more, within the fallback (to the next whole second): local,
+		// at 95/2 = 47.5/s (40/s with the 100 ms guard: 4 per 100 ms).
+		d := admitN(t, g, 30)
+		if rate := 30 / d.Seconds(); rate < 36 || rate > 50 {
+			t.Fatalf("%.1f/s while the store hangs, want 40–47.5 (95/s ÷ 2 members)", rate)
+		}
+		if f.calls != 1 {
+			t.Fatalf("%d calls to a hung store within the fallback second, want 1", f.calls)
+		}
+		g.Close()
+		if !f.left {
+			t.Fatal("Close did not leave the fleet")
+		}
+	})
+}
+
+// A pause the fleet reports is this gate's pause, exactly (no spread: the
+// fleet's queue spreads the resumption), and the place held survives it.
+func TestGateFleetPause(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var seq uint64
+		paused := true
+		f := &fakeFleet{members: 1}
+		f.admit = func(_ context.Context, req FleetRequest) (FleetReply, error) {
+			rep := FleetReply{Pace: FleetPace{Pace: 95, Version: 1}}
+			if paused {
+				paused = false
+				rep.Paused = 300 * time.Millisecond
+			}
+			if req.Book {
+				seq++
+				rep.Seq = seq
+			}
+			if req.Held != 0 && rep.Paused > 0 {
+				rep.Due = rep.Paused
+			}
+			return rep, nil
+		}
+		g := NewGate(GateConfig{Rate: 100, Fleet: f})
+		defer g.Close()
+		start := time.Now()
+		admitN(t, g, 1)
+		if d := time.Since(start); d != 300*time.Millisecond {
+			t.Fatalf("admitted %v after the fleet's 300 ms pause began, want exactly 300 ms", d)
+		}
+		if f.calls > 3 {
+			t.Fatalf("%d calls for one admission through a pause, want ≤ 3", f.calls)
+		}
+	})
+}
