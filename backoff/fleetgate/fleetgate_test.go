@@ -15,7 +15,15 @@ import (
 	"github.com/relinkgo/relink/internal/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// go-redis logs every failed dial; the tests kill Redis on purpose.
+	redis.SetLogger(quiet{})
+	goleak.VerifyTestMain(m)
+}
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
 
 // newFleet returns a Fleet on s for one simulated process, with its own
 // client (closed at cleanup), wrapped to time every call.
