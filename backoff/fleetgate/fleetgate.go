@@ -61,7 +61,9 @@ type Config struct {
 	// turns the expiry off (kept until Redis loses it).
 	PaceTTL time.Duration
 	// ID names this process in the member set and as the scout lease's
-	// holder. Zero means hostname-pid-random; give each process its own.
+	// holder (each Join adds "/n", so that two gates of one process count
+	// as two members). Zero means hostname-pid-random; give each process
+	// its own.
 	ID string
 }
 
@@ -69,8 +71,9 @@ type Config struct {
 // Valkey). It is safe for concurrent use; one Fleet serves every Gate of a
 // process, whatever their destinations.
 type Fleet struct {
-	c   redis.UniversalClient
-	cfg Config
+	c     redis.UniversalClient
+	cfg   Config
+	joins atomic.Uint64 // numbers the members, so two gates of one process are two
 }
 
 // New returns a Fleet on c. c must have ContextTimeoutEnabled (New checks
@@ -128,6 +131,7 @@ func (f *Fleet) Join(destination string) backoff.FleetMember {
 	k := func(s string) string { return f.cfg.Prefix + "{" + destination + "}:" + s }
 	m := &member{
 		f:       f,
+		id:      f.cfg.ID + "/" + strconv.FormatUint(f.joins.Add(1), 10),
 		admit:   []string{k("tat"), k("pace"), k("pause"), k("opened")},
 		scout:   []string{k("lease"), k("opened")},
 		members: []string{k("members")},
@@ -144,6 +148,7 @@ func (f *Fleet) Join(destination string) backoff.FleetMember {
 // member is one Gate's membership.
 type member struct {
 	f                     *Fleet
+	id                    string   // Config.ID and the join's number
 	admit, scout, members []string // keys
 	count                 atomic.Int64
 	stop                  chan struct{}
@@ -207,7 +212,7 @@ func (m *member) Scout(ctx context.Context, lease time.Duration, reopened bool) 
 	if lease > 0 {
 		ms = max(lease.Milliseconds(), 1)
 	}
-	v, err := scoutScript.Run(ctx, m.f.c, m.scout, m.f.cfg.ID, ms, flag(reopened),
+	v, err := scoutScript.Run(ctx, m.f.c, m.scout, m.id, ms, flag(reopened),
 		m.f.cfg.PaceTTL.Milliseconds()).Int64Slice()
 	if err != nil {
 		return backoff.FleetScout{}, fmt.Errorf("fleetgate: scout: %w", err)
@@ -231,7 +236,7 @@ func (m *member) heartbeats() {
 	var last int64
 	for {
 		ctx, cancel := m.bound(context.Background())
-		if n, err := heartbeatScript.Run(ctx, m.f.c, m.members, m.f.cfg.ID, life).Int64(); err == nil {
+		if n, err := heartbeatScript.Run(ctx, m.f.c, m.members, m.id, life).Int64(); err == nil {
 			// A count that fell is believed one heartbeat later: a Redis
 			// that restarted empty counts the members one by one as they
 			// heartbeat, and a share taken from a count too low is a
@@ -261,7 +266,7 @@ func (m *member) Leave() error {
 		}
 		ctx, cancel := m.bound(context.Background())
 		defer cancel()
-		if e := m.f.c.ZRem(ctx, m.members[0], m.f.cfg.ID).Err(); e != nil {
+		if e := m.f.c.ZRem(ctx, m.members[0], m.id).Err(); e != nil {
 			err = fmt.Errorf("fleetgate: leave: %w", e)
 		}
 	})
