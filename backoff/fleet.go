@@ -26,10 +26,12 @@ import (
 // The store is never in the way. The Gate calls a member outside its lock,
 // one call at a time, each bounded by FleetCallBound (the member should use a
 // tighter bound of its own). A call that fails or times out puts the gate on
-// local admission until the next whole second of the wall clock — at its
-// share of the last known fleet pace, FleetPace.Pace divided by Members —
-// after which it asks the store again and rejoins the fleet's schedule
-// without a burst (so members cut off together rejoin together).
+// local admission until the next whole second of the wall clock — at 70 % of
+// its share of the last known fleet pace, FleetPace.Pace divided by Members
+// (the members' admissions now fall at random against each other), held
+// there: no probe upward, and a rejection pauses the member without a cut —
+// after which it asks the store again and rejoins the fleet's queue without
+// a burst (so members cut off together rejoin together).
 //
 // A GateConfig.Rate given with a Fleet is the fleet's rate, not the
 // process's.

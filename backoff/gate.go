@@ -357,6 +357,7 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 	}
 	if g.state == GateOpen {
 		g.pacer.fleetGrows = g.fleet.on(now)
+		g.pacer.fleetHeld = g.fleet.m != nil && !g.pacer.fleetGrows
 		g.pacer.control(now, g.fleetQueued(now))
 	}
 	g.bucket.refill(now, g.localPace())

@@ -70,8 +70,13 @@ type pacer struct {
 	lastRA     time.Duration // the last Retry-After
 	ep         episode
 	// fleetGrows: the gate's Fleet doubles the pace during startup (see
-	// FleetRequest.Grow), so control does not.
-	fleetGrows bool
+	// FleetRequest.Grow), so control does not. fleetHeld: the gate's Fleet
+	// cannot be reached, and the pace is the last known fleet pace, held:
+	// the members, each at its share, must not probe upward independently
+	// (they would add up), and a rejection pauses the member but does not
+	// cut (the members' random phases against the server's windows, not
+	// the pace, make most of them).
+	fleetGrows, fleetHeld bool
 }
 
 // episode is a measurement of the destination's acceptance while it rejects.
@@ -237,7 +242,7 @@ func (p *pacer) rejected(now time.Time, retryAfter time.Duration, s stamp) {
 	}
 	p.rejectedAt = now
 	p.cleanProbe = 0
-	if !p.adaptive() || p.unlimited() {
+	if !p.adaptive() || p.unlimited() || p.fleetHeld {
 		return
 	}
 	if retryAfter > 0 {
@@ -330,7 +335,7 @@ func (p *pacer) maybeEndEpisode(now time.Time) {
 // queued (a gate with no demand does not inflate its pace). The Gate calls
 // it only while open.
 func (p *pacer) control(now time.Time, queued int) {
-	if !p.adaptive() || p.unlimited() {
+	if !p.adaptive() || p.unlimited() || p.fleetHeld {
 		return
 	}
 	if p.startup {
@@ -456,9 +461,10 @@ func (p *pacer) adopt(now time.Time, f FleetPace, setAt time.Time) {
 		p.cuts++
 		p.hi, p.hiAt = p.pace, now
 		p.rejectedAt = now
-	case pace > p.pace && !f.Startup:
-		// Another member's probe: if it overshoots, back to this pace at
-		// once, as after a probe of our own.
+	case pace > p.pace && !f.Startup && now.Sub(setAt) < p.probeEvery:
+		// Another member's probe, just now: if it overshoots, back to this
+		// pace at once, as after a probe of our own. (An older pace is the
+		// fleet's knowledge, which a new member just joins.)
 		p.probeFrom, p.probedAt = p.pace, now
 	}
 	if pace <= p.pace {

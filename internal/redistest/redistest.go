@@ -60,16 +60,29 @@ type Server struct {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	Require(t)
-	port, err := freePort()
+	s, err := Launch(t.TempDir())
 	if err != nil {
-		t.Fatal(err)
-	}
-	s := &Server{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: t.TempDir()}
-	if err := s.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Kill)
 	return s
+}
+
+// Launch starts a redis-server on a free loopback port, its log in dir, for
+// a program (a benchmark) rather than a test; the caller calls Kill.
+func Launch(dir string) (*Server, error) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		return nil, ErrNotInstalled
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir}
+	if err := s.Restart(); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // Addr returns the server's host:port.
