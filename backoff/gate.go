@@ -248,7 +248,7 @@ func (g *Gate) PushBack(d time.Duration) {
 }
 
 func (g *Gate) pushBackLocked(now time.Time, d time.Duration) []GateStateChange {
-	if !g.fleet.on(now) {
+	if !g.fleet.connected() {
 		// Resume with spread, as Floor does: independent gates told the
 		// same Retry-After must not come back in step. One draw per
 		// pause: the rejections of one overshoot extend it by the same
@@ -356,9 +356,9 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 		ev = g.setStateLocked(now, GateOpen, time.Time{})
 	}
 	if g.state == GateOpen {
-		g.pacer.fleetGrows = g.fleet.on(now)
+		g.pacer.fleetGrows = g.fleet.connected()
 		g.pacer.fleetHeld = g.fleet.m != nil && !g.pacer.fleetGrows
-		g.pacer.control(now, g.fleetQueued(now))
+		g.pacer.control(now, g.fleetQueued())
 	}
 	g.bucket.refill(now, g.localPace())
 	for g.queued() > 0 {

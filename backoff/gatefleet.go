@@ -43,6 +43,11 @@ func (f *fleetLink) on(now time.Time) bool {
 	return f.m != nil && !now.Before(f.downUntil)
 }
 
+// connected reports whether the gate has a fleet whose store answered its
+// last call: false from a failed call until the next answer, through the
+// retries in between.
+func (f *fleetLink) connected() bool { return f.m != nil && f.downUntil.IsZero() }
+
 // fail puts the gate on local admission after a failed call, until the
 // next whole fleetFallback of the wall clock: the members that lost the
 // store together rejoin together, rather than one at the full fleet pace
@@ -69,7 +74,7 @@ const fallbackShare = 0.7
 // while the fleet's store is unreachable, this process's share of it.
 func (g *Gate) localPace() float64 {
 	f := &g.fleet
-	if f.m == nil || f.on(time.Now()) {
+	if f.m == nil || f.connected() {
 		return g.pacer.pace
 	}
 	n := f.m.Members()
@@ -83,8 +88,8 @@ func (g *Gate) localPace() float64 {
 // with a fleet, this gate's times the live members (the herd is taken as
 // spread evenly), so that the pacer weighs a probe against the fleet's
 // remaining work, not a member's share of it.
-func (g *Gate) fleetQueued(now time.Time) int {
-	if g.fleet.m == nil || !g.fleet.on(now) {
+func (g *Gate) fleetQueued() int {
+	if !g.fleet.connected() {
 		return g.queued()
 	}
 	return g.queued() * g.fleet.m.Members()
@@ -172,12 +177,16 @@ func (g *Gate) fleetAdmittedLocked(now time.Time, req FleetRequest, rep FleetRep
 	f := &g.fleet
 	f.admitting = false
 	if err != nil {
+		lost := f.connected()
 		f.fail(now)
-		// Admit locally from now on, without a burst of saved tokens, the
-		// first at a random point of this gate's first interval: members
-		// that lost the store together must not admit together.
-		g.bucket.resume(now, g.localPace())
-		g.bucket.tokens = min(g.bucket.tokens, 0) - uniform(g.cfg.rand)
+		if lost {
+			// Admit locally from now on, without a burst of saved tokens,
+			// the first at a random point of this gate's first interval:
+			// members that lost the store together must not admit
+			// together. (A retry that fails changes nothing.)
+			g.bucket.resume(now, g.localPace())
+			g.bucket.tokens = min(g.bucket.tokens, 0) - uniform(g.cfg.rand)
+		}
 		return g.dispatchLocked(now)
 	}
 	f.downUntil = time.Time{}

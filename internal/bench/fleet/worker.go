@@ -67,6 +67,9 @@ func runWorker(o *options) error {
 		return fmt.Errorf("worker %d: no go (%q): %w", o.id, line, err)
 	}
 	rep := clients(o, g)
+	if os.Getenv("RELINK_FLEET_DEBUG") != "" {
+		fmt.Fprintf(os.Stderr, "worker %d: %+v\n", o.id, g.Stats())
+	}
 	g.Close()
 	if counted != nil {
 		rep.Calls, rep.MaxWaitNs = int(counted.calls.Load()), counted.slowest.Load()
