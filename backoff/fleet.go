@@ -77,8 +77,8 @@ const FleetCallBound = 100 * time.Millisecond
 // is the stored one, so that of two members changing the pace at once one
 // wins and the other adopts the winner's (one cut per overshoot, one probe
 // at a time, fleet-wide) — except that a cut (a lower pace) also replaces a
-// stored pace that was not itself a cut: a rejection beats a concurrent
-// doubling or probe.
+// stored pace that was not itself a cut and came just after the proposal's
+// Version: a rejection beats a concurrent doubling or probe.
 type FleetPace struct {
 	// Pace is the fleet's admission pace in attempts per second; zero when
 	// unlimited.

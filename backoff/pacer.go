@@ -461,10 +461,11 @@ func (p *pacer) adopt(now time.Time, f FleetPace, setAt time.Time) {
 		p.cuts++
 		p.hi, p.hiAt = p.pace, now
 		p.rejectedAt = now
-	case pace > p.pace && !f.Startup && now.Sub(setAt) < p.probeEvery:
+	case pace > p.pace && !f.Startup && !p.startup && now.Sub(setAt) < p.probeEvery:
 		// Another member's probe, just now: if it overshoots, back to this
-		// pace at once, as after a probe of our own. (An older pace is the
-		// fleet's knowledge, which a new member just joins.)
+		// pace at once, as after a probe of our own. (An older pace, or
+		// one found by a member still at its own startup — a new member —
+		// is the fleet's knowledge, which the member joins.)
 		p.probeFrom, p.probedAt = p.pace, now
 	}
 	if pace <= p.pace {

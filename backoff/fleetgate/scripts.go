@@ -4,7 +4,8 @@ import "github.com/redis/go-redis/v9"
 
 // admitScript is one admission's round trip, atomic on the server's clock:
 // it stores the fleet pace (compare-and-set on its version; a cut also
-// replaces a stored growth), doubles it during startup, stores a pause,
+// replaces a growth stored just after the version it derives from),
+// doubles it during startup (never while paused), stores a pause,
 // reckons a held place and books the next one in the fleet's queue.
 //
 // The queue (KEYS[1], a hash) is a GCRA counted in places: issued is the
@@ -42,7 +43,7 @@ v = math.min(v, issued)
 local want = tonumber(ARGV[1])
 local book = ARGV[6] == '1'
 if want > 0 then
-  local cut = ver ~= nil and want < old and rec[6] ~= '1'
+  local cut = ver ~= nil and want < old and rec[6] ~= '1' and tonumber(ARGV[4]) == ver - 1
   if ver == nil or (ARGV[5] == '1' and (tonumber(ARGV[4]) == ver or cut)) then
     ver = math.max(ver or 0, tonumber(ARGV[4])) + 1
     local isCut = '0'
@@ -54,14 +55,15 @@ if want > 0 then
       'ver', fmt(ver), 'at', fmt(now), 'cut', isCut)
   end
 end
+local pend = tonumber(redis.call('GET', KEYS[3]) or '0')
 local grow = tonumber(ARGV[10])
-if ver ~= nil and book and rec[3] == '1' and grow > 0 and now - tonumber(rec[5]) >= grow then
+if ver ~= nil and book and rec[3] == '1' and grow > 0 and now - tonumber(rec[5]) >= grow and pend <= now and
+    tonumber(ARGV[8]) <= 0 then
   ver = ver + 1
   rec = {string.format('%.17g', math.min(tonumber(rec[1]) * 2, tonumber(ARGV[11]))), rec[2], rec[3], ver, now, '0'}
   redis.call('HSET', KEYS[2], 'pace', rec[1], 'ver', fmt(ver), 'at', fmt(now), 'cut', '0')
 end
 local pace = tonumber(rec[1] or '0') or 0
-local pend = tonumber(redis.call('GET', KEYS[3]) or '0')
 local pb = tonumber(ARGV[8])
 if pb > 0 and now + pb > pend then
   pend = now + pb

@@ -18,6 +18,9 @@
 // C), shared-rate (told C), shared-second-herd (a second herd after shared,
 // with the learned pace kept in Redis) and shared-redis-down (Redis killed
 // at the restore: every process on its share of the last known pace).
+//
+// RELINK_FLEET_DEBUG=1 prints each worker's gate at the end;
+// RELINK_FLEET_LOG=1 prints every Redis call that proposes or learns a pace.
 package main
 
 import (

@@ -167,7 +167,11 @@ func (m countingMember) took(start time.Time) {
 
 func (m countingMember) Admit(ctx context.Context, req backoff.FleetRequest) (backoff.FleetReply, error) {
 	defer m.took(time.Now())
-	return m.FleetMember.Admit(ctx, req)
+	rep, err := m.FleetMember.Admit(ctx, req)
+	if os.Getenv("RELINK_FLEET_LOG") != "" && (req.Propose || rep.Pace.Version != req.Pace.Version) {
+		fmt.Fprintf(os.Stderr, "%s req %+v rep %+v err %v\n", time.Now().Format("05.000"), req, rep, err)
+	}
+	return rep, err
 }
 
 func (m countingMember) Scout(ctx context.Context, lease time.Duration, reopened bool) (backoff.FleetScout, error) {
