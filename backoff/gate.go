@@ -196,7 +196,9 @@ func (g *Gate) acquire(ctx context.Context, q *list.List) (*Permit, error) {
 // callback (its instruments stop reporting), and makes every Acquire —
 // queued now or called later — return ErrClosed. Permits already granted
 // may still report their outcomes; they no longer admit anyone. Close does
-// not change State. It is idempotent and returns nil.
+// not change State. With a Fleet it waits for the calls to the fleet in
+// flight (each bounded by FleetCallBound) and leaves the fleet, whose error
+// it returns; otherwise it returns nil. It is idempotent.
 func (g *Gate) Close() error {
 	if g == nil {
 		return nil
