@@ -44,7 +44,7 @@
 // a process confirms its place a few round trips before it is due (the call
 // that also books its next), and waits on its place rather than polling for
 // one. Measured on loopback: 1.01 calls per admission for two processes,
-// 1.0–1.25 for ten to fifty.
+// 1.05–1.45 for fifty (more while the pace doubles in startup).
 //
 // github.com/go-redis/redis_rate is a GCRA too, but of fixed times at a rate
 // given per call: the pause, the pace's compare-and-set and the booking would
