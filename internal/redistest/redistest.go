@@ -88,6 +88,9 @@ func Launch(dir string) (*Server, error) {
 // Addr returns the server's host:port.
 func (s *Server) Addr() string { return s.addr }
 
+// Dir returns the server's directory (its log).
+func (s *Server) Dir() string { return s.dir }
+
 // Restart starts the server again on the same port, empty, and waits until
 // it answers PING; a server still running is killed first.
 func (s *Server) Restart() error {

@@ -107,6 +107,7 @@ func run(o *options) error {
 		return err
 	}
 	if rs != nil {
+		defer os.RemoveAll(rs.Dir())
 		defer rs.Kill()
 	}
 	for _, strategy := range strings.Split(o.strategies, ",") {
