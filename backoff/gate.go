@@ -73,7 +73,6 @@ type Gate struct {
 	fleet  fleetLink
 
 	pausedUntil time.Time
-	pauseSpread float64 // the fraction of this pause added at its end
 
 	// closed state
 	scoutsOut   int       // scouts in flight
@@ -230,11 +229,9 @@ func (g *Gate) Close() error {
 
 // PushBack pauses all admissions for d (clamped to MaxPushBack), as a server's
 // 503 with Retry-After asks: RFC 3261 §21.5.4 says to send nothing to that
-// server for that long. The pause ends at a random time in [d, 1.2·d] (the
-// spread of Floor), so that the gates of independent processes told the same
-// Retry-After do not resume in step; with a GateConfig.Fleet the pause is
-// the fleet's, exactly d, and the fleet's slots spread the resumption.
-// Overlapping pauses end at the latest end. Attempts in flight are not
+// server for that long; with a GateConfig.Fleet the pause is the fleet's and
+// the fleet's slots spread the resumption. Overlapping pauses end at the
+// latest end. Attempts in flight are not
 // affected. d ≤ 0 is ignored.
 func (g *Gate) PushBack(d time.Duration) {
 	if g == nil || d <= 0 {
@@ -250,17 +247,6 @@ func (g *Gate) PushBack(d time.Duration) {
 }
 
 func (g *Gate) pushBackLocked(now time.Time, d time.Duration) []GateStateChange {
-	if !g.fleet.connected() {
-		// Resume with spread, as Floor does: independent gates told the
-		// same Retry-After must not come back in step. One draw per
-		// pause: the rejections of one overshoot extend it by the same
-		// fraction. A fleet's members resume together and book the
-		// fleet's slots one by one instead.
-		if g.state != GatePaused {
-			g.pauseSpread = uniform(g.cfg.rand) * pauseSpread
-		}
-		d += time.Duration(g.pauseSpread * float64(d))
-	}
 	d = min(d, g.cfg.MaxPushBack)
 	until := now.Add(d)
 	if !until.After(g.pausedUntil) {
@@ -504,6 +490,3 @@ func (g *Gate) emit(ev []GateStateChange) {
 		}
 	}
 }
-
-// pauseSpread is the most of a pause added at random to its end.
-var pauseSpread = 0.1
