@@ -93,6 +93,7 @@ type decision struct {
 	redirect   *sipmsg.Uri       // resendRedirect: where to
 	resetAuth  bool              // forget the kept challenge
 	noRedirect bool              // forget a redirect target
+	abandon    bool              // report nothing to the gate: the permit is abandoned
 }
 
 // decide is the trunk's response handling: given the exchange so far and
@@ -101,7 +102,10 @@ type decision struct {
 func decide(x exchange, r reply) (exchange, decision) {
 	switch {
 	case r.stopped:
-		return x, decision{act: stopped, outcome: backoff.ClientFailure, err: r.err}
+		// Cancelled by the trunk itself: nothing was learned about the
+		// registrar, so the permit is abandoned (a ClientFailure would
+		// reopen a closed gate as if the destination had answered).
+		return x, decision{act: stopped, err: r.err, abandon: true}
 	case r.resp == nil:
 		// No response: the registrar (or the path to it) is unreachable.
 		return x, decision{act: unreachable, outcome: backoff.Unreachable, err: r.err,

@@ -186,7 +186,12 @@ func TestDecide(t *testing.T) {
 				}
 			}},
 		{name: "flow death", x: x0, r: reply{err: flowErr}, act: unreachable, outcome: "unreachable", errIs: ErrFlowDead},
-		{name: "stopped", x: x0, r: reply{err: errors.New("ctx"), stopped: true}, act: stopped, outcome: "client-failure"},
+		{name: "stopped", x: x0, r: reply{err: errors.New("ctx"), stopped: true}, act: stopped, outcome: "success",
+			check: func(t *testing.T, _ exchange, d decision) {
+				if !d.abandon {
+					t.Error("a stopped REGISTER is reported to the gate; want its permit abandoned")
+				}
+			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			x, d := decide(tc.x, tc.r)
@@ -224,7 +229,7 @@ func TestDecideOutcomes(t *testing.T) {
 	t.Parallel()
 	for a, want := range map[action]backoff.Outcome{
 		registered: backoff.Success, unreachable: backoff.Unreachable,
-		backOff: backoff.Overload(0), failed: backoff.ClientFailure, stopped: backoff.ClientFailure,
+		backOff: backoff.Overload(0), failed: backoff.ClientFailure,
 	} {
 		if got := finalDecision(a, nil).outcome; got.String() != want.String() {
 			t.Errorf("%v: outcome %v, want %v", a, got, want)

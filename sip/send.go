@@ -58,7 +58,11 @@ func (r *runner) exchange(ctx context.Context, tg *regTarget, expires time.Durat
 		var d decision
 		x, d = decide(x, rep)
 		r.apply(ctx, tg, x, d, f)
-		permit.Done(d.outcome)
+		if d.abandon {
+			permit.Abandon()
+		} else {
+			permit.Done(d.outcome)
+		}
 		if d.act.final() {
 			return result{act: d.act, err: d.err, granted: d.granted, retryAfter: d.retryAfter}
 		}
