@@ -106,7 +106,7 @@ func wrap(nc net.Conn, cfg *Config, applyOpts bool) *Conn {
 			Interval: interval,
 			Timeout:  timeout,
 			Probe:    c.probe,
-			Stalled:  c.stalled,
+			Unread:   c.unread,
 			OnDead:   c.onDead,
 		})
 	}
@@ -354,14 +354,18 @@ func (c *Conn) probe() error {
 	return err
 }
 
-// stalled is the Monitor's Stalled: bytes waiting unread in the kernel mean
-// the reader is slow, not the peer gone.
-func (c *Conn) stalled() bool {
+// unread is the Monitor's Unread: the bytes waiting unread in the kernel.
+// While their count changes the reader is slow, not the peer gone; the
+// Monitor decides (an unchanged count excuses one probe only).
+func (c *Conn) unread() int {
 	if c.raw == nil {
-		return false
+		return 0
 	}
 	n, err := unreadBytes(c.raw)
-	return err == nil && n > 0
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // onDead is the Monitor's OnDead.

@@ -82,8 +82,12 @@
 // Only bytes returned by Read count as traffic, so a reader that stops
 // reading (back-pressure) would look like a silent peer. On Linux, before
 // declaring the flow dead, the Conn asks the kernel for the bytes received
-// and not yet read (SIOCINQ): if there are any, the peer is alive and the
-// monitor re-arms. TCP_INFO is read only for the log line that reports a
+// and not yet read (SIOCINQ): if their count changed since the last probe
+// it excused (or since a read), the peer is alive and the monitor re-arms.
+// The same count twice is not an excuse: a peer that sent one byte nobody
+// reads and then hung is declared dead within twice ProbeInterval +
+// ProbeTimeout of that byte. A reader stalled until the receive buffer is
+// full (the peer can send nothing more) is likewise declared dead. TCP_INFO is read only for the log line that reports a
 // death (tcpi_last_ack_recv, tcpi_unacked): ACKs come from the peer's kernel,
 // or from any middlebox that terminates TCP, and keep coming while the
 // peer's application is hung or the far side has lost the connection, so

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -230,9 +231,9 @@ func TestResetIsReported(t *testing.T) {
 	}
 }
 
-// A reader that does not read is not a dead peer: bytes waiting in the
-// kernel (SIOCINQ) keep the Conn alive. Once they are read and the peer is
-// silent, the Conn dies on time.
+// A reader that does not read is not a dead peer: answers waiting in the
+// kernel (SIOCINQ), their count growing, keep the Conn alive. Once they are
+// read and the peer is silent, the Conn dies on time.
 func TestStalledReaderIsNotDeclaredDead(t *testing.T) {
 	const iv, to = 100 * time.Millisecond, 100 * time.Millisecond
 	ln, accepted := coreListen(t)
@@ -254,37 +255,48 @@ func TestStalledReaderIsNotDeclaredDead(t *testing.T) {
 	defer bc.Close()
 	bsrv := <-accepted
 	defer bsrv.Close()
-	go io.Copy(io.Discard, bsrv)
-	bsrv.Write(make([]byte, 100))
+	var silent atomic.Bool
+	go answerProbes(bsrv, &silent)
 	srv := <-accepted
 	defer srv.Close()
-	go io.Copy(io.Discard, srv) // reads the probes, never answers
-	if _, err := srv.Write(make([]byte, 100)); err != nil {
-		t.Fatal(err)
-	}
+	go answerProbes(srv, &silent)
 
-	time.Sleep(10 * (iv + to)) // the readers stall with 100 bytes waiting
+	time.Sleep(10 * (iv + to)) // the readers stall while answers pile up
 	if err := c.Err(); err != nil {
-		t.Fatalf("declared dead while bytes waited unread: %v", err)
+		t.Fatalf("declared dead while answers waited unread: %v", err)
 	}
 	if !errors.Is(bc.Err(), conn.ErrUnresponsive) {
 		t.Fatalf("control: Err() = %v; the blind Conn should have died", bc.Err())
 	}
-	buf := make([]byte, 200)
-	if _, err := io.ReadFull(c, buf[:100]); err != nil {
-		t.Fatal(err)
-	}
+	silent.Store(true)
+	r := startCoreReader(c) // catches up, then waits
 	caughtUp := time.Now()
 	select {
 	case <-c.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("not declared dead 5 s after the reader caught up with a silent peer")
 	}
+	<-r.done
 	elapsed := time.Since(caughtUp)
 	if !errors.Is(c.Err(), conn.ErrUnresponsive) || elapsed > iv+to+time.Second {
 		t.Fatalf("Err() = %v after %v", c.Err(), elapsed)
 	}
 	t.Logf("declared dead %v after the reader caught up (bound %v)", elapsed, iv+to)
+}
+
+// answerProbes answers every probe read from c with one byte until silent.
+func answerProbes(c net.Conn, silent *atomic.Bool) {
+	buf := make([]byte, 64)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			return
+		}
+		if !silent.Load() {
+			if _, err := c.Write([]byte{'.'}); err != nil {
+				return
+			}
+		}
+	}
 }
 
 // With real sockets and real time: a silent peer behind the loopback (its
@@ -313,4 +325,36 @@ func TestProbeDetectsSilentPeerOnLoopback(t *testing.T) {
 	if elapsed < iv+to || elapsed > iv+to+time.Second {
 		t.Fatalf("detected after %v, want %v (+ scheduling slack)", elapsed, iv+to)
 	}
+}
+
+// A peer that sends one byte and then hangs is declared dead within twice
+// ProbeInterval + ProbeTimeout even if the application never reads that
+// byte: an unread count that stops changing excuses the reader once, not for
+// ever (issue 10, defect 4).
+func TestOneUnreadByteDoesNotKeepDeadPeerAlive(t *testing.T) {
+	const iv, to = 200 * time.Millisecond, 200 * time.Millisecond
+	ln, accepted := coreListen(t)
+	d := &conn.Dialer{Config: conn.Config{Probe: conn.CRLF, ProbeInterval: iv, ProbeTimeout: to}}
+	c, err := d.DialContext(t.Context(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	srv := <-accepted
+	defer srv.Close()
+	go io.Copy(io.Discard, srv) // reads the probes, never answers
+	if _, err := srv.Write([]byte{'x'}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now() // the peer's last byte; nobody reads it
+	select {
+	case <-c.Done():
+	case <-time.After(20 * (iv + to)):
+		t.Fatalf("alive %v after the peer's last byte (bound %v): one unread byte kept it alive", 20*(iv+to), 2*(iv+to))
+	}
+	elapsed := time.Since(start)
+	if !errors.Is(c.Err(), conn.ErrUnresponsive) || elapsed > 2*(iv+to)+time.Second {
+		t.Fatalf("Err() = %v after %v, want ErrUnresponsive within %v", c.Err(), elapsed, 2*(iv+to))
+	}
+	t.Logf("declared dead %v after the peer's last byte, one unread (bound 2 × %v)", elapsed, iv+to)
 }

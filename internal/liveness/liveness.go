@@ -12,12 +12,20 @@
 //
 // The timeline, with I = Interval and T = Timeout:
 //
-//	last inbound byte at L ─ quiet ─ L+I: Probe() ─ quiet ─ L+I+T: Stalled()? ─ no → OnDead(ErrNoResponse)
-//	                                                                        └─ yes → treated as traffic, re-armed
+//	last inbound byte at L ─ quiet ─ L+I: Probe() ─ quiet ─ L+I+T: Unread() > 0 and changed? ─ no → OnDead(ErrNoResponse)
+//	                                                                                      └─ yes → treated as traffic, re-armed
 //
 // Any Seen between the probe and L+I+T cancels the death: the next probe goes
 // out I after that byte. A silent peer is therefore declared dead exactly
 // I+T after its last byte, whether the flow was idle or busy before.
+//
+// Unread bytes excuse a reader that does not read, but only while their count
+// keeps changing: a count equal to the one that excused the previous probe,
+// with no read in between, means nothing arrived for a whole I+T, so the peer
+// is declared dead. A peer that sent its last byte at P (read or not) is thus
+// declared dead by P+2(I+T), whatever the reader does. The price: a reader
+// stalled until its receive buffer is full (the peer can send nothing more,
+// not even an answer) is declared dead one I+T later, like a silent peer.
 package liveness
 
 import (
@@ -34,7 +42,8 @@ import (
 const MinInterval = 10 * time.Millisecond
 
 // ErrNoResponse is given to OnDead when nothing arrived within Timeout of a
-// probe (and Stalled, if set, reported no unread bytes).
+// probe (and Unread, if set, reported no unread bytes, or the same count as
+// at the previous excused probe).
 var ErrNoResponse = errors.New("liveness: no response to probe")
 
 // ProbeError is given to OnDead when Probe returned an error.
@@ -64,10 +73,14 @@ type Config struct {
 	// call has not returned), and may block: the Timeout runs regardless.
 	// An error declares the peer dead with a *ProbeError. Required.
 	Probe func() error
-	// Stalled, if set, is asked before declaring the peer dead. It reports
-	// whether inbound bytes are waiting unread (the reader is slow, the peer
-	// is not gone); true counts as traffic and re-arms the Monitor.
-	Stalled func() bool
+	// Unread, if set, is asked before declaring the peer dead. It returns
+	// the inbound bytes waiting unread (the reader is slow, the peer may not
+	// be gone). A count above zero that differs from the one of the
+	// previous excused probe, or that follows a read, counts as traffic and
+	// re-arms the Monitor; the same count again does not, so one unread byte
+	// cannot keep a dead peer alive (see the package doc). Nil: unread bytes
+	// are not looked at, only Seen counts.
+	Unread func() int
 	// OnDead is called once, from the timer's goroutine, when the peer is
 	// declared dead: with ErrNoResponse or a *ProbeError. It is not called
 	// after Stop. Required.
@@ -84,7 +97,7 @@ const (
 type Monitor struct {
 	interval, timeout int64 // nanoseconds
 	probe             func() error
-	stalled           func() bool
+	unread            func() int
 	onDead            func(error)
 	base              time.Time    // monotonic origin of last and probeAt
 	last              atomic.Int64 // ns since base of the last Seen
@@ -95,6 +108,10 @@ type Monitor struct {
 	state   uint8
 	probeAt int64
 	probes  uint64
+	// The unread count that last excused a silent probe, and when (ns since
+	// base, also stored in last then); excusedAt < 0: none yet.
+	excusedN  int
+	excusedAt int64
 }
 
 // New starts a Monitor. The start counts as traffic: the first probe goes
@@ -104,12 +121,13 @@ func New(cfg Config) *Monitor {
 		panic("liveness: New needs Probe and OnDead")
 	}
 	m := &Monitor{
-		interval: int64(max(cfg.Interval, MinInterval)),
-		timeout:  int64(max(cfg.Timeout, MinInterval)),
-		probe:    cfg.Probe,
-		stalled:  cfg.Stalled,
-		onDead:   cfg.OnDead,
-		base:     time.Now(),
+		interval:  int64(max(cfg.Interval, MinInterval)),
+		timeout:   int64(max(cfg.Timeout, MinInterval)),
+		probe:     cfg.Probe,
+		unread:    cfg.Unread,
+		onDead:    cfg.OnDead,
+		base:      time.Now(),
+		excusedAt: -1,
 	}
 	m.mu.Lock()
 	m.t = time.AfterFunc(time.Duration(m.interval), m.fire)
@@ -167,8 +185,7 @@ func (m *Monitor) fire() {
 				m.mu.Unlock()
 				return
 			}
-			if m.stalled != nil && m.stalled() {
-				m.last.Store(now)
+			if m.excuse(now) {
 				m.state = watching
 				continue
 			}
@@ -207,6 +224,24 @@ func (m *Monitor) fire() {
 			return
 		}
 	}
+}
+
+// excuse reports whether bytes waiting unread excuse a probe left without
+// answer at now, and if so records them as traffic at now. Only a count
+// above zero excuses, and only if it changed since the previous excuse or a
+// read (Seen) happened since: an unchanged count means the peer sent nothing
+// for a whole Interval + Timeout. m.mu must be held.
+func (m *Monitor) excuse(now int64) bool {
+	if m.unread == nil {
+		return false
+	}
+	n := m.unread()
+	if n <= 0 || (n == m.excusedN && m.last.Load() == m.excusedAt) {
+		return false
+	}
+	m.excusedN, m.excusedAt = n, now
+	m.last.Store(now)
+	return true
 }
 
 // die marks the Monitor dead and calls OnDead outside the lock. m.mu must be

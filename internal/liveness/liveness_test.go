@@ -193,26 +193,32 @@ func TestAnswerDuringTimeoutRearms(t *testing.T) {
 func TestStalledReaderIsNotDead(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness()
-		var stalledCalls atomic.Int64
-		stalled := atomic.Bool{}
-		stalled.Store(true)
+		var unreadCalls atomic.Int64
+		caughtUp := atomic.Bool{}
 		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
-			Probe:   func() error { h.probes.Add(1); return nil },
-			Stalled: func() bool { stalledCalls.Add(1); return stalled.Load() }})
+			Probe: func() error { h.probes.Add(1); return nil },
+			Unread: func() int { // the peer answers each probe; nobody reads
+				n := unreadCalls.Add(1)
+				if caughtUp.Load() {
+					return 0
+				}
+				return int(n)
+			}})
+		defer m.Stop()
 		time.Sleep(time.Hour)
 		if _, err := h.result(); err != nil {
-			t.Fatalf("declared dead while bytes were waiting: %v", err)
+			t.Fatalf("declared dead while answers kept arriving unread: %v", err)
 		}
-		if stalledCalls.Load() == 0 {
-			t.Fatal("Stalled never asked")
+		if unreadCalls.Load() == 0 {
+			t.Fatal("Unread never asked")
 		}
-		stalled.Store(false) // the reader caught up; the peer is silent
+		caughtUp.Store(true) // the reader caught up; the peer is silent
+		m.Seen()
 		t0 := time.Now()
-		<-h.dead
+		h.wait(t, time.Hour)
 		if got := time.Since(t0); got > interval+timeout {
 			t.Fatalf("dead %v after the reader caught up, want ≤ %v", got, interval+timeout)
 		}
-		_ = m
 	})
 }
 
@@ -353,4 +359,34 @@ func BenchmarkSeen(b *testing.B) {
 	for b.Loop() {
 		m.Seen()
 	}
+}
+
+// wait returns when OnDead has been called, and fails the test if it has not
+// been within d (virtual time under synctest, so a broken Monitor fails in
+// moments instead of hanging until the test timeout).
+func (h *harness) wait(t *testing.T, d time.Duration) {
+	t.Helper()
+	select {
+	case <-h.dead:
+	case <-time.After(d):
+		t.Fatalf("OnDead not called within %v", d)
+	}
+}
+
+// An unread count that does not change excuses the reader once: a peer that
+// sent one byte the application never reads, then hung, dies within twice
+// Interval + Timeout of its byte (issue 10, defect 4).
+func TestUnchangedUnreadCountDiesWithinTwiceTheBound(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness()
+		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+			Probe:  func() error { h.probes.Add(1); return nil },
+			Unread: func() int { return 1 }}) // one byte, never read
+		defer m.Stop()
+		h.wait(t, 20*(interval+timeout))
+		at, err := h.result()
+		if !errors.Is(err, ErrNoResponse) || at > 2*(interval+timeout) {
+			t.Fatalf("OnDead(%v) after %v, want ErrNoResponse within %v", err, at, 2*(interval+timeout))
+		}
+	})
 }
