@@ -169,7 +169,8 @@ func decideFailure(serr *StatusError) decision {
 }
 
 // decideOK handles a 2xx: the grant, from our Contact's expires parameter,
-// else the Expires header, else what was asked.
+// else the Expires header, else what was asked. A 2xx that does not list
+// our Contact made no binding: backOff, retried through the gate.
 func decideOK(x exchange, r reply) decision {
 	if x.expires == 0 {
 		return finalDecision(registered, nil) // unregistered
@@ -184,7 +185,11 @@ func decideOK(x exchange, r reply) decision {
 	if asked < 0 {
 		asked = DefaultExpires // RFC 3261 §10.3 step 8: the 200 says; if not, the default
 	}
-	d.granted = grantedExpiry(r.resp, r.contact, asked)
+	var ours bool
+	d.granted, ours = grantedExpiry(r.resp, r.contact, asked)
+	if !ours {
+		return finalDecision(backOff, fmt.Errorf("%w: 200 OK without our Contact: no binding made", ErrBadResponse))
+	}
 	if d.granted <= 0 {
 		return finalDecision(backOff, fmt.Errorf("%w: 200 OK removed the binding", ErrBadResponse))
 	}
@@ -252,42 +257,31 @@ func decideRedirect(x exchange, r reply) (exchange, decision) {
 }
 
 // grantedExpiry returns the binding lifetime a 2xx grants: the expires
-// parameter of our Contact (or of the only Contact), else the Expires
-// header, else what was asked.
-func grantedExpiry(res *sipmsg.Response, ours *sipmsg.Uri, asked time.Duration) time.Duration {
-	var contacts []*sipmsg.ContactHeader
+// parameter of our Contact, else the Expires header, else what was asked.
+// ok is false when the 2xx does not list our Contact: RFC 3261 §10.3 step 8
+// has it list every current binding, so ours was not made.
+func grantedExpiry(res *sipmsg.Response, ours *sipmsg.Uri, asked time.Duration) (d time.Duration, ok bool) {
+	var mine *sipmsg.ContactHeader
 	for _, h := range res.GetHeaders("Contact") {
-		if c, ok := h.(*sipmsg.ContactHeader); ok {
-			contacts = append(contacts, c)
-		}
-	}
-	pick := func(c *sipmsg.ContactHeader) (time.Duration, bool) {
-		if v, ok := c.Params.Get("expires"); ok {
-			return parseContactExpires(v)
-		}
-		return 0, false
-	}
-	matched := false
-	for _, c := range contacts {
-		if sameContact(&c.Address, ours) {
-			if d, ok := pick(c); ok {
-				return d
-			}
-			matched = true // ours, no usable parameter: use Expires
+		if c, isContact := h.(*sipmsg.ContactHeader); isContact && sameContact(&c.Address, ours) {
+			mine = c
 			break
 		}
 	}
-	if !matched && len(contacts) == 1 {
-		if d, ok := pick(contacts[0]); ok {
-			return d
+	if mine == nil {
+		return 0, false
+	}
+	if v, has := mine.Params.Get("expires"); has {
+		if d, ok := parseContactExpires(v); ok {
+			return d, true
 		}
 	}
-	if h := res.GetHeader("Expires"); h != nil {
+	if h := res.GetHeader("Expires"); h != nil { // ours, no usable parameter
 		if d, ok := parseExpires(h.Value()); ok {
-			return d
+			return d, true
 		}
 	}
-	return asked
+	return asked, true
 }
 
 // sameContact compares the parts of two Contact URIs a registrar keys

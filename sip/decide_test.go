@@ -57,9 +57,9 @@ func TestDecide(t *testing.T) {
 	}{
 		{name: "100 ignored", x: x0, r: reply{resp: resp(100)}, act: ignore, outcome: "success"},
 		{name: "180 ignored", x: x0, r: reply{resp: resp(180)}, act: ignore, outcome: "success"},
-		{name: "200 asked", x: x0, r: reply{resp: resp(200), contact: ours},
+		{name: "200 asked", x: x0, r: reply{resp: resp(200, "Contact", "<sip:alice@10.0.0.1:5060>"), contact: ours},
 			act: registered, outcome: "success", granted: 600 * time.Second},
-		{name: "200 Expires header", x: x0, r: reply{resp: resp(200, "Expires", "120"), contact: ours},
+		{name: "200 Expires header", x: x0, r: reply{resp: resp(200, "Contact", "<sip:alice@10.0.0.1:5060>", "Expires", "120"), contact: ours},
 			act: registered, outcome: "success", granted: 120 * time.Second},
 		{name: "200 our Contact's expires wins", x: x0, r: reply{contact: ours, resp: resp(200,
 			"Contact", "<sip:bob@10.0.0.9:5060>;expires=30",
@@ -70,16 +70,21 @@ func TestDecide(t *testing.T) {
 					t.Errorf("bound %v, want our Contact", d.contact)
 				}
 			}},
-		{name: "200 only Contact (not ours) expires", x: x0, r: reply{contact: ours,
+		{name: "200 only Contact not ours", x: x0, r: reply{contact: ours,
 			resp: resp(200, "Contact", "<sip:alice@192.0.2.1:5060>;expires=45")},
-			act: registered, outcome: "success", granted: 45 * time.Second},
-		{name: "200 two foreign Contacts: Expires", x: x0, r: reply{contact: ours, resp: resp(200,
+			act: backOff, outcome: "overload", errIs: ErrBadResponse},
+		{name: "200 two foreign Contacts", x: x0, r: reply{contact: ours, resp: resp(200,
 			"Contact", "<sip:a@192.0.2.1>;expires=45", "Contact", "<sip:b@192.0.2.2>;expires=46", "Expires", "300")},
+			act: backOff, outcome: "overload", errIs: ErrBadResponse},
+		{name: "200 without a Contact", x: x0, r: reply{contact: ours, resp: resp(200, "Expires", "300")},
+			act: backOff, outcome: "overload", errIs: ErrBadResponse},
+		{name: "200 our Contact, no parameter: Expires", x: x0, r: reply{contact: ours, resp: resp(200,
+			"Contact", "<sip:alice@10.0.0.1:5060>", "Expires", "300")},
 			act: registered, outcome: "success", granted: 300 * time.Second},
 		{name: "200 without our Contact's binding", x: x0, r: reply{contact: ours, resp: resp(200,
 			"Contact", "<sip:alice@10.0.0.1:5060>;expires=0")},
 			act: backOff, outcome: "overload", errIs: ErrBadResponse},
-		{name: "200 Flow-Timer", x: x0, r: reply{contact: ours, resp: resp(200, "Flow-Timer", "25")},
+		{name: "200 Flow-Timer", x: x0, r: reply{contact: ours, resp: resp(200, "Contact", "<sip:alice@10.0.0.1:5060>", "Flow-Timer", "25")},
 			act: registered, outcome: "success", granted: 600 * time.Second,
 			check: func(t *testing.T, _ exchange, d decision) {
 				if d.flowTimer != 25*time.Second {
@@ -87,7 +92,7 @@ func TestDecide(t *testing.T) {
 				}
 			}},
 		{name: "200 asked nothing, granted nothing", x: exchange{expires: askNone},
-			r: reply{resp: resp(200), contact: ours}, act: registered, outcome: "success", granted: DefaultExpires},
+			r: reply{resp: resp(200, "Contact", "<sip:alice@10.0.0.1:5060>"), contact: ours}, act: registered, outcome: "success", granted: DefaultExpires},
 		{name: "200 to an unregistration", x: exchange{expires: 0}, r: reply{resp: resp(200), contact: ours},
 			act: registered, outcome: "success", granted: 0,
 			check: func(t *testing.T, _ exchange, d decision) {

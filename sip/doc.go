@@ -79,7 +79,9 @@
 // §21.5.4); 503 without it waits for the Backoff policy first; either moves
 // the trunk on to its next registrar if it has one. 3xx is followed to its
 // first Contact (at most 3 in a row). A grant shorter than asked is obeyed,
-// and a Contact's expires parameter wins over the Expires header. Values
+// and our Contact's expires parameter wins over the Expires header; a 2xx
+// that does not list our Contact made no binding and is retried like a 5xx
+// (the trunk's Backoff policy, then the gate). Values
 // from the registrar are parsed defensively and clamped (parse.go): a
 // Retry-After of 10^12 s pauses for MaxRetryAfter (1 h).
 //

@@ -71,8 +71,27 @@ func (f *fakeRegistrar) sent() []sent {
 	return append([]sent(nil), f.log...)
 }
 
-// ok answers a REGISTER 200 with the Expires asked for.
+// ok answers a REGISTER 200 with the Expires asked for and its Contact.
 func ok(req *sipmsg.Request) *sipmsg.Response {
+	res := okBare(req)
+	if h := req.GetHeader("Expires"); h != nil {
+		res.AppendHeader(sipmsg.NewHeader("Expires", h.Value()))
+	}
+	return res
+}
+
+// okBare answers a REGISTER 200 with its Contact and nothing else.
+func okBare(req *sipmsg.Request) *sipmsg.Response {
+	res := sipmsg.NewResponseFromRequest(req, 200, "OK", nil)
+	if c := req.Contact(); c != nil {
+		res.AppendHeader(c.Clone())
+	}
+	return res
+}
+
+// okNoContact answers a REGISTER 200 with the Expires asked for and no
+// Contact: the binding was not made.
+func okNoContact(req *sipmsg.Request) *sipmsg.Response {
 	res := sipmsg.NewResponseFromRequest(req, 200, "OK", nil)
 	if h := req.GetHeader("Expires"); h != nil {
 		res.AppendHeader(sipmsg.NewHeader("Expires", h.Value()))
@@ -278,7 +297,7 @@ func TestRunnerAskNone(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := &fakeRegistrar{rtt: 10 * time.Millisecond,
 			answer: func(_ int, req *sipmsg.Request) *sipmsg.Response {
-				res := sipmsg.NewResponseFromRequest(req, 200, "OK", nil)
+				res := okBare(req)
 				res.AppendHeader(sipmsg.NewHeader("Expires", "60"))
 				return res
 			}}
