@@ -229,7 +229,27 @@ type target struct {
 	key       string // transport + "/" + host:port, the gate key
 }
 
+// redactURI drops the password of a "scheme:user:password@host..." URI
+// without parsing it, so that even a URI that does not parse never carries
+// its password into an error, a log or a span.
+func redactURI(s string) string {
+	scheme, rest, ok := strings.Cut(s, ":")
+	if !ok {
+		return s
+	}
+	at := strings.IndexByte(rest, '@')
+	if at < 0 {
+		return s
+	}
+	user, pw, ok := strings.Cut(rest[:at], ":")
+	if !ok || strings.ContainsAny(pw, ";?") {
+		return s // a host:port and parameters, not a password
+	}
+	return scheme + ":" + user + rest[at:]
+}
+
 func parseTarget(s string) (target, error) {
+	s = redactURI(s) // the password travels in Username/Password, never here
 	var u sipmsg.Uri
 	if err := sipmsg.ParseUri(strings.TrimSpace(s), &u); err != nil {
 		return target{}, configErr("registrar %q: %v", s, err)
@@ -240,13 +260,8 @@ func parseTarget(s string) (target, error) {
 	if u.Host == "" {
 		return target{}, configErr("registrar %q: no host", s)
 	}
-	raw := s
-	if u.Password != "" {
-		// Never carry a password into events, logs or errors.
-		u.Password = ""
-		raw = u.String()
-	}
-	u.User = ""
+	raw := s // without a password: never in events, logs or errors
+	u.User, u.Password = "", ""
 	tp := "udp"
 	if v, ok := u.UriParams.Get("transport"); ok && v != "" {
 		tp = strings.ToLower(v)

@@ -35,13 +35,14 @@ type StatusError struct {
 	// RetryAfter is the response's Retry-After (clamped to MaxRetryAfter),
 	// zero if absent.
 	RetryAfter time.Duration
-	// Registrar is the URI the request went to.
+	// Registrar is the URI the request went to. Error never prints a
+	// password found in it.
 	Registrar string
 }
 
 // Error returns "sip: <registrar> answered <code> <reason>".
 func (e *StatusError) Error() string {
-	s := "sip: " + e.Registrar + " answered " + strconv.Itoa(e.Code)
+	s := "sip: " + redactURI(e.Registrar) + " answered " + strconv.Itoa(e.Code)
 	if e.Reason != "" {
 		s += " " + e.Reason
 	}
