@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -63,6 +64,9 @@ type LinkConfig struct {
 	// Its ctx is cancelled when Run's ctx ends (with the same cause) or when
 	// the connection is declared dead (with the Conn's Err as the cause,
 	// for example ErrUnresponsive); the Link also closes the Conn then.
+	// The peer's EOF (it closed or half-closed its side) is not a death:
+	// the Session reads io.EOF and may still write its reply; the Link
+	// waits up to 10 s for it to return, then cancels it (cause io.EOF).
 	// Session must return promptly once ctx is done or the Conn is closed:
 	// the Link waits for it before it redials or before Run returns, so two
 	// sessions of one Link never overlap. Whatever Session returns, the Link
@@ -449,10 +453,18 @@ func (r *runner) gaveUp(ctx context.Context) error {
 // nil, in ErrLinkGaveUp's chain.
 var errSessionEnded = errors.New("conn: session ended")
 
+// halfCloseGrace bounds how long the Link waits, after the peer closed its
+// side (EOF), for a Session that may still be writing its reply.
+const halfCloseGrace = 10 * time.Second
+
 // serve runs the Session on c until it returns, c dies or ctx ends, then
 // closes c and waits for the Session. It returns why the connection ended:
 // the Session's error when the Session ended it (or when that error is
 // marked by backoff.Permanent), else the Conn's Err or ctx's cause.
+//
+// The peer's EOF (a close or a half-close) does not end the Session: its
+// ctx is left alone and c open, so that it reads io.EOF and may still write
+// its reply; serve waits up to halfCloseGrace for it to return.
 func (l *Link) serve(ctx context.Context, c *Conn) error {
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -462,17 +474,17 @@ func (l *Link) serve(ctx context.Context, c *Conn) error {
 	var why error
 	select {
 	case err := <-done:
-		c.Close()
-		if err == nil {
-			select {
-			case <-c.Done():
-				err = c.Err()
-			default:
-			}
-		}
-		return err
+		return sessionEnded(c, err)
 	case <-c.Done():
 		why = c.Err()
+		if why == io.EOF { //nolint:errorlint // identity: Err stores the peer's EOF as io.EOF
+			if err, ok := waitSession(ctx, done); ok {
+				return sessionEnded(c, err)
+			}
+			if ctx.Err() != nil {
+				why = context.Cause(ctx)
+			}
+		}
 	case <-ctx.Done():
 		why = context.Cause(ctx)
 	}
@@ -482,4 +494,32 @@ func (l *Link) serve(ctx context.Context, c *Conn) error {
 		return err
 	}
 	return why
+}
+
+// sessionEnded closes c after its Session returned err, and returns why the
+// connection ended: err, or the Conn's Err when err is nil.
+func sessionEnded(c *Conn, err error) error {
+	c.Close()
+	if err == nil {
+		select {
+		case <-c.Done():
+			err = c.Err()
+		default:
+		}
+	}
+	return err
+}
+
+// waitSession waits up to halfCloseGrace for the Session's error on done;
+// it reports false when ctx ended or the grace ran out first.
+func waitSession(ctx context.Context, done <-chan error) (error, bool) {
+	t := time.NewTimer(halfCloseGrace)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err, true
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return nil, false
 }

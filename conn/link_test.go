@@ -1282,3 +1282,73 @@ func startAttrs(opts []trace.SpanStartOption) []attribute.KeyValue {
 	cfg := trace.NewSpanStartConfig(opts...)
 	return cfg.Attributes()
 }
+
+// A peer that sends a request and half-closes (CloseWrite) still gets its
+// reply: the Session reads io.EOF, writes the reply on the open Conn, and
+// the Link reports io.EOF as the cause (issue 10, defect 3).
+func TestLinkHalfClosingPeerGetsReply(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type result struct {
+		readErr, writeErr error
+	}
+	results := make(chan result, 4)
+	rec := &recorder{}
+	l := mustLink(t, LinkConfig{
+		Addrs: []string{ln.Addr().String()}, HealthyAfter: -1, Backoff: noJitter(),
+		OnStateChange: rec.record,
+		Session: func(_ context.Context, c *Conn) error {
+			req, rerr := io.ReadAll(c) // nil at io.EOF
+			if rerr == nil {
+				_, rerr = c.Read(make([]byte, 1)) // what the Session sees at the end
+			}
+			time.Sleep(50 * time.Millisecond) // works out the reply
+			_, werr := c.Write(append([]byte("reply to "), req...))
+			results <- result{rerr, werr}
+			return werr
+		},
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	wait := startRun(ctx, l)
+	defer func() { cancel(); _ = wait() }()
+
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	peer.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := peer.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	peer.(*net.TCPConn).CloseWrite()
+	reply, err := io.ReadAll(peer)
+	if string(reply) != "reply to ping" {
+		t.Errorf("peer got %q (%v), want %q", reply, err, "reply to ping")
+	}
+	var r result
+	select {
+	case r = <-results:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Session did not finish within 5 s")
+	}
+	if !errors.Is(r.readErr, io.EOF) || r.writeErr != nil {
+		t.Errorf("Session read %v, wrote %v; want io.EOF and no error", r.readErr, r.writeErr)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for l.State() != LinkTransientFailure && l.State() != LinkConnecting && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	for _, e := range rec.events() {
+		if e.To == LinkTransientFailure {
+			if !errors.Is(e.Err, io.EOF) {
+				t.Errorf("Link's cause %v, want io.EOF", e.Err)
+			}
+			return
+		}
+	}
+	t.Errorf("no LinkTransientFailure; states %v", rec.states())
+}
