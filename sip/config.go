@@ -133,7 +133,8 @@ type TrunkConfig struct {
 	// among every trunk of the process that registers with the same
 	// registrar (a Fleet does this for you), so that their recovery is
 	// paced to what the registrar can serve and one 503 Retry-After pauses
-	// them all. nil means a private gate per registrar. A Gate guards one
+	// them all. nil means a private gate per registrar (its MaxPushBack
+	// is MaxRetryAfter, 5 min). A Gate guards one
 	// destination: setting it with more than one Registrar is an error.
 	Gate *backoff.Gate
 	// SlowRetry is the wait after the registrar refused the trunk

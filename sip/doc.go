@@ -83,7 +83,9 @@
 // that does not list our Contact made no binding and is retried like a 5xx
 // (the trunk's Backoff policy, then the gate). Values
 // from the registrar are parsed defensively and clamped (parse.go): a
-// Retry-After of 10^12 s pauses for MaxRetryAfter (1 h).
+// Retry-After of 10^12 s pauses for MaxRetryAfter (5 min); a refresh that
+// cannot be sent before its binding ends gives the binding up
+// (ErrBindingExpired) and moves on to the next registrar.
 //
 // # Flow liveness, and why it is driven by sipgo's read filter
 //

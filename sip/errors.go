@@ -20,6 +20,11 @@ var (
 	// ErrTimeout means no final response to a REGISTER within
 	// TrunkConfig.RequestTimeout. It satisfies net.Error with Timeout() true.
 	ErrTimeout = errors.New("sip: request timed out")
+	// ErrBindingExpired means a refresh could not be sent before the
+	// binding it renews ended (the registrar's gate was paused, or busy,
+	// for longer): the trunk is no longer registered there and moves on to
+	// its next registrar, if it has one.
+	ErrBindingExpired = errors.New("sip: binding expired before its refresh")
 	// ErrTooManyRedirects means more 3xx in a row than a trunk follows.
 	ErrTooManyRedirects = errors.New("sip: too many redirects")
 	// ErrBadResponse means the response could not be used (no challenge relink

@@ -23,7 +23,9 @@ type FleetConfig struct {
 	// address (transport, host and port) its trunks use; its Destination
 	// is set to that address. The zero value is an adaptive gate that
 	// learns the rate the registrar accepts (see backoff.Gate). Set Rate
-	// if you know the registrar's capacity.
+	// if you know the registrar's capacity. A zero MaxPushBack means
+	// MaxRetryAfter (5 min) here, not the gate's own 1 h default: a
+	// registrar's pause should not outlast the bindings it holds.
 	Gate backoff.GateConfig
 	// Logger, MeterProvider and TracerProvider are used by trunks whose
 	// TrunkConfig leaves them nil, and by the gates (Logger and
@@ -109,6 +111,9 @@ func (f *Fleet) gateFor(key string) *backoff.Gate {
 	}
 	gc := f.cfg.Gate
 	gc.Destination = key
+	if gc.MaxPushBack == 0 {
+		gc.MaxPushBack = MaxRetryAfter
+	}
 	if gc.MeterProvider == nil {
 		gc.MeterProvider = f.cfg.MeterProvider
 	}

@@ -28,9 +28,11 @@ const (
 	MaxExpires = 24 * time.Hour
 
 	// MaxRetryAfter bounds a Retry-After: a 503 with Retry-After 10^12 s
-	// pauses a registrar for at most an hour (the gate's own
-	// backoff.DefaultMaxPushBack is the same).
-	MaxRetryAfter = time.Hour
+	// pauses a registrar for at most 5 minutes, and the gates sip makes
+	// (a Fleet's, a trunk's private one) cap every push-back at it. A
+	// refresh held past the end of its binding by a longer pause (a Gate
+	// of your own) gives the binding up (ErrBindingExpired) and moves on.
+	MaxRetryAfter = 5 * time.Minute
 
 	// MinFlowTimer and MaxFlowTimer bound a Flow-Timer (RFC 5626 §4.4.1):
 	// a registrar cannot make a trunk ping more than about once a second,

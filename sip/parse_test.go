@@ -26,7 +26,7 @@ func TestParseDurations(t *testing.T) {
 		{"expires huge", parseExpires, "99999999999999999999999999", MaxExpires, true},
 		{"min-expires", parseExpires, "120", 2 * time.Minute, true},
 		{"retry-after", parseRetryAfter, "120", 2 * time.Minute, true},
-		{"retry-after comment", parseRetryAfter, "18000 (out of office)", time.Hour, true},
+		{"retry-after comment", parseRetryAfter, "18000 (out of office)", MaxRetryAfter, true},
 		{"retry-after comment short", parseRetryAfter, "5 (overloaded)", 5 * time.Second, true},
 		{"retry-after duration", parseRetryAfter, "30;duration=3600", 30 * time.Second, true},
 		{"retry-after both", parseRetryAfter, "30 (busy) ;duration=3600", 30 * time.Second, true},

@@ -31,9 +31,10 @@ type runner struct {
 	t     *Trunk
 	bo    backoff.BackOff
 	timer *time.Timer
-	cur   int  // index of the target in use
-	on    int  // index of the target holding our binding, -1 if none
-	lost  bool // a registration was lost and not yet regained
+	cur   int       // index of the target in use
+	on    int       // index of the target holding our binding, -1 if none
+	lost  bool      // a registration was lost and not yet regained
+	until time.Time // the end of the binding held at on
 
 	bound    *flow // the flow holding the binding (TCP/TLS), subscribed
 	boundErr error // bound died: the binding is lost
@@ -241,6 +242,7 @@ func (r *runner) slowRetry() time.Duration {
 func (r *runner) registered(ctx context.Context, tg *regTarget, res result) {
 	t := r.t
 	r.on = r.cur
+	r.until = time.Now().Add(res.granted)
 	r.bo.Reset()
 	if r.lost {
 		r.lost = false
@@ -383,6 +385,7 @@ func (r *runner) failback(ctx context.Context) bool {
 		slog.String("registrar", first.raw), slog.String("backup", t.tgts[old].raw))
 	r.unregisterFrom(ctx, t.tgts[old])
 	r.cur, r.on = 0, 0
+	r.until = time.Now().Add(res.granted)
 	t.setCurrent(first)
 	r.bo.Reset()
 	t.setState(ctx, Registered, first, nil, res.granted)

@@ -46,9 +46,9 @@ func (r *runner) exchange(ctx context.Context, tg *regTarget, expires time.Durat
 		}
 		permit, err := r.admit(ctx, tg.gate, refresh)
 		if err != nil {
-			if ctx.Err() == nil && errors.Is(err, ErrFlowDead) {
-				// The binding's flow died while the refresh waited: the
-				// trunk is not registered any more.
+			if ctx.Err() == nil && (errors.Is(err, ErrFlowDead) || errors.Is(err, ErrBindingExpired)) {
+				// The binding's flow died, or the binding ended, while the
+				// refresh waited: the trunk is not registered any more.
 				tg.redirect = nil
 				return result{act: unreachable, err: err}
 			}
@@ -103,11 +103,25 @@ func (r *runner) apply(ctx context.Context, tg *regTarget, x exchange, d decisio
 }
 
 // admit waits for the gate's permit. A refresh waits with priority, and its
-// wait ends with ErrFlowDead if the flow holding the binding dies meanwhile.
+// wait ends with ErrFlowDead if the flow holding the binding dies meanwhile,
+// or ErrBindingExpired when the binding ends first (a gate paused by a long
+// Retry-After): a trunk never reports Registered past its binding's end.
 func (r *runner) admit(ctx context.Context, gate *backoff.Gate, refresh bool) (*backoff.Permit, error) {
 	if !refresh {
 		return gate.Acquire(ctx)
 	}
+	bctx, bcancel := context.WithDeadlineCause(ctx, r.until, ErrBindingExpired)
+	defer bcancel()
+	p, err := r.admitRefresh(bctx, gate)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(bctx), ErrBindingExpired) {
+		return nil, ErrBindingExpired
+	}
+	return p, err
+}
+
+// admitRefresh waits for a refresh's permit with priority, or until the
+// flow holding the binding dies (ErrFlowDead) or ctx ends.
+func (r *runner) admitRefresh(ctx context.Context, gate *backoff.Gate) (*backoff.Permit, error) {
 	r.absorb(ctx)
 	if err := r.boundErr; err != nil {
 		return nil, err
@@ -138,7 +152,7 @@ func (r *runner) admit(ctx context.Context, gate *backoff.Gate, refresh bool) (*
 		}
 		if ctx.Err() == nil && errors.Is(context.Cause(actx), errDeathQueued) {
 			// A death of a flow that is not ours: wait again.
-			return r.admit(ctx, gate, refresh)
+			return r.admitRefresh(ctx, gate)
 		}
 		return nil, err
 	}

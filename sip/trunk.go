@@ -108,7 +108,7 @@ func newTrunk(ua *UA, cfg TrunkConfig, inst *instruments, gateFor func(key strin
 			rt.gate = gateFor(tg.key)
 		default:
 			rt.gate = backoff.NewGate(backoff.GateConfig{Destination: tg.key,
-				MeterProvider: rc.MeterProvider})
+				MeterProvider: rc.MeterProvider, MaxPushBack: MaxRetryAfter})
 		}
 		t.tgts = append(t.tgts, rt)
 	}
