@@ -419,11 +419,17 @@ func (r *runner) unregisterFrom(ctx context.Context, tg *regTarget) {
 	}
 }
 
-// shutdown unregisters (bounded) and leaves the flow.
+// shutdown unregisters (bounded) from every registrar that may hold a
+// binding of this trunk: the one it is registered with, one whose refresh
+// failed while the binding lasts, one a REGISTER was in flight to when ctx
+// ended (its 200 may come after Run returns); then it leaves the flow.
 func (r *runner) shutdown(ctx context.Context) {
 	t := r.t
-	if r.on >= 0 {
-		r.unregisterFrom(ctx, t.tgts[r.on])
+	now := time.Now()
+	for _, tg := range t.tgts {
+		if tg.held.After(now) {
+			r.unregisterFrom(ctx, tg)
+		}
 	}
 	r.dropFlow(ctx)
 	t.setState(context.WithoutCancel(ctx), Unregistered, t.tgts[max(r.on, 0)], context.Cause(ctx), 0)

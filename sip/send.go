@@ -95,6 +95,10 @@ func (r *runner) apply(ctx context.Context, tg *regTarget, x exchange, d decisio
 		}
 		tg.grant = d.granted
 		tg.bound = d.contact // nil: unregistered
+		tg.held = time.Time{}
+		if x.expires != 0 {
+			tg.held = time.Now().Add(d.granted)
+		}
 	}
 	r.endWatch(f, bind)
 	if bind && f != nil {
@@ -159,6 +163,14 @@ func (r *runner) admitRefresh(ctx context.Context, gate *backoff.Gate) (*backoff
 	return p, nil
 }
 
+// laterTime returns the later of a and b.
+func laterTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
 var errDeathQueued = errors.New("sip: flow death queued")
 
 // send sends one REGISTER of an exchange and returns its reply, and the
@@ -170,8 +182,20 @@ func (r *runner) send(ctx context.Context, tg *regTarget, expires time.Duration)
 		return reply{err: err, stopped: ctx.Err() != nil}, nil
 	}
 	rep := reply{contact: contact, sentCreds: tg.auth.chal != nil}
+	prev := tg.held
+	if expires != 0 {
+		// From here the registrar may bind, unless it answers otherwise.
+		life := expires
+		if life < 0 {
+			life = MaxExpires
+		}
+		tg.held = laterTime(tg.held, time.Now().Add(life))
+	}
 	var f *flow
 	rep.resp, f, rep.err = r.transact(ctx, tg, req, network, true)
+	if rep.resp != nil && rep.resp.StatusCode >= 300 {
+		tg.held = prev // refused: this REGISTER bound nothing
+	}
 	rep.stopped = rep.resp == nil && ctx.Err() != nil
 	if rep.stopped {
 		rep.err = context.Cause(ctx)

@@ -61,7 +61,13 @@ type regTarget struct {
 	flowTimer time.Duration // from the last 200 OK
 	grant     time.Duration // from the last 200 OK
 	bound     *sipmsg.Uri   // the Contact of our binding, if any
-	localIP   net.IP        // cached outbound address for UDP Contacts
+	// held is when a binding this trunk may hold at the registrar ends at
+	// the latest: a REGISTER may have bound unless refused (a 2xx sets
+	// the grant, a refusal leaves the binding as it was, no answer extends
+	// it); an answered unregistration clears it (zero). Run's exit unregisters
+	// from every registrar whose held is still ahead.
+	held    time.Time
+	localIP net.IP // cached outbound address for UDP Contacts
 }
 
 // NewTrunk returns a Trunk that registers cfg.AOR on ua (see NewUA and
