@@ -147,6 +147,13 @@ type TrunkConfig struct {
 	// at least 1 s. Negative: no failback; the trunk stays with the backup
 	// until that one fails.
 	FailbackInterval time.Duration
+	// RedirectCredentials lets the trunk answer a challenge from a host a
+	// 3xx sent it to. False (the default): credentials go only to the
+	// configured registrars; such a challenge ends the attempt with
+	// ErrRedirectRefused (slow retry, back to the configured registrar).
+	// Either way a 3xx to a weaker transport (TLS to TCP, TCP to UDP) is
+	// never followed, and a redirect forgets the digest state.
+	RedirectCredentials bool
 
 	// OnStateChange, if set, is called after every state change, outside
 	// the trunk's locks, from the trunk's goroutine. It must not block.
@@ -249,6 +256,36 @@ func redactURI(s string) string {
 	return scheme + ":" + user + rest[at:]
 }
 
+// uriTransport is the transport a SIP URI asks for: its transport
+// parameter (udp by default), made secure by a sips scheme.
+func uriTransport(u *sipmsg.Uri) string {
+	tp := "udp"
+	if v, ok := u.UriParams.Get("transport"); ok && v != "" {
+		tp = strings.ToLower(v)
+	}
+	if u.Scheme == "sips" {
+		switch tp {
+		case "tcp", "udp":
+			tp = "tls"
+		case "ws":
+			tp = "wss"
+		}
+	}
+	return tp
+}
+
+// transportRank orders transports by what they protect: datagrams, then
+// streams, then secured streams. A 3xx never moves a trunk down.
+func transportRank(tp string) int {
+	switch tp {
+	case "tls", "wss":
+		return 2
+	case "tcp", "ws":
+		return 1
+	}
+	return 0
+}
+
 func parseTarget(s string) (target, error) {
 	s = redactURI(s) // the password travels in Username/Password, never here
 	var u sipmsg.Uri
@@ -263,18 +300,7 @@ func parseTarget(s string) (target, error) {
 	}
 	raw := s // without a password: never in events, logs or errors
 	u.User, u.Password = "", ""
-	tp := "udp"
-	if v, ok := u.UriParams.Get("transport"); ok && v != "" {
-		tp = strings.ToLower(v)
-	}
-	if u.Scheme == "sips" {
-		switch tp {
-		case "tcp", "udp":
-			tp = "tls"
-		case "ws":
-			tp = "wss"
-		}
-	}
+	tp := uriTransport(&u)
 	switch tp {
 	case "udp", "tcp", "tls", "ws", "wss":
 	default:

@@ -63,6 +63,11 @@ type exchange struct {
 	redirects  int           // 3xx followed
 	n423       int           // 423 answered
 	fresh      bool          // the credentials come from a challenge of this exchange
+
+	transport    string // the configured registrar's: udp, tcp, tls, ws, wss
+	host         string // the configured registrar's host
+	foreign      bool   // a 3xx sent us to another host than the configured one
+	authAnywhere bool   // answer challenges from hosts a 3xx sent us to
 }
 
 // askNone as exchange.expires sends no Expires: the registrar chooses.
@@ -202,6 +207,12 @@ func decideOK(x exchange, r reply) decision {
 // they are wrong.
 func decideChallenge(x exchange, r reply) (exchange, decision) {
 	serr := statusError(x, r.resp)
+	if x.foreign && !x.authAnywhere {
+		d := finalDecision(failed, fmt.Errorf("%w: no credentials for a host a 3xx named: %w",
+			ErrRedirectRefused, serr))
+		d.resetAuth, d.noRedirect = true, true
+		return x, d
+	}
 	chal, proxy := pickChallenge(r.resp)
 	if chal == nil {
 		d := finalDecision(failed, fmt.Errorf("%w: no usable challenge: %w", ErrBadResponse, serr))
@@ -253,7 +264,16 @@ func decideRedirect(x exchange, r reply) (exchange, decision) {
 	}
 	u := c.Address.Clone()
 	u.User, u.Password, u.Headers = "", "", nil
-	return x, decision{act: resendRedirect, outcome: backoff.Success, redirect: u}
+	if transportRank(uriTransport(u)) < transportRank(x.transport) {
+		d := finalDecision(backOff, fmt.Errorf("%w: %s is a weaker transport than %s: %w",
+			ErrRedirectRefused, u.String(), x.transport, statusError(x, r.resp)))
+		d.noRedirect = true
+		return x, d
+	}
+	// The kept challenge belongs to the registrar that sent it; a host a
+	// 3xx names gets credentials only if the user opted in.
+	x.foreign = !strings.EqualFold(u.Host, x.host)
+	return x, decision{act: resendRedirect, outcome: backoff.Success, redirect: u, resetAuth: true}
 }
 
 // grantedExpiry returns the binding lifetime a 2xx grants: the expires

@@ -25,6 +25,11 @@ var (
 	// for longer): the trunk is no longer registered there and moves on to
 	// its next registrar, if it has one.
 	ErrBindingExpired = errors.New("sip: binding expired before its refresh")
+	// ErrRedirectRefused means a 3xx was not followed, or its target not
+	// given credentials: it pointed to a weaker transport than the
+	// configured registrar's (TLS to TCP, TCP to UDP), or the host it
+	// pointed to challenged and TrunkConfig.RedirectCredentials is off.
+	ErrRedirectRefused = errors.New("sip: redirect refused")
 	// ErrTooManyRedirects means more 3xx in a row than a trunk follows.
 	ErrTooManyRedirects = errors.New("sip: too many redirects")
 	// ErrBadResponse means the response could not be used (no challenge relink

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	sipmsg "github.com/emiago/sipgo/sip"
@@ -39,7 +40,9 @@ type flowConn = sipmsg.Connection
 // admissions. With refresh, admission has priority and ends early if the
 // flow holding the binding dies.
 func (r *runner) exchange(ctx context.Context, tg *regTarget, expires time.Duration, refresh bool) result {
-	x := exchange{registrar: tg.raw, expires: expires}
+	x := exchange{registrar: tg.raw, expires: expires, transport: tg.transport, host: tg.uri.Host,
+		authAnywhere: r.t.cfg.RedirectCredentials}
+	x.foreign = tg.redirect != nil && !strings.EqualFold(tg.redirect.Host, tg.uri.Host)
 	for {
 		if err := context.Cause(ctx); err != nil {
 			return result{act: stopped, err: err}
