@@ -111,6 +111,11 @@ func decide(x exchange, r reply) (exchange, decision) {
 		// registrar, so the permit is abandoned (a ClientFailure would
 		// reopen a closed gate as if the destination had answered).
 		return x, decision{act: stopped, err: r.err, abandon: true}
+	case r.resp == nil && tlsConfigError(r.err):
+		// Connected, but no TLS: a configuration error, not a dead path.
+		d := finalDecision(failed, fmt.Errorf("%w: %s: %w", ErrTLSConfig, x.registrar, r.err))
+		d.noRedirect = true
+		return x, d
 	case r.resp == nil:
 		// No response: the registrar (or the path to it) is unreachable.
 		return x, decision{act: unreachable, outcome: backoff.Unreachable, err: r.err,

@@ -67,8 +67,12 @@
 // carries credentials with nc counting up, so a refresh is one transaction,
 // not two (sipgo's own helper re-challenges every time). A challenge with
 // stale=true is answered again. Credentials rejected (a 401 to credentials
-// computed from a fresh challenge), 403, 404, other 4xx and 6xx put the trunk
-// in Failed and it retries after TrunkConfig.SlowRetry. 423 is retried at
+// computed from a fresh challenge), 403, 404, other 4xx, 6xx and a TLS
+// handshake that fails after the TCP connect (ErrTLSConfig: an untrusted
+// certificate, a plain TCP port) put the trunk in Failed and it retries
+// after TrunkConfig.SlowRetry. A 3xx is never followed to a weaker
+// transport, and a host it names gets no credentials unless
+// TrunkConfig.RedirectCredentials (ErrRedirectRefused). 423 is retried at
 // once with Min-Expires (twice the interval without one). 408, timeouts,
 // transport errors and dead flows are reported to the gate as Unreachable:
 // the gate closes and sends one scout at a time, so no trunk sleeps in a long
