@@ -2,11 +2,14 @@ package sip
 
 import (
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	sipmsg "github.com/emiago/sipgo/sip"
+
+	"github.com/relinkgo/relink/internal/registrar"
 )
 
 // bindingBook is a registrar's view of one trunk's binding: a REGISTER
@@ -73,5 +76,28 @@ func TestStopLeavesNoBinding(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// TestStopLeavesNoBindingRegistrar: against the in-process registrar, a
+// trunk stopped while the 200 to its REGISTER is held back leaves no
+// binding once Run has returned.
+func TestStopLeavesNoBindingRegistrar(t *testing.T) {
+	var held atomic.Bool
+	reg := newRegistrar(t, registrar.Config{Password: testPassword, MinExpires: -1,
+		ModifyResponse: func(_ *sipmsg.Request, res *sipmsg.Response) {
+			if res.StatusCode == 200 && held.CompareAndSwap(false, true) {
+				time.Sleep(time.Second) // the binding is made; its 200 comes late
+			}
+		}})
+	tr, _ := trunkOn(t, TrunkConfig{RequestTimeout: 5 * time.Second, UnregisterTimeout: 3 * time.Second}, reg.URI())
+	stop := running(t, tr)
+	deadline := time.Now().Add(5 * time.Second)
+	for !held.Load() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	if b := reg.Bindings("sip:alice@relink.test"); len(b) != 0 {
+		t.Errorf("bindings left after Run returned: %+v", b)
 	}
 }
