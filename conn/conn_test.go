@@ -116,7 +116,7 @@ func coreCRLFConfig() conn.Config { return conn.Config{Probe: conn.CRLF} }
 
 func TestIdlePeerAnsweringProbesStaysAlive(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		p := startCorePeer(b, true, false)
 		c := conn.Wrap(a, coreCRLFConfig())
 		r := startCoreReader(c)
@@ -137,7 +137,7 @@ func TestIdlePeerAnsweringProbesStaysAlive(t *testing.T) {
 		if err := c.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
-		<-r.done
+		within(t, r.done, time.Hour, "the reader's end")
 		if !errors.Is(r.err, net.ErrClosed) {
 			t.Fatalf("Read after Close: %v, want net.ErrClosed", r.err)
 		}
@@ -155,7 +155,7 @@ func TestSilentPeerDeclaredDead(t *testing.T) {
 	}{{"drains", true}, {"blocks", false}} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				a, b := net.Pipe()
+				a, b := pipe(t)
 				var p *corePeer
 				if tc.drain {
 					p = startCorePeer(b, false, false)
@@ -164,7 +164,7 @@ func TestSilentPeerDeclaredDead(t *testing.T) {
 				c := conn.Wrap(a, coreCRLFConfig())
 				r := startCoreReader(c)
 
-				<-c.Done()
+				within(t, c.Done(), time.Hour, "Done")
 				if got := time.Since(start); got != corePI+corePT {
 					t.Fatalf("declared dead after %v, want %v", got, corePI+corePT)
 				}
@@ -176,7 +176,7 @@ func TestSilentPeerDeclaredDead(t *testing.T) {
 				if !errors.As(err, &ne) || !ne.Timeout() {
 					t.Fatalf("Err() = %v: not a net.Error with Timeout()", err)
 				}
-				<-r.done // the blocked Read was unblocked
+				within(t, r.done, time.Hour, "the reader's end") // the blocked Read was unblocked
 				if !errors.Is(r.err, conn.ErrUnresponsive) {
 					t.Fatalf("blocked Read returned %v, want ErrUnresponsive", r.err)
 				}
@@ -207,7 +207,7 @@ func TestSilentPeerDeclaredDead(t *testing.T) {
 
 func TestInboundTrafficSuppressesProbes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		p := startCorePeer(b, true, false)
 		c := conn.Wrap(a, coreCRLFConfig())
 		r := startCoreReader(c)
@@ -228,22 +228,22 @@ func TestInboundTrafficSuppressesProbes(t *testing.T) {
 			t.Fatalf("Err() = %v, read %d bytes", c.Err(), r.n.Load())
 		}
 		c.Close()
-		<-r.done
+		within(t, r.done, time.Hour, "the reader's end")
 		p.close()
 	})
 }
 
 func TestPeerEOF(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		c := conn.Wrap(a, coreCRLFConfig())
 		r := startCoreReader(c)
 		b.Close()
-		<-r.done
+		within(t, r.done, time.Hour, "the reader's end")
 		if !errors.Is(r.err, io.EOF) {
 			t.Fatalf("Read: %v, want io.EOF", r.err)
 		}
-		<-c.Done()
+		within(t, c.Done(), time.Hour, "Done")
 		if !errors.Is(c.Err(), io.EOF) {
 			t.Fatalf("Err() = %v, want io.EOF", c.Err())
 		}
@@ -259,7 +259,7 @@ func TestPeerEOF(t *testing.T) {
 
 func TestCloseIsIdempotent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		defer b.Close()
 		c := conn.Wrap(a, coreCRLFConfig())
 		if c.Err() != nil {
@@ -271,7 +271,7 @@ func TestCloseIsIdempotent(t *testing.T) {
 		if err := c.Close(); err != nil {
 			t.Fatalf("second Close: %v", err)
 		}
-		<-c.Done()
+		within(t, c.Done(), time.Hour, "Done")
 		if !errors.Is(c.Err(), net.ErrClosed) {
 			t.Fatalf("Err() = %v, want net.ErrClosed", c.Err())
 		}
@@ -287,7 +287,7 @@ func TestCloseIsIdempotent(t *testing.T) {
 
 func TestConcurrentCloseReadWrite(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		p := startCorePeer(b, true, false)
 		c := conn.Wrap(a, conn.Config{Probe: conn.CRLF, ProbeInterval: 10 * time.Millisecond})
 		var wg sync.WaitGroup
@@ -320,12 +320,12 @@ func TestConcurrentCloseReadWrite(t *testing.T) {
 
 func TestProberError(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		p := startCorePeer(b, false, false)
 		boom := errors.New("boom")
 		start := time.Now()
 		c := conn.Wrap(a, conn.Config{Probe: conn.ProberFunc(func(io.Writer) error { return boom })})
-		<-c.Done()
+		within(t, c.Done(), time.Hour, "Done")
 		if got := time.Since(start); got != corePI {
 			t.Fatalf("dead after %v, want %v (at the probe)", got, corePI)
 		}
@@ -341,9 +341,11 @@ func TestProberError(t *testing.T) {
 
 func TestBlockingProber(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		p := startCorePeer(b, false, false)
 		release := make(chan struct{})
+		unblock := sync.OnceFunc(func() { close(release) })
+		defer unblock() // also when the test fails with the probe blocked
 		var calls atomic.Int64
 		start := time.Now()
 		c := conn.Wrap(a, conn.Config{Probe: conn.ProberFunc(func(io.Writer) error {
@@ -354,14 +356,21 @@ func TestBlockingProber(t *testing.T) {
 		// A Write issued while the prober holds the write side does not
 		// hang past the death.
 		time.Sleep(corePI + time.Second)
-		_, err := c.Write([]byte("x"))
+		werr := make(chan error, 1)
+		go func() { _, err := c.Write([]byte("x")); werr <- err }()
+		var err error
+		select {
+		case err = <-werr:
+		case <-time.After(time.Hour):
+			t.Fatal("Write still blocked an hour after the probe began")
+		}
 		if got := time.Since(start); got != corePI+corePT {
 			t.Fatalf("Write returned after %v, want %v (the death)", got, corePI+corePT)
 		}
 		if !errors.Is(err, conn.ErrUnresponsive) || !errors.Is(c.Err(), conn.ErrUnresponsive) {
 			t.Fatalf("Write: %v, Err(): %v; want ErrUnresponsive", err, c.Err())
 		}
-		close(release)
+		unblock()
 		time.Sleep(time.Minute)
 		if calls.Load() != 1 {
 			t.Fatalf("%d probe calls, want 1", calls.Load())
@@ -374,7 +383,7 @@ func TestBlockingProber(t *testing.T) {
 // write deadline, ProbeTimeout, with ErrUnresponsive.
 func TestProbeWriteBoundedByProbeTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe() // nobody reads b
+		a, b := pipe(t) // nobody reads b
 		var probeErr error
 		probeDone := make(chan struct{})
 		start := time.Now()
@@ -392,7 +401,7 @@ func TestProbeWriteBoundedByProbeTimeout(t *testing.T) {
 		if !errors.Is(probeErr, os.ErrDeadlineExceeded) && !errors.Is(probeErr, io.ErrClosedPipe) {
 			t.Fatalf("probe write: %v, want a deadline or closed error", probeErr)
 		}
-		<-c.Done()
+		within(t, c.Done(), time.Hour, "Done")
 		if !errors.Is(c.Err(), conn.ErrUnresponsive) {
 			t.Fatalf("Err() = %v", c.Err())
 		}
@@ -404,7 +413,7 @@ func TestProbeWriteBoundedByProbeTimeout(t *testing.T) {
 // pings.
 func TestProbeNeverInterleavesWrite(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		p := startCorePeer(b, true, true)
 		c := conn.Wrap(a, conn.Config{Probe: conn.CRLF, ProbeInterval: time.Millisecond, ProbeTimeout: time.Second})
 		r := startCoreReader(c)
@@ -426,7 +435,7 @@ func TestProbeNeverInterleavesWrite(t *testing.T) {
 			t.Fatalf("Err() = %v", c.Err())
 		}
 		c.Close()
-		<-r.done
+		within(t, r.done, time.Hour, "the reader's end")
 		p.close()
 		if p.pings.Load() < 10 {
 			t.Fatalf("only %d pings: the test did not exercise interleaving", p.pings.Load())
@@ -447,7 +456,7 @@ func TestProbeNeverInterleavesWrite(t *testing.T) {
 
 func TestWriteDeadlineRestoredAfterProbe(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		p := startCorePeer(b, true, false)
 		c := conn.Wrap(a, coreCRLFConfig())
 		r := startCoreReader(c)
@@ -469,14 +478,14 @@ func TestWriteDeadlineRestoredAfterProbe(t *testing.T) {
 			t.Fatalf("Write after clearing the deadline: %v", err)
 		}
 		c.Close()
-		<-r.done
+		within(t, r.done, time.Hour, "the reader's end")
 		p.close()
 	})
 }
 
 func TestWriteTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe() // nobody reads b
+		a, b := pipe(t) // nobody reads b
 		defer b.Close()
 		c := conn.Wrap(a, conn.Config{WriteTimeout: 2 * time.Second})
 		defer c.Close()
@@ -510,7 +519,7 @@ func TestProbingDisabled(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				a, b := net.Pipe()
+				a, b := pipe(t)
 				p := startCorePeer(b, false, false)
 				c := conn.Wrap(a, cfg)
 				time.Sleep(24 * time.Hour)
@@ -529,7 +538,7 @@ func TestProbingDisabled(t *testing.T) {
 
 func TestTinyIntervalsAreClamped(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		p := startCorePeer(b, true, false)
 		c := conn.Wrap(a, conn.Config{Probe: conn.CRLF, ProbeInterval: time.Nanosecond, ProbeTimeout: time.Nanosecond})
 		r := startCoreReader(c)
@@ -543,11 +552,11 @@ func TestTinyIntervalsAreClamped(t *testing.T) {
 		}
 		p.answer.Store(false)
 		silent := time.Now()
-		<-c.Done()
+		within(t, c.Done(), time.Hour, "Done")
 		if got := time.Since(silent); got > 2*conn.MinProbeInterval {
 			t.Fatalf("dead %v after the peer went silent, want ≤ %v", got, 2*conn.MinProbeInterval)
 		}
-		<-r.done
+		within(t, r.done, time.Hour, "the reader's end")
 		p.close()
 	})
 }
@@ -556,10 +565,10 @@ func TestDeathIsLogged(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var buf testkit.SyncBuffer
 		log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		p := startCorePeer(b, false, false)
 		c := conn.Wrap(a, conn.Config{Probe: conn.CRLF, Logger: log})
-		<-c.Done()
+		within(t, c.Done(), time.Hour, "Done")
 		synctest.Wait() // Done closes first; the log line follows on the dying goroutine
 		p.close()
 		out := buf.String()
@@ -580,7 +589,7 @@ func TestDialerWithDialFunc(t *testing.T) {
 				if network != "tcp" || addr != "registrar:5060" {
 					t.Errorf("Dial(%q, %q)", network, addr)
 				}
-				a, b := net.Pipe()
+				a, b := pipe(t)
 				p = startCorePeer(b, false, false)
 				return a, nil
 			},
@@ -589,7 +598,7 @@ func TestDialerWithDialFunc(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		<-c.Done()
+		within(t, c.Done(), time.Hour, "Done")
 		if !errors.Is(c.Err(), conn.ErrUnresponsive) {
 			t.Fatalf("Err() = %v", c.Err())
 		}
@@ -660,4 +669,24 @@ func TestWrapNilPanics(t *testing.T) {
 		}
 	}()
 	conn.Wrap(nil, conn.Config{})
+}
+
+// within waits for ch to be closed and fails the test if it is not within d
+// (virtual time under synctest: a broken timeout fails at once, not at the
+// test binary's timeout).
+func within(t *testing.T, ch <-chan struct{}, d time.Duration, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(d):
+		t.Fatalf("%s: not within %v", what, d)
+	}
+}
+
+// pipe is net.Pipe with both ends closed when the test ends, so that a test
+// failing at a deadline leaves no goroutine blocked in the synctest bubble.
+func pipe(t *testing.T) (net.Conn, net.Conn) {
+	a, b := net.Pipe()
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
 }

@@ -200,11 +200,22 @@ func (r *recorder) states() []LinkState {
 	return s
 }
 
-// startRun runs l.Run in a goroutine; wait returns its error.
-func startRun(ctx context.Context, l *Link) (wait func() error) {
+// startRun runs l.Run in a goroutine; wait returns its error, and fails
+// the test if Run has not returned within an hour of the wait (virtual time
+// under synctest: a Link that never stops fails at once instead of hanging).
+func startRun(ctx context.Context, t *testing.T, l *Link) (wait func() error) {
 	ch := make(chan error, 1)
 	go func() { ch <- l.Run(ctx) }()
-	return func() error { return <-ch }
+	return func() error {
+		t.Helper()
+		select {
+		case err := <-ch:
+			return err
+		case <-time.After(time.Hour):
+			t.Fatal("Run did not return within an hour")
+			return nil
+		}
+	}
 }
 
 func mustLink(t *testing.T, cfg LinkConfig) *Link {
@@ -232,7 +243,7 @@ func TestLinkRestartsSessionWhenConnDies(t *testing.T) {
 			Backoff: noJitter(), OnStateChange: rec.record})
 		wantState(t, l, LinkIdle)
 		ctx, cancel := context.WithCancel(t.Context())
-		wait := startRun(ctx, l)
+		wait := startRun(ctx, t, l)
 
 		synctest.Wait()
 		wantState(t, l, LinkReady)
@@ -293,7 +304,7 @@ func TestLinkPermanentSessionErrorStops(t *testing.T) {
 				var rec recorder
 				l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"},
 					Session: tc.session, Backoff: noJitter(), HealthyAfter: -1, OnStateChange: rec.record})
-				wait := startRun(t.Context(), l)
+				wait := startRun(t.Context(), t, l)
 				synctest.Wait()
 				wantState(t, l, LinkReady)
 				if tc.peerEOF {
@@ -373,7 +384,7 @@ func TestLinkStopsWhenGateCloses(t *testing.T) {
 		var rec recorder
 		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session,
 			Gate: gate, Backoff: noJitter(), OnStateChange: rec.record})
-		wait := startRun(t.Context(), l)
+		wait := startRun(t.Context(), t, l)
 		time.Sleep(10 * time.Second) // refused dials, paced by the backoff and the gate
 		synctest.Wait()
 		dials := len(fn.dialTimes())
@@ -411,7 +422,7 @@ func TestLinkConnDeathCancelsSession(t *testing.T) {
 		l := mustLink(t, LinkConfig{Dialer: d, Addrs: []string{"srv:5060"}, Session: session,
 			Backoff: noJitter(), OnStateChange: rec.record})
 		ctx, cancel := context.WithCancel(t.Context())
-		wait := startRun(ctx, l)
+		wait := startRun(ctx, t, l)
 
 		synctest.Wait()
 		wantState(t, l, LinkReady)
@@ -448,7 +459,7 @@ func TestLinkBackoffAppliedAndReset(t *testing.T) {
 		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session,
 			Backoff: noJitter(), HealthyAfter: 10 * time.Second})
 		ctx, cancel := context.WithCancel(t.Context())
-		wait := startRun(ctx, l)
+		wait := startRun(ctx, t, l)
 		time.Sleep(time.Minute)
 		synctest.Wait()
 		wantState(t, l, LinkReady)
@@ -486,7 +497,7 @@ func TestLinkHealthyAfterNegative(t *testing.T) {
 		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session,
 			Backoff: noJitter(), HealthyAfter: -1})
 		ctx, cancel := context.WithCancel(t.Context())
-		wait := startRun(ctx, l)
+		wait := startRun(ctx, t, l)
 		time.Sleep(time.Second)
 		cancel()
 		wait()
@@ -512,7 +523,7 @@ func TestLinkRotatesAddrs(t *testing.T) {
 		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"a:1", "b:1", "c:1"}, Session: session,
 			Backoff: noJitter(), HealthyAfter: time.Second, OnStateChange: rec.record})
 		ctx, cancel := context.WithCancel(t.Context())
-		wait := startRun(ctx, l)
+		wait := startRun(ctx, t, l)
 		time.Sleep(time.Minute)
 		cancel()
 		wait()
@@ -549,7 +560,7 @@ func TestLinkUsesGate(t *testing.T) {
 		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session,
 			Backoff: noJitter(), Gate: gate, HealthyAfter: time.Second, DialTimeout: 5 * time.Second})
 		ctx, cancel := context.WithCancel(t.Context())
-		wait := startRun(ctx, l)
+		wait := startRun(ctx, t, l)
 		time.Sleep(time.Minute)
 		synctest.Wait()
 		wantState(t, l, LinkReady)
@@ -581,7 +592,7 @@ func TestLinkWaitsForGate(t *testing.T) {
 		session, _ := scriptedSessions()
 		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session, Gate: gate})
 		ctx, cancel := context.WithCancel(t.Context())
-		wait := startRun(ctx, l)
+		wait := startRun(ctx, t, l)
 		time.Sleep(time.Hour)
 		synctest.Wait()
 		wantState(t, l, LinkConnecting)
@@ -641,7 +652,7 @@ func TestLinkCancelWaitsForSession(t *testing.T) {
 		var rec recorder
 		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session, OnStateChange: rec.record})
 		ctx, cancel := context.WithCancelCause(t.Context())
-		wait := startRun(ctx, l)
+		wait := startRun(ctx, t, l)
 		synctest.Wait()
 		wantState(t, l, LinkReady)
 
@@ -685,7 +696,7 @@ func TestLinkCancelWhileNotConnected(t *testing.T) {
 					Backoff:     backoff.NewFactory(backoff.Exponential{Base: time.Hour, Jitter: backoff.NoJitter}),
 					DialTimeout: -1})
 				ctx, cancel := context.WithCancel(t.Context())
-				wait := startRun(ctx, l)
+				wait := startRun(ctx, t, l)
 				time.Sleep(time.Minute)
 				synctest.Wait()
 				wantState(t, l, tc.state)
@@ -732,7 +743,7 @@ func TestLinkStateSequence(t *testing.T) {
 		}()
 
 		ctx, cancel := context.WithCancel(t.Context())
-		wait := startRun(ctx, l)
+		wait := startRun(ctx, t, l)
 		synctest.Wait()
 		wantState(t, l, LinkReady)
 		fn.peer(0).Close()
@@ -741,7 +752,11 @@ func TestLinkStateSequence(t *testing.T) {
 		wantState(t, l, LinkReady)
 		cancel()
 		wait()
-		<-observed
+		select {
+		case <-observed:
+		case <-time.After(time.Hour):
+			t.Fatal("the observer did not see LinkShutdown within an hour")
+		}
 
 		type ev struct {
 			from, to LinkState
@@ -822,7 +837,7 @@ func TestLinkWaitForStateChange(t *testing.T) {
 		}
 		synctest.Wait()
 		rctx, rcancel := context.WithCancel(t.Context())
-		wait := startRun(rctx, l)
+		wait := startRun(rctx, t, l)
 		woken.Wait()
 		rcancel()
 		wait()
@@ -835,7 +850,7 @@ func TestLinkRunTwice(t *testing.T) {
 		session, count := scriptedSessions()
 		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session})
 		ctx, cancel := context.WithCancel(t.Context())
-		wait := startRun(ctx, l)
+		wait := startRun(ctx, t, l)
 		synctest.Wait()
 		if err := l.Run(t.Context()); !errors.Is(err, ErrLinkRunning) {
 			t.Fatalf("concurrent Run = %v, want ErrLinkRunning", err)
@@ -846,7 +861,7 @@ func TestLinkRunTwice(t *testing.T) {
 		wantState(t, l, LinkShutdown)
 		// After it returned, Run starts over.
 		ctx, cancel = context.WithCancel(t.Context())
-		wait = startRun(ctx, l)
+		wait = startRun(ctx, t, l)
 		synctest.Wait()
 		wantState(t, l, LinkReady)
 		cancel()
@@ -1124,7 +1139,7 @@ func TestLinkTelemetry(t *testing.T) {
 		l := mustLink(t, LinkConfig{Dialer: fn.dialer(), Addrs: []string{"srv:5060"}, Session: session,
 			Backoff: noJitter(), Gate: gate, MeterProvider: fakeMeterProvider{m: mp}, TracerProvider: fakeTracerProvider{tr: tp}})
 		ctx, cancel := context.WithCancel(t.Context())
-		wait := startRun(ctx, l)
+		wait := startRun(ctx, t, l)
 		time.Sleep(time.Minute)
 		synctest.Wait()
 
@@ -1208,7 +1223,7 @@ func TestLinkLoopbackEchoServerRestart(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	wait := startRun(ctx, l)
+	wait := startRun(ctx, t, l)
 
 	expect := func(k int) {
 		t.Helper()
@@ -1312,7 +1327,7 @@ func TestLinkHalfClosingPeerGetsReply(t *testing.T) {
 		},
 	})
 	ctx, cancel := context.WithCancel(t.Context())
-	wait := startRun(ctx, l)
+	wait := startRun(ctx, t, l)
 	defer func() { cancel(); _ = wait() }()
 
 	peer, err := ln.Accept()

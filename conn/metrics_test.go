@@ -2,9 +2,9 @@ package conn_test
 
 import (
 	"context"
-	"net"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -22,20 +22,20 @@ func TestMetrics(t *testing.T) {
 
 		// One silent peer (unresponsive after 1 probe), one that closes (eof),
 		// one closed by us (not a death).
-		a, b := net.Pipe()
+		a, b := pipe(t)
 		p := startCorePeer(b, false, false)
 		dead := conn.Wrap(a, cfg)
-		<-dead.Done()
+		within(t, dead.Done(), time.Hour, "the silent peer's death")
 		p.close()
 
-		a, b = net.Pipe()
+		a, b = pipe(t)
 		eof := conn.Wrap(a, cfg)
 		r := startCoreReader(eof)
 		b.Close()
-		<-r.done
+		within(t, r.done, time.Hour, "the reader's EOF")
 		eof.Close()
 
-		a, b = net.Pipe()
+		a, b = pipe(t)
 		conn.Wrap(a, cfg).Close()
 		b.Close()
 		synctest.Wait() // each death is recorded just after its Done closes

@@ -197,7 +197,7 @@ func TestKernelTimeoutIsUnresponsive(t *testing.T) {
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("Write error %v is not a net.Error with Timeout()", err)
 	}
-	<-c.Done()
+	within(t, c.Done(), 30*time.Second, "Done after the kernel's timeout")
 	if cerr := c.Err(); !errors.Is(cerr, conn.ErrUnresponsive) || !errors.Is(cerr, syscall.ETIMEDOUT) {
 		t.Fatalf("Err() = %v", cerr)
 	}
@@ -222,7 +222,7 @@ func TestResetIsReported(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("Read: %v, want ECONNRESET", err)
 	}
-	<-c.Done()
+	within(t, c.Done(), 5*time.Second, "Done after the reset")
 	if !errors.Is(c.Err(), syscall.ECONNRESET) {
 		t.Fatalf("Err() = %v", c.Err())
 	}
@@ -276,7 +276,7 @@ func TestStalledReaderIsNotDeclaredDead(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("not declared dead 5 s after the reader caught up with a silent peer")
 	}
-	<-r.done
+	within(t, r.done, 5*time.Second, "the reader's end")
 	elapsed := time.Since(caughtUp)
 	if !errors.Is(c.Err(), conn.ErrUnresponsive) || elapsed > iv+to+time.Second {
 		t.Fatalf("Err() = %v after %v", c.Err(), elapsed)
@@ -316,8 +316,8 @@ func TestProbeDetectsSilentPeerOnLoopback(t *testing.T) {
 	go io.Copy(io.Discard, srv)
 	r := startCoreReader(c)
 	start := time.Now()
-	<-c.Done()
-	<-r.done
+	within(t, c.Done(), 10*(iv+to), "Done")
+	within(t, r.done, 5*time.Second, "the reader's end")
 	elapsed := time.Since(start)
 	if !errors.Is(c.Err(), conn.ErrUnresponsive) || !errors.Is(r.err, conn.ErrUnresponsive) {
 		t.Fatalf("Err() = %v, Read: %v", c.Err(), r.err)

@@ -51,7 +51,7 @@ func TestSilentPeerDiesAtIntervalPlusTimeout(t *testing.T) {
 		h := newHarness()
 		m := New(Config{Interval: interval, Timeout: timeout,
 			Probe: func() error { h.probes.Add(1); return nil }, OnDead: h.onDead})
-		<-h.dead
+		h.wait(t, time.Hour)
 		at, err := h.result()
 		if !errors.Is(err, ErrNoResponse) {
 			t.Fatalf("OnDead(%v), want ErrNoResponse", err)
@@ -106,7 +106,7 @@ func testDetectionBound(t *testing.T, interval, timeout, lastAt time.Duration) {
 			time.Sleep(d)
 			m.Seen()
 		}
-		<-h.dead
+		h.wait(t, time.Hour)
 		_, err := h.result()
 		if !errors.Is(err, ErrNoResponse) {
 			t.Fatalf("OnDead(%v)", err)
@@ -162,7 +162,7 @@ func TestTrafficSuppressesProbes(t *testing.T) {
 			t.Fatalf("%d probes despite traffic, want 0", got)
 		}
 		lastByte := time.Now()
-		<-h.dead
+		h.wait(t, time.Hour)
 		if got := time.Since(lastByte); got != interval+timeout {
 			t.Fatalf("dead %v after traffic stopped, want %v", got, interval+timeout)
 		}
@@ -179,7 +179,7 @@ func TestAnswerDuringTimeoutRearms(t *testing.T) {
 			Probe: func() error { h.probes.Add(1); return nil }})
 		time.Sleep(interval + timeout - time.Millisecond) // probe sent at 10 s
 		m.Seen()                                          // answered at 14.999 s
-		<-h.dead                                          // next probe at 24.999 s, death at 29.999 s
+		h.wait(t, time.Hour)                              // next probe at 24.999 s, death at 29.999 s
 		at, _ := h.result()
 		if want := 2*(interval+timeout) - time.Millisecond; at != want {
 			t.Fatalf("dead at %v, want %v", at, want)
@@ -228,7 +228,7 @@ func TestProbeError(t *testing.T) {
 		boom := errors.New("boom")
 		New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error { return boom }})
-		<-h.dead
+		h.wait(t, time.Hour)
 		at, err := h.result()
 		var pe *ProbeError
 		if !errors.As(err, &pe) || !errors.Is(err, boom) {
@@ -244,6 +244,8 @@ func TestBlockingProbeBoundedByTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness()
 		release := make(chan struct{})
+		unblock := sync.OnceFunc(func() { close(release) })
+		defer unblock() // also when the test fails with the probe blocked
 		var inProbe, maxInProbe atomic.Int64
 		New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error {
@@ -256,12 +258,12 @@ func TestBlockingProbeBoundedByTimeout(t *testing.T) {
 				inProbe.Add(-1)
 				return errors.New("late")
 			}})
-		<-h.dead
+		h.wait(t, time.Hour)
 		at, err := h.result()
 		if !errors.Is(err, ErrNoResponse) || at != interval+timeout {
 			t.Fatalf("OnDead(%v) at %v, want ErrNoResponse at %v", err, at, interval+timeout)
 		}
-		close(release) // the probe returns after death: no second OnDead
+		unblock() // the probe returns after death: no second OnDead
 		time.Sleep(time.Minute)
 		if maxInProbe.Load() != 1 || h.probes.Load() != 1 {
 			t.Fatalf("probes %d, max concurrent %d; want 1, 1", h.probes.Load(), maxInProbe.Load())
@@ -275,6 +277,8 @@ func TestBlockedProbeNotStacked(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness()
 		release := make(chan struct{})
+		unblock := sync.OnceFunc(func() { close(release) })
+		defer unblock() // also when the test fails with the probe blocked
 		var calls atomic.Int64
 		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error {
@@ -289,11 +293,11 @@ func TestBlockedProbeNotStacked(t *testing.T) {
 		}
 		// Silence: the first probe is still blocked, so no new call starts,
 		// but the timeout still declares death.
-		<-h.dead
+		h.wait(t, time.Hour)
 		if got := calls.Load(); got != 1 {
 			t.Fatalf("%d Probe calls, want 1 (never stacked)", got)
 		}
-		close(release)
+		unblock()
 	})
 }
 
@@ -326,7 +330,7 @@ func TestClampedDurations(t *testing.T) {
 				if got := m.String(); got != "liveness.Monitor{Interval: 10ms, Timeout: 10ms}" {
 					t.Fatalf("String() = %q", got)
 				}
-				<-h.dead
+				h.wait(t, time.Hour)
 				if at, _ := h.result(); at != 2*MinInterval {
 					t.Fatalf("dead at %v, want %v", at, 2*MinInterval)
 				}
