@@ -61,10 +61,10 @@ func ExampleWrap() {
 		ProbeTimeout:  50 * time.Millisecond,
 	})
 	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second)) // a bound of its own, far above the detection
 
-	_, err := c.Read(make([]byte, 1)) // blocks until the peer is declared dead
-	fmt.Println(errors.Is(err, conn.ErrUnresponsive))
-	<-c.Done()
+	_, err := c.Read(make([]byte, 1))                 // blocks until the peer is declared dead
+	fmt.Println(errors.Is(err, conn.ErrUnresponsive)) // Done is closed by then
 	fmt.Println(c.Err())
 	var ne net.Error
 	fmt.Println(errors.As(c.Err(), &ne) && ne.Timeout())
