@@ -304,16 +304,7 @@ func answerProbes(c net.Conn, silent *atomic.Bool) {
 // within ProbeInterval + ProbeTimeout of its last byte.
 func TestProbeDetectsSilentPeerOnLoopback(t *testing.T) {
 	const iv, to = 200 * time.Millisecond, 200 * time.Millisecond
-	ln, accepted := coreListen(t)
-	d := &conn.Dialer{Config: conn.Config{Probe: conn.CRLF, ProbeInterval: iv, ProbeTimeout: to}}
-	c, err := d.DialContext(t.Context(), "tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	srv := <-accepted
-	defer srv.Close()
-	go io.Copy(io.Discard, srv)
+	c, _ := dialSilentPeer(t, iv, to)
 	r := startCoreReader(c)
 	start := time.Now()
 	within(t, c.Done(), 10*(iv+to), "Done")
@@ -333,28 +324,33 @@ func TestProbeDetectsSilentPeerOnLoopback(t *testing.T) {
 // ever (issue 10, defect 4).
 func TestOneUnreadByteDoesNotKeepDeadPeerAlive(t *testing.T) {
 	const iv, to = 200 * time.Millisecond, 200 * time.Millisecond
+	c, srv := dialSilentPeer(t, iv, to)
+	if _, err := srv.Write([]byte{'x'}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now() // the peer's last byte; nobody reads it
+	within(t, c.Done(), 20*(iv+to), "Done (one unread byte kept the peer alive)")
+	elapsed := time.Since(start)
+	if !errors.Is(c.Err(), conn.ErrUnresponsive) || elapsed > 2*(iv+to)+time.Second {
+		t.Fatalf("Err() = %v after %v, want ErrUnresponsive within %v", c.Err(), elapsed, 2*(iv+to))
+	}
+	t.Logf("declared dead %v after the peer's last byte, one unread (bound 2 × %v)", elapsed, iv+to)
+}
+
+// dialSilentPeer dials a loopback peer with CRLF probes at iv and timeout to,
+// and returns the probed Conn and the peer's end, which reads the probes and
+// never answers. Both are closed when the test ends.
+func dialSilentPeer(t *testing.T, iv, to time.Duration) (*conn.Conn, net.Conn) {
+	t.Helper()
 	ln, accepted := coreListen(t)
 	d := &conn.Dialer{Config: conn.Config{Probe: conn.CRLF, ProbeInterval: iv, ProbeTimeout: to}}
 	c, err := d.DialContext(t.Context(), "tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	srv := <-accepted
-	defer srv.Close()
-	go io.Copy(io.Discard, srv) // reads the probes, never answers
-	if _, err := srv.Write([]byte{'x'}); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now() // the peer's last byte; nobody reads it
-	select {
-	case <-c.Done():
-	case <-time.After(20 * (iv + to)):
-		t.Fatalf("alive %v after the peer's last byte (bound %v): one unread byte kept it alive", 20*(iv+to), 2*(iv+to))
-	}
-	elapsed := time.Since(start)
-	if !errors.Is(c.Err(), conn.ErrUnresponsive) || elapsed > 2*(iv+to)+time.Second {
-		t.Fatalf("Err() = %v after %v, want ErrUnresponsive within %v", c.Err(), elapsed, 2*(iv+to))
-	}
-	t.Logf("declared dead %v after the peer's last byte, one unread (bound 2 × %v)", elapsed, iv+to)
+	t.Cleanup(func() { srv.Close() })
+	go io.Copy(io.Discard, srv)
+	return c, srv
 }
