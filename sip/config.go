@@ -1,6 +1,7 @@
 package sip
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,6 +41,10 @@ const (
 	// DefaultFailback is how often a trunk registered with a backup
 	// registrar tries the first one again.
 	DefaultFailback = 5 * time.Minute
+	// DefaultQualify is the OPTIONS interval of a UDP registrar and of an
+	// OptionsOnly trunk when TrunkConfig.Qualify is zero (pjsip's UDP
+	// keep-alive is 15 s, Asterisk's qualify_frequency 60 s).
+	DefaultQualify = 30 * time.Second
 )
 
 // Internal bounds.
@@ -107,7 +112,10 @@ type TrunkConfig struct {
 	// Qualify, when positive, sends an OPTIONS to the registrar at this
 	// interval while registered; no answer within RequestTimeout (or a
 	// transport error) counts as a dead flow. It is the only liveness check
-	// of a UDP registration. Zero means the default, off; negative: off.
+	// of a UDP registration. Zero means the default: DefaultQualify for a
+	// UDP registrar, off for TCP, TLS, WS and WSS ones (their flows are
+	// probed with CRLF, falling back to OPTIONS on a peer that never
+	// answers CRLF); negative: off.
 	Qualify time.Duration
 
 	// RequestTimeout bounds each REGISTER (and OPTIONS) transaction. Zero
@@ -157,6 +165,33 @@ type TrunkConfig struct {
 
 	// OnStateChange, if set, is called after every state change, outside
 	// the trunk's locks, from the trunk's goroutine. It must not block.
+	// TLSConfig is the TLS client configuration for this trunk's sips:,
+	// transport=tls and wss registrars (a client certificate per carrier,
+	// its own roots). Nil means the UA's (UAConfig.TLSConfig), and when that
+	// is nil too the system roots. Verification is never turned off by
+	// relink; ServerName defaults to the registrar's host. A certificate the
+	// trunk rejects is a configuration error (ErrTLSConfig: state Failed,
+	// retried at SlowRetry).
+	TLSConfig *tls.Config
+	// OptionsOnly makes a trunk that never REGISTERs, for carriers that
+	// authenticate by IP: it keeps its registrar qualified with OPTIONS (at
+	// Qualify, DefaultQualify when zero) through the same gate and flows,
+	// with the same states (Registered while the registrar answers).
+	OptionsOnly bool
+	// RegID is the RFC 5626 reg-id sent with the first registrar's
+	// binding (the i-th registrar gets RegID+i). Zero means 1; negative
+	// turns RFC 5626 outbound off for this trunk (no +sip.instance, reg-id,
+	// Supported: outbound or ;ob).
+	RegID int
+	// OutboundProxy, if set, is the URI every REGISTER (and OPTIONS) of the
+	// trunk is sent through: a loose Route to it (RFC 3261 §8.1.2). Empty
+	// means none: requests go to the registrar.
+	OutboundProxy string
+	// Headers are added to every REGISTER and OPTIONS (User-Agent, X-...);
+	// headers relink sets itself (Via, From, To, Call-ID, CSeq, Contact,
+	// Expires, Authorization, Route) are refused by NewTrunk.
+	Headers []sipmsg.Header
+
 	OnStateChange func(TrunkStateChange)
 	// Logger receives state changes (Info) and per-request details
 	// (Debug). Passwords and Authorization headers are never logged. nil

@@ -1,6 +1,7 @@
 package sip
 
 import (
+	"crypto/tls"
 	"net"
 	"sync"
 	"time"
@@ -45,6 +46,35 @@ type UAConfig struct {
 	// ReadFilter, if set, is called by relink's read filter on every read,
 	// after relink has seen it.
 	ReadFilter sipmsg.TransportReadFilter
+
+	// TLSConfig is the TLS client configuration of the UA's TLS and WSS
+	// flows, for trunks without a TLSConfig of their own. Nil means the
+	// system roots, ServerName from the registrar's host.
+	TLSConfig *tls.Config
+	// InstanceID is the RFC 5626 +sip.instance of this UA, a URN such as
+	// "urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF". Empty means one made
+	// at NewUA, stable for the UA's life; set it (and keep it across
+	// restarts) so that a restarted gateway replaces its own bindings.
+	InstanceID string
+	// OnFlowDeath, if set, is called when relink declares a flow dead
+	// (unanswered probes, the kernel's timeout, a reset): its address and
+	// the trunks that used it, for the application's calls on it. It runs
+	// on its own goroutine and must not block.
+	OnFlowDeath func(FlowDeath)
+}
+
+// FlowDeath describes a flow relink declared dead.
+type FlowDeath struct {
+	// Network is the flow's transport: "tcp", "tls", "ws", "wss" or "udp".
+	Network string
+	// Local and Remote are the flow's addresses (host:port).
+	Local, Remote string
+	// Err is why: wraps ErrFlowDead and the cause.
+	Err error
+	// Trunks are the trunks that used the flow when it died.
+	Trunks []*Trunk
+	// At is when it was declared dead.
+	At time.Time
 }
 
 // UA is a sipgo UserAgent with relink's flow monitor: the trunks and fleets
