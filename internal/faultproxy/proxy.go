@@ -1,7 +1,8 @@
 // Package faultproxy is an in-process TCP proxy that injects the failures a
 // long-lived connection meets in production: a path that goes silent (no FIN,
-// no RST), a peer that comes back having forgotten the connection, a reset
-// and an orderly close.
+// no RST), a far end that comes back having forgotten the connection (and
+// answers it with an RST, or drops it silently) or whose application hangs
+// on it, a reset and an orderly close.
 //
 // The proxy listens on 127.0.0.1 and forwards each accepted connection to a
 // target address, both ways. Its modes:
@@ -11,12 +12,29 @@
 //     absorb what the ends send; nothing is closed and nothing is lost.
 //   - Resume continues forwarding: both ends kept their state, and the bytes
 //     held during the freeze are delivered in order.
-//   - Forget ends a freeze as a far end that lost its connections would: the
-//     connections that were frozen stay silent for ever (until Close) and
-//     their target side is closed, while new connections are forwarded
-//     normally. This is the seed's failure: the client's old connection
-//     looks open but nothing ever answers on it, and a redial works.
+//   - ForgetReset ends a freeze as a far end that restarted, or failed over,
+//     does: it lost the connections. Each connection that was frozen has its
+//     target side closed, and the client's side answers the first byte it
+//     receives after the freeze (at once for the bytes held during it) with
+//     an RST, as a kernel answers a segment of a connection it does not
+//     know. New connections are forwarded normally.
+//   - ForgetDrop ends a freeze as a black hole that stays for the old
+//     connections (a firewall or NAT that lost their state and drops their
+//     packets): their target side is closed, and what the client sends on
+//     them is read and discarded, with no answer, no FIN, no RST, until
+//     Close. New connections are forwarded normally.
+//   - Forget ends a freeze as a far end whose application hangs on the old
+//     connections with its TCP alive: their target side is closed, and the
+//     client's side stays open and silent for ever (until Close); the
+//     proxy stops reading it, so its kernel keeps acknowledging what the
+//     client sends until the receive window fills. New connections are
+//     forwarded normally.
 //   - Reset sends an RST on both sides of every connection; CloseAll a FIN.
+//
+// After each Forget variant the client's old connection is dead and a redial
+// works; they differ in what the client's kernel and TCP stack can see,
+// which decides how long a client without an application probe keeps it
+// (see below).
 //
 // # What a freeze can and cannot show
 //
@@ -25,7 +43,13 @@
 // keepalive probes and zero-window probes), so TCP keepalive and
 // TCP_USER_TIMEOUT on the client never fire. Testing the kernel options needs
 // a real black hole: see package internal/netns (network namespaces and an nft
-// DROP rule).
+// DROP rule). The same holds after ForgetDrop: it emulates a black hole for
+// the client's application (nothing ever answers), not for its kernel, which
+// in a real one retransmits its unacknowledged data until tcp_retries2
+// (about 15.5 min by default) or TCP_USER_TIMEOUT, then aborts the
+// connection. ForgetReset answers at once what a real far end answers at
+// the client's next retransmission, which after a long black hole can come
+// seconds later (the retransmission timer doubles up to 2 min).
 //
 // A connection accepted while the proxy is frozen completes its handshake
 // (the proxy's kernel accepts it) but is not connected to the target until
@@ -67,11 +91,16 @@ var ErrClosed = fmt.Errorf("faultproxy: proxy closed: %w", net.ErrClosed)
 type state uint8
 
 const (
-	forwarding state = iota // bytes flow both ways
-	frozen                  // nothing flows; Resume or Forget ends it
-	forgotten               // nothing flows, for ever
-	closed                  // sockets closed; goroutines exit
+	forwarding  state = iota // bytes flow both ways
+	frozen                   // nothing flows; Resume or a Forget ends it
+	forgotten                // nothing flows, for ever (Forget: hung)
+	forgotReset              // the client's next byte gets an RST (ForgetReset)
+	forgotDrop               // the client's bytes are read and dropped (ForgetDrop)
+	closed                   // sockets closed; goroutines exit
 )
+
+// gone reports whether s is one of the forgotten states.
+func (s state) gone() bool { return s == forgotten || s == forgotReset || s == forgotDrop }
 
 // Stats are the proxy's counters.
 type Stats struct {
@@ -88,6 +117,10 @@ type Stats struct {
 	// Both byte counters are updated just after each Write returns, so an
 	// end may receive bytes a moment before they are counted.
 	BytesFromTarget int64
+	// Resets counts the RSTs sent to clients by ForgetReset's far end.
+	Resets int64
+	// BytesDropped counts the bytes ForgetDrop's black hole discarded.
+	BytesDropped int64
 }
 
 // Proxy is a TCP forwarding proxy with fault modes. Its methods are safe for
@@ -109,6 +142,8 @@ type Proxy struct {
 	accepted atomic.Int64
 	toTarget atomic.Int64
 	fromTgt  atomic.Int64
+	resets   atomic.Int64
+	dropped  atomic.Int64
 
 	wg sync.WaitGroup
 }
@@ -119,6 +154,7 @@ type pair struct {
 	target *net.TCPConn // nil until dialed; guarded by Proxy.mu
 	state  state        // guarded by Proxy.mu
 	halves int          // directions finished with EOF; guarded by Proxy.mu
+	held   int          // client bytes read, not forwarded when forgotten; guarded by Proxy.mu
 }
 
 // New starts a proxy listening on 127.0.0.1 (an ephemeral port) that forwards
@@ -154,11 +190,13 @@ func (p *Proxy) Stats() Stats {
 		Accepted:        p.accepted.Load(),
 		BytesToTarget:   p.toTarget.Load(),
 		BytesFromTarget: p.fromTgt.Load(),
+		Resets:          p.resets.Load(),
+		BytesDropped:    p.dropped.Load(),
 	}
 	p.mu.Lock()
 	s.Active = len(p.pairs)
 	for pc := range p.pairs {
-		if pc.state == frozen || pc.state == forgotten {
+		if pc.state == frozen || pc.state.gone() {
 			s.Frozen++
 		}
 	}
@@ -215,17 +253,37 @@ func (p *Proxy) Freeze() {
 
 // Resume ends a freeze: every frozen connection forwards again, with the
 // bytes held during the freeze delivered in order. Forgotten connections
-// stay silent.
-func (p *Proxy) Resume() { p.thaw(false) }
+// stay as they are.
+func (p *Proxy) Resume() { p.thaw(forwarding) }
 
-// Forget ends a freeze as a far end that lost its connections would: each
-// frozen connection that reached the target stays silent for ever (until
-// Close or Reset), and its target side is closed, so the server forgets it
-// too. Connections accepted during the freeze, not yet connected to the
-// target, are connected now and forwarded, as are new ones.
-func (p *Proxy) Forget() { p.thaw(true) }
+// Forget ends a freeze as a far end whose application hangs on its old
+// connections with TCP alive: each frozen connection that reached the
+// target stays open and silent for ever (until Close or Reset), the proxy
+// no longer reading it, and its target side is closed, so the server
+// forgets it. Connections accepted during the freeze, not yet connected to
+// the target, are connected now and forwarded, as are new ones.
+func (p *Proxy) Forget() { p.thaw(forgotten) }
 
-func (p *Proxy) thaw(forget bool) {
+// ForgetReset ends a freeze as a far end that lost its connections (a
+// restart, a failover): each frozen connection that reached the target has
+// its target side closed, and the client's side is aborted with an RST at
+// the first byte the client sends after the freeze — at once if it sent
+// any during it. Connections accepted during the freeze, not yet connected
+// to the target, are connected now and forwarded, as are new ones.
+func (p *Proxy) ForgetReset() { p.thaw(forgotReset) }
+
+// ForgetDrop ends a freeze as a black hole that stays for the old
+// connections: each frozen connection that reached the target has its
+// target side closed, and whatever the client sends on it is read and
+// discarded, with no answer, until Close or Reset (see the package doc for
+// what the client's kernel sees). Connections accepted during the freeze,
+// not yet connected to the target, are connected now and forwarded, as are
+// new ones.
+func (p *Proxy) ForgetDrop() { p.thaw(forgotDrop) }
+
+// thaw ends a freeze: frozen connections that reached the target go to
+// next (forwarding, or one of the forgotten states), the others forward.
+func (p *Proxy) thaw(next state) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.isClosed {
@@ -236,9 +294,14 @@ func (p *Proxy) thaw(forget bool) {
 		if pc.state != frozen {
 			continue
 		}
-		if forget && pc.target != nil {
-			pc.state = forgotten
+		if next != forwarding && pc.target != nil {
+			pc.state = next
 			pc.target.Close()
+			if next != forgotten {
+				// The client side is read again by its pipe, which
+				// turns into the far end's sink.
+				_ = pc.client.SetReadDeadline(time.Time{})
+			}
 			continue
 		}
 		pc.state = forwarding
@@ -366,7 +429,7 @@ func (p *Proxy) serve(pc *pair) {
 	}
 	target := tc.(*net.TCPConn)
 	p.mu.Lock()
-	if pc.state == closed || pc.state == forgotten {
+	if pc.state == closed || pc.state.gone() {
 		p.mu.Unlock()
 		target.Close()
 		p.wg.Add(-2)
@@ -384,6 +447,51 @@ func (p *Proxy) serve(pc *pair) {
 	}()
 	defer p.wg.Done()
 	p.pipe(pc, pc.client, target, &p.toTarget)
+	p.sink(pc)
+}
+
+// sink plays the far end of a connection forgotten by ForgetReset or
+// ForgetDrop, on the client's side, once its client → target pipe has
+// stopped: the first byte read (or one held by the pipe) gets an RST; or
+// every byte is dropped. It returns when the pair is closed, or at once for
+// any other state.
+func (p *Proxy) sink(pc *pair) {
+	p.mu.Lock()
+	st, held := pc.state, pc.held
+	p.mu.Unlock()
+	if st != forgotReset && st != forgotDrop {
+		return
+	}
+	if st == forgotDrop {
+		p.dropped.Add(int64(held))
+	}
+	buf := make([]byte, bufSize)
+	for {
+		if st == forgotReset && held > 0 {
+			p.mu.Lock()
+			if pc.state == forgotReset {
+				p.resets.Add(1)
+				p.closePairLocked(pc, true)
+			}
+			p.mu.Unlock()
+			return
+		}
+		n, err := pc.client.Read(buf)
+		held = n
+		if st == forgotDrop {
+			p.dropped.Add(int64(n))
+		}
+		if err != nil && n == 0 {
+			// The client closed (or Close did): the far end's kernel
+			// answers its FIN; nothing is left to do.
+			p.mu.Lock()
+			if pc.state == st {
+				p.closePairLocked(pc, false)
+			}
+			p.mu.Unlock()
+			return
+		}
+	}
 }
 
 // pipe copies src to dst until EOF or an error, parking while pc is frozen.
@@ -398,6 +506,11 @@ func (p *Proxy) pipe(pc *pair, src, dst *net.TCPConn, count *atomic.Int64) {
 		n, rerr := src.Read(buf)
 		for off := 0; off < n; {
 			if !p.await(pc) {
+				if src == pc.client {
+					p.mu.Lock()
+					pc.held = n - off
+					p.mu.Unlock()
+				}
 				return
 			}
 			m, werr := dst.Write(buf[off:n])

@@ -554,3 +554,107 @@ func waitBytes(t *testing.T, p *faultproxy.Proxy, to, from int64) {
 		return st.BytesToTarget == to && st.BytesFromTarget == from
 	})
 }
+
+// expectReset asserts that a read on c fails with ECONNRESET within 5 s.
+func expectReset(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetReadDeadline(time.Time{})
+	if n, err := c.Read(make([]byte, 64)); n != 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read = %d, %v; want a reset", n, err)
+	}
+}
+
+// expectServerEOF asserts that the server's side of a forgotten connection
+// reads EOF within 5 s: the far end lost it.
+func expectServerEOF(t *testing.T, s net.Conn) {
+	t.Helper()
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := s.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("server side of forgotten conn: read %d, %v; want EOF", n, err)
+	}
+}
+
+// TestForgetResetAnswersNextByteWithRST: a far end that lost its
+// connections answers the client's next segment with an RST: an idle old
+// connection stays quiet until the client writes, one whose client wrote
+// during the freeze is reset at once; new connections are forwarded.
+func TestForgetResetAnswersNextByteWithRST(t *testing.T) {
+	srv := newServer(t)
+	p := newProxy(t, srv.ln.Addr().String())
+	idle, busy := dial(t, p), dial(t, p)
+	idleSrv := srv.next(t)
+	roundTripVia(t, idle, idleSrv, "a")
+	busySrv := srv.next(t)
+	roundTripVia(t, busy, busySrv, "b")
+
+	p.Freeze()
+	if _, err := busy.Write([]byte("REGISTER during the freeze")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // the bytes reach the proxy's kernel
+	p.ForgetReset()
+	expectServerEOF(t, idleSrv)
+	expectServerEOF(t, busySrv)
+	expectReset(t, busy) // held bytes: reset at once
+	expectSilence(t, idle, 200*time.Millisecond)
+	if _, err := idle.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	expectReset(t, idle)
+	if st := p.Stats(); st.Resets != 2 || st.Active != 0 {
+		t.Fatalf("stats = %+v, want 2 resets, nothing held", st)
+	}
+	fresh := dial(t, p)
+	roundTripVia(t, fresh, srv.next(t), "hello again")
+}
+
+// TestForgetDropSwallowsEverything: a black hole that stays for the old
+// connections reads what the client sends and never answers, not even with
+// a FIN or an RST; the client's own close ends it; new connections are
+// forwarded.
+func TestForgetDropSwallowsEverything(t *testing.T) {
+	srv := newServer(t)
+	p := newProxy(t, srv.ln.Addr().String())
+	old := dial(t, p)
+	oldSrv := srv.next(t)
+	roundTripVia(t, old, oldSrv, "a")
+
+	p.Freeze()
+	if _, err := old.Write([]byte("held")); err != nil {
+		t.Fatal(err)
+	}
+	p.ForgetDrop()
+	expectServerEOF(t, oldSrv)
+	big := make([]byte, 1<<20) // more than any window: it is read, not held
+	done := make(chan error, 1)
+	go func() { _, err := old.Write(big); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("write into the black hole: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a 1 MiB write into the black hole blocked: the proxy is not reading")
+	}
+	expectSilence(t, old, 200*time.Millisecond)
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().BytesDropped < int64(len(big)+len("held")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("dropped %d bytes, want %d", p.Stats().BytesDropped, len(big)+4)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := p.Stats(); st.Resets != 0 || st.Active != 1 {
+		t.Fatalf("stats = %+v, want the old conn held, no reset", st)
+	}
+	fresh := dial(t, p)
+	roundTripVia(t, fresh, srv.next(t), "hello again")
+	old.Close()
+	for p.Stats().Active != 1 { // fresh only
+		if time.Now().After(deadline.Add(5 * time.Second)) {
+			t.Fatalf("the client's close did not end the dropped conn: %+v", p.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
