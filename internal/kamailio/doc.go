@@ -17,6 +17,14 @@
 // (memory only), registrar (423 for a too short expiry), auth (digest
 // checked against one password with pv_auth_check, qop=auth, nonce counts),
 // htable (runtime switches and counters) and ctl (kamcmd). It listens on UDP
-// and TCP, answers CRLF pings (tcp_crlf_ping) and keeps idle TCP
-// connections for tcp_connection_lifetime (an hour by default).
+// and TCP, answers CRLF pings (tcp_crlf_ping; off with NoCRLFAnswer) and
+// keeps idle TCP connections for tcp_connection_lifetime (an hour by
+// default).
+//
+// Options.TLS adds a TLS listener (tls module) with a server certificate
+// signed by a CA the instance makes (Instance.CA: CA().Pool() for the
+// clients' RootCAs, CA().Issue for client certificates, required with
+// RequireClientCert); Options.WebSocket adds WS on a TCP port and, with
+// TLS, WSS on a TLS port (xhttp + websocket modules). Their addresses and
+// URIs: TLSAddr/TLSURI, WSAddr/WSURI, WSSAddr/WSSURI.
 package kamailio

@@ -79,6 +79,25 @@ type Options struct {
 	Binary string
 	// StartTimeout bounds the start. Zero means 10 s.
 	StartTimeout time.Duration
+
+	// TLS also listens for SIP over TLS on a port of its own (TLSAddr),
+	// with a server certificate for the listen address, "localhost" and
+	// ServerName, signed by a CA made for the instance (Instance.CA).
+	TLS bool
+	// WebSocket also listens for SIP over WebSocket (RFC 7118) on a TCP
+	// port of its own (WSAddr) and, with TLS, over secure WebSocket
+	// (WSSAddr).
+	WebSocket bool
+	// RequireClientCert makes the TLS and WSS ports ask for a client
+	// certificate signed by the instance's CA and refuse the handshake
+	// without one (a carrier that authenticates trunks by certificate).
+	RequireClientCert bool
+	// NoCRLFAnswer turns the pong to RFC 5626 CRLF pings off
+	// (tcp_crlf_ping=no) on TCP and TLS: Kamailio skips them silently, as
+	// registrars that do not implement RFC 5626 do. Every other message is
+	// still answered. Kamailio's websocket module answers CRLF in a text
+	// frame whatever this says.
+	NoCRLFAnswer bool
 }
 
 func (o *Options) realm() string {
@@ -131,6 +150,10 @@ func rateSwitch(c float64) int {
 type Instance struct {
 	opts     Options
 	addr     string
+	tlsAddr  string // "" without Options.TLS
+	wsAddr   string // "" without Options.WebSocket
+	wssAddr  string // "" without both
+	ca       *CA
 	dir      string
 	ctl      string
 	logPath  string
@@ -260,6 +283,10 @@ type configData struct {
 	Listen, CtlSocket, Realm, Password     string
 	DefaultExpires, MinExpires, MaxExpires int
 	NonceExpire, Rate, RateRetryAfter      int
+	// TLS and WebSocket (empty: off).
+	TLSListen, WSListen, WSSListen, TLSConfig string
+	WSPort, WSSPort                           string
+	NoCRLFAnswer                              bool
 }
 
 func (k *Instance) start(ctx context.Context, bin string) error {
@@ -286,9 +313,13 @@ func (k *Instance) start(ctx context.Context, bin string) error {
 		NonceExpire:    durSeconds(o.NonceExpire, 300*time.Second),
 		Rate:           rateSwitch(o.Rate),
 		RateRetryAfter: o.retryAfter(),
+		NoCRLFAnswer:   o.NoCRLFAnswer,
 	}
 	if data.DefaultExpires == 0 {
 		data.DefaultExpires = 3600
+	}
+	if err := k.secureListeners(&data); err != nil {
+		return err
 	}
 	var cfg bytes.Buffer
 	if err := tmpl.Execute(&cfg, data); err != nil {
