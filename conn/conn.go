@@ -38,6 +38,7 @@ type Conn struct {
 	raw          syscall.RawConn   // the TCP socket underneath, for SIOCINQ/TCP_INFO; may be nil
 	mon          *liveness.Monitor // nil without probing
 	prober       Prober
+	strip        Stripper // removes probe replies from inbound bytes; nil: none
 	probeTimeout time.Duration
 	writeTimeout time.Duration
 	wsem         chan struct{} // write lock shared with probes; nil without probing
@@ -97,6 +98,9 @@ func wrap(nc net.Conn, cfg *Config, applyOpts bool) *Conn {
 	}
 	if p != nil {
 		c.prober = p
+		if rf, ok := p.(ReplyFilter); ok {
+			c.strip = rf.NewStripper()
+		}
 		c.probeTimeout = timeout
 		c.wsem = make(chan struct{}, 1)
 		// Under mu: the monitor's callbacks read c.mon (in die) under mu.
@@ -149,15 +153,29 @@ func applySockopts(tcp *net.TCPConn, cfg *Config) error {
 
 // Read reads from the connection. Bytes read prove the peer alive. After
 // the flow died, Read returns an error carrying the cause (see Err).
+//
+// With a Prober that implements ReplyFilter, the probe replies are removed
+// from the bytes returned (they count as traffic all the same); a Read
+// whose bytes were all replies reads again, so Read returns 0 bytes only
+// with an error.
 func (c *Conn) Read(b []byte) (int, error) {
-	n, err := c.nc.Read(b)
-	if n > 0 && c.mon != nil {
-		c.mon.Seen()
+	for {
+		n, err := c.nc.Read(b)
+		if n > 0 && c.mon != nil {
+			c.mon.Seen()
+		}
+		all := n > 0 && c.strip != nil
+		if all {
+			n = c.strip.Strip(b[:n])
+			all = n == 0
+		}
+		if err != nil {
+			return n, c.ioFailed("read", err)
+		}
+		if !all {
+			return n, nil
+		}
 	}
-	if err != nil {
-		err = c.ioFailed("read", err)
-	}
-	return n, err
 }
 
 // Write writes to the connection, never interleaved with a probe. With

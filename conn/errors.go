@@ -105,3 +105,18 @@ func probeFailure(err error) (error, int) {
 	}
 	return fmt.Errorf("conn: probe failed: %w", err), reasonProbeError
 }
+
+// ErrTLSHandshake is wrapped by the error of a TLS handshake that failed
+// after the connection was made, because of TLS itself: a certificate the
+// client refused (unknown authority, hostname mismatch, expired), an alert
+// from the server (it refused ours), or a peer that answered something
+// other than TLS (a plain TCP port). These are configuration errors: a
+// Link retries them slowly (LinkConfig.SlowRetry). The error names the
+// address. A handshake cut by the network (a timeout, a reset, the peer
+// closing) does not wrap it.
+var ErrTLSHandshake = errors.New("conn: TLS handshake failed")
+
+// ErrHandshakeTimeout is wrapped by the error of a Link's attempt whose TLS
+// handshake and LinkConfig.Handshake did not complete within
+// HandshakeTimeout. The error names the address.
+var ErrHandshakeTimeout = errors.New("conn: handshake timed out")

@@ -2,6 +2,7 @@ package conn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,12 @@ const (
 	// zero. It is grpc-go's minimum connect timeout: Linux's own bound on an
 	// unanswered SYN is about 127 s (tcp_syn_retries = 6).
 	DefaultDialTimeout = 20 * time.Second
+	// DefaultHandshakeTimeout bounds a connection's TLS handshake and
+	// LinkConfig.Handshake together when LinkConfig.HandshakeTimeout is zero.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultSlowRetry is the least wait after a configuration error
+	// (ErrTLSHandshake) when LinkConfig.SlowRetry is zero.
+	DefaultSlowRetry = time.Minute
 )
 
 // Errors returned by NewLink and Run.
@@ -58,8 +65,61 @@ type LinkConfig struct {
 	// Network is passed to the Dialer: "tcp" (the default when empty),
 	// "tcp4", "tcp6" or "unix"; any value when Dialer.Dial is set.
 	Network string
-	// Session is run on each new connection, in its own goroutine: the
-	// user's handshake and serve loop. Required.
+	// TLSConfig, if set, makes each connection TLS over the watched TCP
+	// socket: after the dial, the Link runs a TLS client handshake (bounded
+	// by HandshakeTimeout, with ServerName taken from the address when
+	// empty), then Handshake and Session use the TLS connection. Kernel
+	// options and probes are as for TCP; probes are written through TLS.
+	// nil (the default) means plain connections. Set it here or in
+	// Dialer.TLSConfig, not both (NewLink refuses that).
+	//
+	// A handshake that fails because of TLS itself (ErrTLSHandshake: an
+	// untrusted or mismatched certificate, a server that refused ours, a
+	// port that does not speak TLS) is a configuration error, not an
+	// outage: the Gate hears ClientFailure (the server answered; nobody
+	// else slows down), and the Link retries no sooner than SlowRetry, so
+	// that fixing the certificate or the address needs no restart while a
+	// wrong one costs the server one handshake a minute. MaxAttempts stops
+	// it. A handshake cut by the network (a timeout, a reset, the peer
+	// closing) counts as the connection dying before readiness (see
+	// Handshake).
+	TLSConfig *tls.Config
+	// HandshakeTimeout bounds the TLS handshake and Handshake together,
+	// from the end of the dial. Zero means DefaultHandshakeTimeout (10 s);
+	// negative turns it off: no bound besides Run's ctx (and the Conn's
+	// liveness). When it expires the connection is closed and the attempt
+	// fails with ErrHandshakeTimeout, which the Gate hears as Unreachable
+	// (the server did not answer in time).
+	HandshakeTimeout time.Duration
+	// Handshake, if set, is the protocol's login or greeting, run on each
+	// new connection before Session (after the TLS handshake), in Run's
+	// goroutine, with a ctx bounded by HandshakeTimeout. The Conn is
+	// probed meanwhile. The Link is LinkReady only once it returns nil, and
+	// that is the Gate's Success: the Gate's permit is held across the
+	// dial, the TLS handshake and Handshake, and reported once. Its error
+	// decides the outcome:
+	//
+	//   - one made by backoff.Overloaded(err, d): the server's push-back.
+	//     The Gate hears Overload(d): it pauses for d when d > 0 and cuts
+	//     its pace either way; without a Gate the Link waits at least d;
+	//   - one marked by backoff.Permanent: the Link stops and Run returns
+	//     it;
+	//   - any error while the connection died (Conn.Done closed: the server
+	//     closed it, reset it or stopped answering) or HandshakeTimeout
+	//     expired: the Gate hears Unreachable, which counts against the pace
+	//     when other attempts got through (and closes the Gate when none
+	//     did);
+	//   - any other error: a failure of this client (ClientFailure for the
+	//     Gate, which brings no success, so the pace does not grow from it),
+	//     followed by the Link's own backoff delay.
+	//
+	// Every failure counts for MaxAttempts and the backoff. Handshake must
+	// return promptly once ctx is done; the Link closes the Conn then. Nil
+	// means ready when the connection (and the TLS handshake) is up.
+	Handshake func(ctx context.Context, c *Conn) error
+	// Session is run on each new connection, in its own goroutine, once the
+	// Link is ready (after Handshake): the user's serve loop (and its
+	// handshake, when Handshake is nil). Required.
 	//
 	// Its ctx is cancelled when Run's ctx ends (with the same cause) or when
 	// the connection is declared dead (with the Conn's Err as the cause,
@@ -74,8 +134,13 @@ type LinkConfig struct {
 	// died first) is reported in the LinkStateChange to
 	// LinkTransientFailure. An error marked by backoff.Permanent (for which
 	// backoff.IsPermanent reports true) stops the Link instead: Run returns
-	// it as Session returned it and the Link goes to LinkShutdown. A panic
-	// in Session is not recovered.
+	// it as Session returned it and the Link goes to LinkShutdown. One made
+	// by backoff.Overloaded(err, d) is the server's push-back: the Gate
+	// hears Overload(d) (Gate.Observe) before the Link redials through it.
+	// A connection of a ready Link declared dead by liveness
+	// (ErrUnresponsive) is reported to the Gate as
+	// backoff.UnreachableSince(its last inbound byte), as sip does for a
+	// lost flow. A panic in Session is not recovered.
 	Session func(ctx context.Context, c *Conn) error
 	// Backoff makes the delay policy of each Run; nil means
 	// backoff.NewFactory(backoff.Exponential{}): full jitter, delays drawn
@@ -109,6 +174,10 @@ type LinkConfig struct {
 	// means DefaultDialTimeout (20 s); negative turns it off: no bound
 	// besides the Dialer's own and Run's ctx.
 	DialTimeout time.Duration
+	// SlowRetry is the least wait before retrying after a configuration
+	// error (ErrTLSHandshake): zero means DefaultSlowRetry (1 min);
+	// negative turns the floor off (the backoff delay alone).
+	SlowRetry time.Duration
 	// MaxAttempts, when positive, makes Run give up after this many
 	// consecutive failures — failed dials and sessions that ended before
 	// HealthyAfter — and return an error wrapping ErrLinkGaveUp and the
@@ -222,6 +291,9 @@ func validate(cfg *LinkConfig) (string, error) {
 	}
 	if len(cfg.Addrs) == 0 {
 		return invalid("Addrs is empty")
+	}
+	if cfg.TLSConfig != nil && cfg.Dialer != nil && cfg.Dialer.TLSConfig != nil {
+		return invalid("TLSConfig and Dialer.TLSConfig are both set")
 	}
 	network := cfg.Network
 	if network == "" {

@@ -34,3 +34,31 @@ func (crlf) Probe(w io.Writer) error {
 	_, err := w.Write(crlfPing)
 	return err
 }
+
+// A ReplyFilter is a Prober that can tell its own replies apart from the
+// protocol's bytes. When the Prober of a Conn implements it, Conn.Read
+// removes the replies from the inbound bytes before returning them, so that
+// the reader (a Link's Session) never sees them; they still prove the peer
+// alive. CRLF implements it for SIP.
+//
+// A Prober that does not implement it leaves its replies in the stream: the
+// reader must then accept and ignore them, as a protocol whose ping is a
+// message of its own (a PING answered by a PONG) does anyway. Choose a
+// probe the peer answers with bytes the reader can skip.
+type ReplyFilter interface {
+	Prober
+	// NewStripper returns the filter of one connection's inbound stream.
+	// It is called once per Conn, when the Conn is made.
+	NewStripper() Stripper
+}
+
+// A Stripper removes a Prober's replies from one connection's inbound
+// stream. Its state (where the protocol's message boundaries are) carries
+// over from one call to the next.
+type Stripper interface {
+	// Strip is given the bytes just read, in stream order; it removes the
+	// probe replies among them, moving the rest to the front of p in
+	// order, and returns how many bytes are left (p[:n]). It is called
+	// from Conn.Read, one call at a time, and must not keep p.
+	Strip(p []byte) (n int)
+}
