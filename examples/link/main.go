@@ -1,106 +1,189 @@
-// Command link keeps a supervised TCP link to an echo server and prints what
-// happens to it: state changes, sessions, and why each connection ended.
+// Command link keeps a supervised TLS link to a server with a login, and
+// prints what happens to it: the gate's and the link's state changes, the
+// logins, the sessions and why each connection ended.
 //
-// With no flags it runs stand-alone for 10 s against an in-process echo
-// server on loopback that misbehaves on a schedule:
+// With no flags it runs stand-alone for 12 s against a built-in TLS server
+// on loopback (with a self-signed certificate it generates, which the client
+// trusts alone) that misbehaves on a schedule:
 //
-//	at 2 s  the server hangs: its connections stay open (the kernel keeps
-//	        acknowledging) but nothing is answered — only the Conn's
-//	        application probe can notice; the Link replaces the connection;
-//	at 6 s  the server restarts: every connection is closed and the port
-//	        refuses connections for 1 s; the Link redials through its
-//	        backoff until the server is back.
+//	0–1 s   logins are refused: "BUSY 1". The Link's Handshake turns that
+//	        into backoff.Overloaded(err, 1 s): the shared Gate pauses for
+//	        1 s, and the Link is not READY until a login is welcomed;
+//	at 3 s  the server hangs: its connections stay open (the kernel keeps
+//	        acknowledging) but nothing is answered — only the Conn's probe
+//	        (CRLF through TLS) notices; the Link replaces the connection
+//	        and logs in again;
+//	at 6.5 s the server restarts: every connection is closed and the port
+//	        refuses connections for 1 s, then logins are refused for 1 s
+//	        more; the Link redials through its backoff and the Gate.
+//
+// With -password set to anything but "secret" the server answers DENIED,
+// which the Handshake marks backoff.Permanent: the Link stops and Run
+// returns that error.
 //
 // Usage:
 //
-//	go run ./examples/link                       # the 10 s demonstration
-//	go run ./examples/link -addr host:7 -duration 0   # a real echo server, until Ctrl-C
+//	go run ./examples/link                        # the 12 s demonstration
+//	go run ./examples/link -password wrong        # a login refused for good
+//	go run ./examples/link -addr host:port -ca ca.pem -duration 0   # your server, until Ctrl-C
 //
 // Flags:
 //
-//	-addr            echo server host:port; empty starts the built-in one
+//	-addr            a TLS server speaking the protocol in server.go; empty
+//	                 starts the built-in one
+//	-ca              PEM file of the CA that signed -addr's certificate
+//	                 (default: the system's roots)
+//	-user, -password the login (default demo / secret)
 //	-probe-interval  inbound silence before a probe is sent (default 1s)
 //	-probe-timeout   wait for an answer to a probe before declaring the peer dead (default 1s)
 //	-duration        stop after this long; 0 runs until interrupted, except
-//	                 with the built-in server, where 0 means 10s (default 0)
+//	                 with the built-in server, where 0 means 12s (default 0)
 package main
 
 import (
-	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/relinkgo/relink/backoff"
 	"github.com/relinkgo/relink/conn"
 	"github.com/relinkgo/relink/internal/ctxtime"
-	"github.com/relinkgo/relink/internal/testkit"
 )
 
+// options are the flags.
+type options struct {
+	addr, ca          string
+	user, password    string
+	interval, timeout time.Duration
+	duration          time.Duration
+}
+
 func main() {
-	addr := flag.String("addr", "", "echo server host:port; empty starts a built-in one on loopback")
-	interval := flag.Duration("probe-interval", time.Second, "inbound silence before a probe is sent")
-	timeout := flag.Duration("probe-timeout", time.Second, "wait for an answer to a probe before declaring the peer dead")
-	duration := flag.Duration("duration", 0, "stop after this long; 0 runs until interrupted (10s with the built-in server)")
+	var o options
+	flag.StringVar(&o.addr, "addr", "", "TLS server host:port; empty starts a built-in one on loopback")
+	flag.StringVar(&o.ca, "ca", "", "PEM file of the CA that signed -addr's certificate (default: the system's roots)")
+	flag.StringVar(&o.user, "user", "demo", "login user")
+	flag.StringVar(&o.password, "password", password, "login password")
+	flag.DurationVar(&o.interval, "probe-interval", time.Second, "inbound silence before a probe is sent")
+	flag.DurationVar(&o.timeout, "probe-timeout", time.Second, "wait for an answer to a probe before declaring the peer dead")
+	flag.DurationVar(&o.duration, "duration", 0, "stop after this long; 0 runs until interrupted (12s with the built-in server)")
 	flag.Parse()
-	if err := run(*addr, *interval, *timeout, *duration); err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "link:", err)
 		os.Exit(1)
 	}
 }
 
-var start = time.Now()
+// out receives the demonstration's lines, timed from start; the tests set
+// both before run.
+var (
+	out   io.Writer = os.Stdout
+	start           = time.Now()
+)
 
 func logf(format string, args ...any) {
-	fmt.Printf("[%6.3fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	fmt.Fprintf(out, "[%6.3fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 }
 
-func run(addr string, interval, timeout, duration time.Duration) error {
+// run reads as the demonstration's phases: the server (built-in, on its
+// schedule, or yours), the gate, the link, until the duration ends.
+func run(o options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-
-	builtin := addr == ""
-	if builtin && duration == 0 {
-		duration = 10 * time.Second
+	builtin := o.addr == ""
+	if builtin && o.duration == 0 {
+		o.duration = 12 * time.Second
 	}
-	if duration > 0 {
+	if o.duration > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, duration, fmt.Errorf("-duration %v elapsed", duration))
+		ctx, cancel = context.WithTimeoutCause(ctx, o.duration, fmt.Errorf("-duration %v elapsed", o.duration))
 		defer cancel()
 	}
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
 	if builtin {
-		srv, err := testkit.ListenEcho("")
+		srv, err := newServer(time.Second)
 		if err != nil {
 			return err
 		}
-		addr = srv.Addr()
-		logf("server: echo server listening on %s", addr)
-		d := &demoServer{srv: srv}
+		o.addr, tlsConfig.RootCAs = srv.addr, srv.roots()
+		logf("server: TLS login server on %s (self-signed certificate), refusing logins for 1s", o.addr)
 		var wg sync.WaitGroup
 		defer wg.Wait()
-		defer d.stop()
-		wg.Go(func() { d.misbehave(ctx) })
+		defer srv.closeAll(true)
+		wg.Go(func() { misbehave(ctx, srv) })
+	} else if o.ca != "" {
+		pem, err := os.ReadFile(o.ca)
+		if err != nil {
+			return err
+		}
+		tlsConfig.RootCAs = x509.NewCertPool()
+		if !tlsConfig.RootCAs.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("-ca %s: no certificate in it", o.ca)
+		}
 	}
+	gate := newGate(o.addr)
+	defer gate.Close()
+	link, err := newLink(o, tlsConfig, gate)
+	if err != nil {
+		return err
+	}
+	logf("link: probing after %v of silence, dead %v after a probe", o.interval, o.timeout)
+	err = link.Run(ctx)
+	logf("link: Run returned: %v", err)
+	if ctx.Err() != nil {
+		return nil // stopped as asked
+	}
+	return err
+}
 
-	var sessions atomic.Int64
-	link, err := conn.NewLink(conn.LinkConfig{
-		Dialer: &conn.Dialer{Config: conn.Config{
-			Probe:         conn.CRLF, // the echo server answers "\r\n\r\n" with itself
-			ProbeInterval: interval,
-			ProbeTimeout:  timeout,
-		}},
-		Addrs: []string{addr},
-		Session: func(ctx context.Context, c *conn.Conn) error {
-			return session(ctx, c, int(sessions.Add(1)))
+// newGate is the Gate that admits the Link's attempts; in a gateway, every
+// Link and trunk towards the same server shares one.
+func newGate(addr string) *backoff.Gate {
+	return backoff.NewGate(backoff.GateConfig{
+		Destination: addr,
+		OnStateChange: func(e backoff.GateStateChange) {
+			msg := fmt.Sprintf("gate: %v → %v", e.From, e.To)
+			if !e.Until.IsZero() {
+				msg += fmt.Sprintf(" for %.1fs", time.Until(e.Until).Seconds())
+			}
+			if e.Err != nil {
+				msg += ": " + e.Err.Error()
+			}
+			logf("%s", msg)
 		},
+	})
+}
+
+// newLink is the Link: TLS, the login as its Handshake, the echo session,
+// the Gate, and its state changes printed.
+func newLink(o options, tlsConfig *tls.Config, gate *backoff.Gate) (*conn.Link, error) {
+	var sessions int // only Run's goroutines use it, one session at a time
+	return conn.NewLink(conn.LinkConfig{
+		Dialer: &conn.Dialer{Config: conn.Config{
+			Probe:         conn.CRLF, // the server echoes "\r\n\r\n"
+			ProbeInterval: o.interval,
+			ProbeTimeout:  o.timeout,
+		}},
+		Addrs:            []string{o.addr},
+		TLSConfig:        tlsConfig,
+		HandshakeTimeout: 3 * time.Second,
+		Handshake: func(ctx context.Context, c *conn.Conn) error {
+			return login(ctx, c, o.user, o.password)
+		},
+		Session: func(ctx context.Context, c *conn.Conn) error {
+			sessions++
+			return session(ctx, c, sessions)
+		},
+		Gate: gate,
 		// Short delays and a short healthy period suit a demonstration;
 		// the defaults (500 ms…60 s, 30 s) suit a server.
 		Backoff:      backoff.NewFactory(backoff.Exponential{Base: 200 * time.Millisecond, Max: 5 * time.Second}),
@@ -116,117 +199,25 @@ func run(addr string, interval, timeout, duration time.Duration) error {
 			logf("%s", msg)
 		},
 	})
-	if err != nil {
-		return err
-	}
-	logf("link: probing after %v of silence, dead %v after a probe", interval, timeout)
-	err = link.Run(ctx)
-	logf("link: Run returned: %v", err)
-	if ctx.Err() != nil {
-		return nil // stopped as asked
-	}
-	return err
 }
 
-// session sends a line every 500 ms and counts the echoes, until the
-// connection ends or ctx is cancelled.
-func session(ctx context.Context, c *conn.Conn, n int) error {
-	began := time.Now()
-	logf("session %d: started from %v", n, c.LocalAddr())
-	var echoes atomic.Int64
-	readErr := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(c)
-		for sc.Scan() {
-			if strings.TrimSpace(sc.Text()) != "" { // blank lines: echoed probes
-				echoes.Add(1)
-			}
-		}
-		err := sc.Err()
-		if err == nil {
-			err = io.EOF
-		}
-		readErr <- err
-	}()
-	end := func(why error) error {
-		logf("session %d: ended after %.1fs with %d echoes: %v", n, time.Since(began).Seconds(), echoes.Load(), why)
-		return why
-	}
-	// closeAndWait ends the connection and waits for the reader; its end
-	// is then no news.
-	closeAndWait := func() error {
-		_ = c.Close()
-		return <-readErr
-	}
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	for i := 1; ; i++ {
-		select {
-		case <-ctx.Done():
-			_ = closeAndWait()
-			return end(context.Cause(ctx))
-		case err := <-readErr:
-			return end(err)
-		case <-tick.C:
-			if _, err := fmt.Fprintf(c, "ping %d\n", i); err != nil {
-				_ = closeAndWait()
-				return end(err)
-			}
-		}
-	}
-}
-
-// demoServer is testkit's echo server on a schedule: it hangs (its
-// connections stay open but answer nothing) and restarts (closes everything,
-// refuses for a while).
-type demoServer struct {
-	mu      sync.Mutex
-	srv     *testkit.Echo // nil while restarting
-	stopped bool
-}
-
-// stop closes the server; final says that it stays closed.
-func (d *demoServer) stop() { d.close(true) }
-
-func (d *demoServer) close(final bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.stopped = d.stopped || final
-	if d.srv != nil {
-		d.srv.Close()
-		d.srv = nil
-	}
-}
-
-// misbehave runs the demonstration's schedule until ctx ends.
-func (d *demoServer) misbehave(ctx context.Context) {
-	if !ctxtime.Sleep(ctx, 2*time.Second) {
+// misbehave runs the built-in server's schedule until ctx ends.
+func misbehave(ctx context.Context, srv *server) {
+	sleep := func(d time.Duration) bool { return ctxtime.Sleep(ctx, d) }
+	if !sleep(3 * time.Second) {
 		return
 	}
 	logf("server: hanging — connections stay open, nothing is answered")
-	d.mu.Lock()
-	d.srv.Hang()
-	addr := d.srv.Addr()
-	d.mu.Unlock()
-	if !ctxtime.Sleep(ctx, 4*time.Second) {
+	srv.hang()
+	if !sleep(3500 * time.Millisecond) {
 		return
 	}
-	logf("server: restarting — all connections closed, port closed for 1s")
-	d.close(false)
-	if !ctxtime.Sleep(ctx, time.Second) {
-		return
-	}
-	srv, err := testkit.ListenEcho(addr)
-	if err != nil {
+	logf("server: restarting — all connections closed, port closed for 1s, then busy for 1s")
+	if err := srv.restart(time.Second, time.Second, sleep); err != nil && !errors.Is(err, context.Canceled) {
 		logf("server: cannot listen again: %v", err)
 		return
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.stopped {
-		srv.Close()
-		return
+	if ctx.Err() == nil {
+		logf("server: listening again on %s", srv.addr)
 	}
-	d.srv = srv
-	logf("server: listening again on %s", addr)
 }
