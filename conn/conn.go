@@ -386,6 +386,18 @@ func (c *Conn) unread() int {
 	return n
 }
 
+// lastInbound returns the time of the last inbound byte, or zero when the
+// Conn does not probe (it does not track it then).
+func (c *Conn) lastInbound() time.Time {
+	c.mu.Lock()
+	mon := c.mon
+	c.mu.Unlock()
+	if mon == nil {
+		return time.Time{}
+	}
+	return mon.LastSeen()
+}
+
 // onDead is the Monitor's OnDead.
 func (c *Conn) onDead(err error) {
 	cause, reason := error(errNoResponse), reasonUnresponsive

@@ -1,6 +1,7 @@
 package conn
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -228,15 +229,18 @@ type LinkConfig struct {
 //
 // The methods of a Link are safe for concurrent use.
 type Link struct {
-	cfg          LinkConfig // Addrs copied
-	dialer       *Dialer
-	network      string
-	newBackoff   backoff.Factory
-	healthyAfter time.Duration // < 0: off, every session is healthy
-	dialTimeout  time.Duration // < 0: off
-	log          *slog.Logger
-	inst         *linkInstruments
-	lastOutcome  attemptOutcome // of the last dial; only Run's goroutine uses it
+	cfg              LinkConfig // Addrs copied
+	dialer           *Dialer
+	network          string
+	newBackoff       backoff.Factory
+	healthyAfter     time.Duration // < 0: off, every session is healthy
+	dialTimeout      time.Duration // < 0: off
+	handshakeTimeout time.Duration // < 0: off
+	slowRetry        time.Duration // < 0: off
+	tlsConfig        *tls.Config   // LinkConfig's or the Dialer's; nil: plain
+	log              *slog.Logger
+	inst             *linkInstruments
+	lastOutcome      attemptOutcome // of the last dial; only Run's goroutine uses it
 
 	state statebox.Box[LinkState]
 
@@ -273,6 +277,9 @@ func NewLink(cfg LinkConfig) (*Link, error) {
 	if l.dialTimeout == 0 {
 		l.dialTimeout = DefaultDialTimeout
 	}
+	l.handshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
+	l.slowRetry = cmp.Or(cfg.SlowRetry, DefaultSlowRetry)
+	l.tlsConfig = cmp.Or(cfg.TLSConfig, l.dialer.TLSConfig)
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
@@ -403,12 +410,13 @@ func (l *Link) Run(ctx context.Context) error {
 type runner struct {
 	l         *Link
 	bo        backoff.BackOff
-	idx       int    // index in Addrs of the next attempt
-	failures  int    // consecutive attempts without a healthy session
-	immediate bool   // no backoff delay before the next attempt
-	lastErr   error  // the last failure, for ErrLinkGaveUp's chain
-	addr      string // the address of the last attempt
-	attempt   int    // attempts made
+	idx       int           // index in Addrs of the next attempt
+	failures  int           // consecutive attempts without a healthy session
+	immediate bool          // no backoff delay before the next attempt
+	lastErr   error         // the last failure, for ErrLinkGaveUp's chain
+	addr      string        // the address of the last attempt
+	attempt   int           // attempts made
+	minWait   time.Duration // the least backoff delay before the next attempt
 }
 
 // loop is Run's body: it returns Run's error.
@@ -422,6 +430,7 @@ func (r *runner) loop(ctx context.Context) error {
 			if d == backoff.Stop {
 				return r.gaveUp(ctx)
 			}
+			d = max(d, r.minWait)
 			if !ctxtime.Sleep(ctx, d) {
 				return context.Cause(ctx)
 			}
@@ -437,6 +446,7 @@ func (r *runner) loop(ctx context.Context) error {
 func (r *runner) once(ctx context.Context) (stop bool, err error) {
 	l := r.l
 	r.immediate = false
+	r.minWait = 0
 	r.addr = l.cfg.Addrs[r.idx]
 	r.attempt++
 	l.setState(ctx, LinkConnecting, nil, r.addr)
@@ -447,6 +457,9 @@ func (r *runner) once(ctx context.Context) (stop bool, err error) {
 	l.setState(ctx, LinkReady, nil, r.addr)
 	start := time.Now()
 	err = l.serve(ctx, c)
+	if ctx.Err() == nil {
+		l.observeEnd(c, err)
+	}
 	return r.ended(ctx, err, time.Since(start))
 }
 
@@ -460,12 +473,46 @@ func (r *runner) dialFailed(ctx context.Context, err error) (bool, error) {
 	if r.failed(err) {
 		return true, r.gaveUp(ctx)
 	}
-	// The destination is unreachable: with a Gate, that is the gate's
-	// business (it closes and scouts, so the path's return is noticed
-	// within ScoutMax); a private backoff on top would only delay this
-	// link's recovery.
-	r.immediate = l.cfg.Gate != nil && l.lastOutcome == outcomeUnreachable
+	// The destination is unreachable or overloaded: with a Gate, that is
+	// the gate's business (it closes and scouts, so the path's return is
+	// noticed within ScoutMax; it pauses for a Retry-After and paces);
+	// a private backoff on top would only delay this link's recovery.
+	r.immediate = l.cfg.Gate != nil &&
+		(l.lastOutcome == outcomeUnreachable || l.lastOutcome == outcomeOverload)
+	r.floor(err)
 	return false, nil
+}
+
+// floor sets the least delay before the next attempt after err: SlowRetry
+// after a configuration error, the server's Retry-After when no Gate hears
+// it.
+func (r *runner) floor(err error) {
+	l := r.l
+	if errors.Is(err, ErrTLSHandshake) && l.slowRetry > 0 {
+		r.immediate = false
+		r.minWait = l.slowRetry
+	}
+	if d, ok := backoff.RetryAfter(err); ok && l.cfg.Gate == nil {
+		r.minWait = max(r.minWait, d)
+	}
+}
+
+// observeEnd tells the Gate what the end of a ready connection says about
+// the server: a Session's backoff.Overloaded is its push-back
+// (Overload(d)); a death declared by liveness (ErrUnresponsive) makes the
+// server unreachable since the connection's last inbound byte.
+func (l *Link) observeEnd(c *Conn, err error) {
+	g := l.cfg.Gate
+	if g == nil || err == nil {
+		return
+	}
+	if o, ok := backoff.OverloadOutcome(err); ok {
+		g.Observe(o)
+		return
+	}
+	if errors.Is(err, ErrUnresponsive) {
+		g.Observe(backoff.UnreachableSince(c.lastInbound()))
+	}
 }
 
 // ended handles the end of a connection whose session lived for lived, err
@@ -476,6 +523,17 @@ func (r *runner) ended(ctx context.Context, err error, lived time.Duration) (boo
 		return true, final
 	}
 	l.setState(ctx, LinkTransientFailure, err, r.addr)
+	if _, ok := backoff.RetryAfter(err); ok {
+		// The server pushed back: a failure however long the session
+		// lived; with a Gate, the Gate (paused, or pacing) admits the
+		// redial.
+		if r.failed(err) {
+			return true, r.gaveUp(ctx)
+		}
+		r.immediate = l.cfg.Gate != nil
+		r.floor(err)
+		return false, nil
+	}
 	if l.healthyAfter < 0 || lived >= l.healthyAfter {
 		r.bo.Reset()
 		r.failures = 0

@@ -2,6 +2,8 @@ package conn
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -12,8 +14,9 @@ import (
 	"github.com/relinkgo/relink/internal/neterr"
 )
 
-// dial makes one attempt at Addrs[idx]: the Gate's admission, then the dial,
-// in one span.
+// dial makes one attempt at Addrs[idx], in one span: the Gate's admission,
+// the dial, the TLS handshake and Handshake. The Gate's permit is held
+// across all of them and reported once, with the attempt's outcome.
 func (l *Link) dial(ctx context.Context, idx, attempt int) (*Conn, error) {
 	addr := l.cfg.Addrs[idx]
 	ctx, span := l.inst.tracer.Start(ctx, "relink.link.connect", l.inst.spanOpts[idx]...)
@@ -31,18 +34,7 @@ func (l *Link) dial(ctx context.Context, idx, attempt int) (*Conn, error) {
 		permit = p
 		span.AddEvent("gate admitted")
 	}
-	dctx := ctx
-	if l.dialTimeout > 0 {
-		var cancel context.CancelFunc
-		dctx, cancel = context.WithTimeout(ctx, l.dialTimeout)
-		defer cancel()
-	}
-	c, err := l.dialer.DialContext(dctx, l.network, addr)
-	if err == nil && c == nil {
-		err = errNoConn
-	}
-
-	o := classifyDial(ctx, dctx, err)
+	c, o, err := l.establish(ctx, addr)
 	if permit != nil {
 		// Done and Abandon take no ctx (the Gate logs its state changes
 		// with context.Background): a permit outlives the Acquire that
@@ -50,21 +42,107 @@ func (l *Link) dial(ctx context.Context, idx, attempt int) (*Conn, error) {
 		if o == outcomeCanceled {
 			permit.Abandon() //nolint:contextcheck // the attempt told us nothing about the server
 		} else {
-			permit.Done(gateOutcome(o)) //nolint:contextcheck // see above
+			permit.Done(gateOutcome(o, err)) //nolint:contextcheck // see above
 		}
 	}
 	l.lastOutcome = o
 	l.inst.attempt(ctx, idx, o)
 	if err != nil {
 		l.dialFailed(ctx, span, addr, attempt, err)
-		if c != nil {
-			c.Close()
-		}
 		return nil, err
 	}
 	l.log.LogAttrs(ctx, slog.LevelDebug, "link connected", slog.String("server.address", addr),
 		slog.Int("attempt", attempt))
 	return c, nil
+}
+
+// establish dials addr and brings the connection to readiness: the TLS
+// handshake, then Handshake. It returns the ready Conn, or the attempt's
+// outcome and error (the connection closed).
+func (l *Link) establish(ctx context.Context, addr string) (*Conn, attemptOutcome, error) {
+	dctx, cancel := ctx, context.CancelFunc(func() {})
+	if l.dialTimeout > 0 {
+		dctx, cancel = context.WithTimeout(ctx, l.dialTimeout)
+	}
+	nc, applied, err := l.dialer.dialNet(dctx, l.network, addr)
+	o := classifyDial(ctx, dctx, err)
+	cancel()
+	if err != nil {
+		return nil, o, err
+	}
+	hctx, hcancel := ctx, context.CancelFunc(func() {})
+	if l.handshakeTimeout > 0 {
+		hctx, hcancel = context.WithTimeoutCause(ctx, l.handshakeTimeout, errHandshakeExpired)
+	}
+	defer hcancel()
+	if l.tlsConfig != nil {
+		tc, err := clientTLS(hctx, nc, l.tlsConfig, addr)
+		if err != nil {
+			return nil, classifyHandshake(ctx, hctx, nil, err), l.handshakeError(hctx, addr, err)
+		}
+		nc = tc
+	}
+	c := wrap(nc, &l.dialer.Config, !applied)
+	if l.cfg.Handshake == nil {
+		return c, outcomeSuccess, nil
+	}
+	// A Handshake blocked in a Read that does not watch ctx returns once
+	// the Conn is closed.
+	stop := context.AfterFunc(hctx, func() { c.Close() })
+	err = l.cfg.Handshake(hctx, c)
+	if !stop() && err == nil {
+		err = context.Cause(hctx) // ready too late: the Conn is closed
+	}
+	if err != nil {
+		o := classifyHandshake(ctx, hctx, c, err)
+		c.Close()
+		return nil, o, l.handshakeError(hctx, addr, err)
+	}
+	return c, outcomeSuccess, nil
+}
+
+// errHandshakeExpired is the cause of a handshake's ctx when
+// HandshakeTimeout expired.
+var errHandshakeExpired = fmt.Errorf("%w", ErrHandshakeTimeout)
+
+// handshakeError returns the error of a failed TLS handshake or Handshake:
+// err, or, when HandshakeTimeout expired (and err is not Permanent or
+// Overloaded, which the caller meant), an error wrapping
+// ErrHandshakeTimeout and err, naming addr.
+func (l *Link) handshakeError(hctx context.Context, addr string, err error) error {
+	if !errors.Is(context.Cause(hctx), errHandshakeExpired) || backoff.IsPermanent(err) {
+		return err
+	}
+	if _, ok := backoff.RetryAfter(err); ok {
+		return err
+	}
+	return fmt.Errorf("%w after %v with %s: %w", ErrHandshakeTimeout, l.handshakeTimeout, addr, err)
+}
+
+// classifyHandshake judges a TLS handshake or Handshake that returned err,
+// under Run's ctx and the handshake's own hctx; c is the Conn Handshake ran
+// on (nil for the TLS handshake).
+func classifyHandshake(ctx, hctx context.Context, c *Conn, err error) attemptOutcome {
+	switch {
+	case ctx.Err() != nil:
+		return outcomeCanceled
+	case backoff.IsPermanent(err):
+		return outcomeClientFailure
+	case errors.Is(err, backoff.ErrOverloaded):
+		return outcomeOverload
+	case hctx.Err() != nil:
+		return outcomeUnreachable // the server did not answer in time
+	case errors.Is(err, ErrTLSHandshake):
+		return outcomeClientFailure // a configuration error: see LinkConfig.TLSConfig
+	case c == nil:
+		return outcomeUnreachable // the network cut the TLS handshake
+	}
+	select {
+	case <-c.Done():
+		return outcomeUnreachable // the connection died before readiness
+	default:
+	}
+	return outcomeClientFailure
 }
 
 // classifyDial judges a dial that returned err, under Run's ctx and the
@@ -94,13 +172,17 @@ func (l *Link) dialFailed(ctx context.Context, span trace.Span, addr string, att
 		slog.Int("attempt", attempt), slog.String("error", err.Error()))
 }
 
-// gateOutcome maps an attempt's outcome to the Gate's vocabulary.
-func gateOutcome(o attemptOutcome) backoff.Outcome {
+// gateOutcome maps an attempt's outcome, and its error, to the Gate's
+// vocabulary.
+func gateOutcome(o attemptOutcome, err error) backoff.Outcome {
 	switch o {
 	case outcomeSuccess:
 		return backoff.Success
 	case outcomeUnreachable:
 		return backoff.Unreachable
+	case outcomeOverload:
+		d, _ := backoff.RetryAfter(err)
+		return backoff.Overload(d)
 	}
 	return backoff.ClientFailure
 }

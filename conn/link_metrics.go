@@ -17,10 +17,11 @@ const (
 	outcomeUnreachable
 	outcomeClientFailure
 	outcomeCanceled
+	outcomeOverload
 	numAttemptOutcomes
 )
 
-var attemptOutcomeNames = [numAttemptOutcomes]string{"success", "unreachable", "client_failure", "canceled"}
+var attemptOutcomeNames = [numAttemptOutcomes]string{"success", "unreachable", "client_failure", "canceled", "overload"}
 
 // linkInstruments holds a Link's telemetry. Attribute sets are built once,
 // in NewLink, so recording allocates nothing with a no-op provider.
