@@ -18,19 +18,31 @@ import (
 	"github.com/relinkgo/relink/internal/liveness"
 )
 
-// A flow is one TCP or TLS connection in sipgo's pool that at least one
-// trunk registered over. It is probed by one liveness.Monitor, however many
+// A flow is one TCP, TLS, WS or WSS connection in sipgo's pool that at
+// least one trunk registered over (or, with UAConfig.WatchCalls, that the
+// application's requests used); for UDP, the pair of the UA's socket and a
+// registrar, which is not probed (the trunks qualify it with OPTIONS) but
+// dies the same way. It is probed by one liveness.Monitor, however many
 // trunks use it: a CRLF ping after the flow's interval of inbound silence,
 // dead when nothing arrives within the timeout (see doc.go for why the pong
 // is observed through sipgo's read filter).
 type flow struct {
 	m       *flowMonitor
 	conn    sipmsg.Connection
-	network string // "tcp" or "tls"
+	network string // "tcp", "tls", "ws", "wss" or "udp"
 	raddr   string // sipgo's pool key: remote IP:port
 	key     flowKey
 
 	live atomic.Pointer[liveness.Monitor]
+
+	// CRLF keepalive fallback (RFC 5626 peers that never answer the ping):
+	// until the first pong each probe is a CRLF ping and an OPTIONS; after
+	// noPongLimit probes answered without a pong, OPTIONS only.
+	ponged   atomic.Bool  // a CRLF pong arrived
+	noCRLF   atomic.Bool  // the peer does not answer CRLF: probe with OPTIONS
+	unponged atomic.Int32 // probes answered (some bytes came) without a pong
+	probing  atomic.Bool  // a probe went out since the last answer
+	answered atomic.Bool  // bytes arrived after the last probe
 
 	mu       sync.Mutex
 	gen      uint64 // generation of the current liveness monitor
@@ -52,15 +64,22 @@ type flowSub interface {
 type flowKey struct{ local, remote netip.AddrPort }
 
 func addrPort(a net.Addr) (netip.AddrPort, bool) {
+	var ap netip.AddrPort
 	switch a := a.(type) {
 	case *net.TCPAddr:
 		if a == nil {
-			return netip.AddrPort{}, false
+			return ap, false
 		}
-		ap := a.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+		ap = a.AddrPort()
+	case *net.UDPAddr:
+		if a == nil {
+			return ap, false
+		}
+		ap = a.AddrPort()
+	default:
+		return ap, false
 	}
-	return netip.AddrPort{}, false
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
 }
 
 func keyOf(local, remote net.Addr) (flowKey, bool) {
@@ -95,6 +114,10 @@ var errLeftPool = errors.New("connection closed (left sipgo's pool)")
 
 var crlfPing = []byte("\r\n\r\n")
 
+// noPongLimit is the number of probes answered without a CRLF pong after
+// which a flow is probed with OPTIONS only.
+const noPongLimit = 3
+
 // flowMonitor watches the flows of one sipgo UserAgent.
 type flowMonitor struct {
 	// watchReads: relink's read filter is installed (NewUA), so pongs are
@@ -107,6 +130,15 @@ type flowMonitor struct {
 	txl      *sipmsg.TransactionLayer
 	hostname string
 
+	kit            *dialKit     // nil for WrapUA
+	tls            *tlsDispatch // nil for WrapUA
+	connectTimeout time.Duration
+	onDeath        func(FlowDeath)
+	watchCalls     bool
+	// options sends an OPTIONS on f and reports whether it was answered
+	// (the txl path; tests replace it).
+	options func(f *flow) bool
+
 	deaths atomic.Uint64 // flows declared dead, for tests
 
 	mu     sync.RWMutex
@@ -117,6 +149,9 @@ type flowMonitor struct {
 func (m *flowMonitor) init() {
 	m.byKey = make(map[flowKey]*flow)
 	m.byConn = make(map[sipmsg.Connection]*flow)
+	if m.options == nil {
+		m.options = (*flow).optionsPing
+	}
 }
 
 // bind takes the layers of ua.
@@ -135,9 +170,9 @@ func (m *flowMonitor) filter(p sipmsg.TransportReadProps, data []byte) ([]byte, 
 		f := m.byKey[k]
 		m.mu.RUnlock()
 		if f != nil {
-			if l := f.live.Load(); l != nil {
-				l.Seen()
-			}
+			f.seen(data)
+		} else if m.watchCalls {
+			m.watchCall(p, k)
 		}
 	}
 	if m.userFilter != nil {
@@ -147,30 +182,68 @@ func (m *flowMonitor) filter(p sipmsg.TransportReadProps, data []byte) ([]byte, 
 }
 
 // attach subscribes sub to the flow of c, creating it, and returns it; nil
-// when c is not a TCP or TLS connection relink can watch.
+// when c is not a TCP, TLS, WS or WSS connection relink can watch (UDP:
+// attachUDP).
 func (m *flowMonitor) attach(c sipmsg.Connection, network string, sub flowSub, pref flowPref) *flow {
-	if c == nil || (network != "tcp" && network != "tls") {
+	switch network {
+	case "tcp", "tls", "ws", "wss":
+	default:
+		return nil
+	}
+	if c == nil {
 		return nil
 	}
 	ra, ok := c.(interface{ RemoteAddr() net.Addr })
 	if !ok {
 		return nil
 	}
+	return m.attachAt(c, network, ra.RemoteAddr(), sub, pref)
+}
+
+// attachUDP subscribes sub to the UDP flow from the UA's socket c to
+// remote (host:port), creating it. A UDP flow is not probed (its trunks
+// qualify the registrar with OPTIONS and call fail when it goes
+// unanswered), nor evicted or closed when it dies (the socket is shared):
+// its death tells every trunk on it and OnFlowDeath.
+func (m *flowMonitor) attachUDP(c sipmsg.Connection, remote string, sub flowSub) *flow {
+	if c == nil {
+		return nil
+	}
+	ra, err := net.ResolveUDPAddr("udp", remote)
+	if err != nil {
+		return nil
+	}
+	return m.attachAt(c, "udp", ra, sub, flowPref{})
+}
+
+func (m *flowMonitor) attachAt(c sipmsg.Connection, network string, remote net.Addr, sub flowSub, pref flowPref) *flow {
 	for {
 		m.mu.Lock()
 		f := m.byConn[c]
+		if network == "udp" {
+			f = nil // one socket, a flow per remote
+		}
+		k, ok := keyOf(c.LocalAddr(), remote)
+		if !ok {
+			m.mu.Unlock()
+			return nil
+		}
 		if f == nil {
-			k, ok := keyOf(c.LocalAddr(), ra.RemoteAddr())
-			if !ok {
-				m.mu.Unlock()
-				return nil
-			}
+			f = m.byKey[k]
+		}
+		fresh := f == nil
+		if fresh {
 			f = &flow{m: m, conn: c, network: network, key: k,
-				raddr: ra.RemoteAddr().String(), subs: make(map[flowSub]flowPref)}
-			m.byConn[c] = f
+				raddr: remote.String(), subs: make(map[flowSub]flowPref)}
+			if network != "udp" {
+				m.byConn[c] = f
+			}
 			m.byKey[k] = f
 		}
 		m.mu.Unlock()
+		if fresh && network == "wss" && m.kit != nil {
+			m.kit.tuneKernel(c) // sipgo dialled it without relink's dialer
+		}
 		if f.add(sub, pref) {
 			return f
 		}
@@ -226,7 +299,13 @@ func (f *flow) add(sub flowSub, p flowPref) bool {
 		return false
 	}
 	f.subs[sub] = p
+	if f.network == "udp" {
+		return true // qualified by its trunks, not probed
+	}
 	iv, to := f.prefsLocked()
+	if iv <= 0 || to <= 0 {
+		return true
+	}
 	if f.live.Load() == nil || iv < f.interval || to < f.timeout {
 		f.startLocked(iv, to)
 	}
@@ -291,20 +370,64 @@ func (f *flow) detach(sub flowSub) {
 // probe sends one keepalive. It first checks that the connection is still
 // sipgo's: when sipgo's reader saw EOF or an error it closed the connection
 // and dropped it from the pool, and the flow is gone.
+//
+// Until the peer has answered a CRLF ping, the ping goes out with an
+// OPTIONS: a registrar that does not implement RFC 5626 ignores the ping
+// but answers the OPTIONS, which proves the flow alive as any inbound byte
+// does. After noPongLimit probes answered without a pong the flow is
+// probed with OPTIONS only; the first pong makes it CRLF only.
 func (f *flow) probe() error {
 	if !f.pooled() {
 		return errLeftPool
 	}
-	if !f.m.watchReads {
-		go f.optionsPing()
+	if f.answered.Swap(false) && !f.ponged.Load() && f.unponged.Add(1) >= noPongLimit {
+		f.noCRLF.Store(true) // answered, never with a pong
+	}
+	f.probing.Store(true)
+	if !f.m.watchReads || f.noCRLF.Load() {
+		go f.m.options(f)
 		return nil
 	}
 	w, ok := f.conn.(io.Writer)
 	if !ok {
 		return errors.New("connection is not writable")
 	}
+	if !f.ponged.Load() {
+		go f.m.options(f)
+	}
 	_, err := w.Write(crlfPing)
 	return err
+}
+
+// seen is called by the read filter for every read on the flow: any byte
+// proves it alive; a read of CRLFs only is a pong.
+func (f *flow) seen(data []byte) {
+	if l := f.live.Load(); l != nil {
+		l.Seen()
+	}
+	if isPong(data) {
+		if !f.ponged.Load() {
+			f.ponged.Store(true)
+			f.noCRLF.Store(false)
+		}
+		return
+	}
+	if f.probing.Swap(false) {
+		f.answered.Store(true)
+	}
+}
+
+// isPong reports whether data is CRLFs only (RFC 5626 §4.4.1's pong).
+func isPong(data []byte) bool {
+	if len(data) == 0 || len(data) > 4 {
+		return false
+	}
+	for _, b := range data {
+		if b != '\r' && b != '\n' {
+			return false
+		}
+	}
+	return true
 }
 
 func (f *flow) pooled() bool {
@@ -321,8 +444,9 @@ func (f *flow) pooled() bool {
 }
 
 // optionsPing sends an OPTIONS on the flow (for UserAgents without relink's
-// read filter); any response proves the flow alive.
-func (f *flow) optionsPing() {
+// read filter, and peers that do not answer CRLF); any response proves the
+// flow alive.
+func (f *flow) optionsPing() bool {
 	f.mu.Lock()
 	to := f.timeout
 	f.mu.Unlock()
@@ -330,7 +454,7 @@ func (f *flow) optionsPing() {
 	defer cancel()
 	host, port, err := net.SplitHostPort(f.raddr)
 	if err != nil {
-		return
+		return false
 	}
 	p, _ := strconv.Atoi(port)
 	uri := sipmsg.Uri{Scheme: "sip", Host: host, Port: p,
@@ -339,7 +463,7 @@ func (f *flow) optionsPing() {
 	req.SetDestination(f.raddr)
 	tx, err := f.m.txl.Request(ctx, req)
 	if err != nil {
-		return
+		return false
 	}
 	defer tx.Terminate()
 	select {
@@ -347,9 +471,11 @@ func (f *flow) optionsPing() {
 		if l := f.live.Load(); l != nil {
 			l.Seen()
 		}
+		return true
 	case <-tx.Done():
 	case <-ctx.Done():
 	}
+	return false
 }
 
 // die is the liveness monitor's OnDead.
@@ -378,7 +504,8 @@ func (f *flow) fail(err error) {
 // kill runs with f.mu held and releases it: the flow is marked dead, leaves
 // the monitor, is evicted from sipgo's pool (closing it, so that sipgo's
 // reader exits and, with TerminateOnConnClose, fails the transactions
-// pending on it) and its subscribers are told.
+// pending on it), OnFlowDeath is called and its subscribers are told. A
+// UDP flow is neither evicted nor closed: its socket is the UA's.
 func (f *flow) kill(cause error) {
 	f.dead = true
 	f.gen++
@@ -397,7 +524,10 @@ func (f *flow) kill(cause error) {
 
 	f.m.remove(f)
 	f.m.deaths.Add(1)
-	pool := f.m.tp.Pool(f.network)
+	var pool *sipmsg.ConnectionPool
+	if f.network != "udp" {
+		pool = f.m.tp.Pool(f.network)
+	}
 	if pool != nil {
 		// Out of the pool before anyone hears of the death: the
 		// subscribers re-REGISTER at once, and sipgo would hand them the
@@ -410,16 +540,62 @@ func (f *flow) kill(cause error) {
 			c.TryClose() // Get took a reference
 		}
 	}
+	f.m.reportDeath(f, err, subs)
 	// Tell the subscribers before closing, so that a transaction failed by
 	// the close below is attributed to the dead flow.
 	for _, s := range subs {
 		s.flowDead(f, err)
 	}
-	if pool != nil {
+	switch {
+	case f.network == "udp":
+	case pool != nil:
 		_ = pool.CloseAndDelete(f.conn, f.raddr)
-	} else {
+	default:
 		_ = f.conn.Close()
 	}
+}
+
+// reportDeath calls OnFlowDeath, on a goroutine of its own.
+func (m *flowMonitor) reportDeath(f *flow, err error, subs []flowSub) {
+	if m.onDeath == nil {
+		return
+	}
+	ev := FlowDeath{Network: f.network, Local: f.key.local.String(), Remote: f.raddr, Err: err, At: time.Now()}
+	for _, s := range subs {
+		if t, ok := s.(*Trunk); ok {
+			ev.Trunks = append(ev.Trunks, t)
+		}
+	}
+	go m.onDeath(ev)
+}
+
+// callWatch is the subscriber of the connections UAConfig.WatchCalls
+// watches for the application: their death is reported to OnFlowDeath
+// only.
+type callWatch struct{}
+
+func (callWatch) flowDead(*flow, error) {}
+
+// watchCall starts watching the connection a read arrived on (WatchCalls),
+// if it is one of sipgo's pooled stream connections.
+func (m *flowMonitor) watchCall(p sipmsg.TransportReadProps, k flowKey) {
+	network := sipmsg.NetworkToLower(p.Transport)
+	if network == "udp" || p.RemoteAddr == nil {
+		return
+	}
+	pool := m.tp.Pool(network)
+	if pool == nil {
+		return
+	}
+	c := pool.Get(p.RemoteAddr.String())
+	if c == nil {
+		return
+	}
+	defer c.TryClose() // Get took a reference
+	if l, ok := addrPort(c.LocalAddr()); !ok || l != k.local {
+		return
+	}
+	m.attach(c, network, callWatch{}, flowPref{interval: DefaultKeepAlive, timeout: DefaultKeepAliveTimeout})
 }
 
 // newOptions builds an out-of-dialog OPTIONS to uri.

@@ -48,18 +48,45 @@ type UAConfig struct {
 	ReadFilter sipmsg.TransportReadFilter
 
 	// TLSConfig is the TLS client configuration of the UA's TLS and WSS
-	// flows, for trunks without a TLSConfig of their own. Nil means the
-	// system roots, ServerName from the registrar's host.
+	// flows, for trunks without a TLSConfig of their own and for the
+	// application's own requests. Nil means the system roots, ServerName
+	// from the registrar's host. relink gives sipgo a configuration of its
+	// own built on it (see TrunkConfig.TLSConfig): pass TLS settings here,
+	// not with sipgo's WithUserAgenTLSConfig in UserAgentOptions, which
+	// relink's replaces. Verification is never turned off by relink.
 	TLSConfig *tls.Config
+	// ConnectTimeout bounds each connection attempt (TCP connect plus the
+	// TLS or WebSocket handshake) of a trunk's REGISTER or OPTIONS: an
+	// attempt into a black hole is abandoned after it and redialled at
+	// once with a fresh SYN, so that a restored registrar is reached
+	// within about this long instead of at the kernel's next SYN
+	// retransmission (1, 3, 7, 15 ... s after the first). An attempt whose
+	// connect succeeded but whose handshake ran out of time gets twice the
+	// bound next time, up to 8 s. Zero means DefaultConnectTimeout (1 s);
+	// negative turns the bound off (the kernel's SYN schedule, within the
+	// trunk's RequestTimeout). The application's own requests are dialled
+	// by sipgo without it.
+	ConnectTimeout time.Duration
+	// WatchCalls also watches the connections the application's own
+	// requests and calls use (every TCP, TLS, WS and WSS connection of
+	// the UA that carries a message), not only the trunks' flows: each is
+	// probed at DefaultKeepAlive / DefaultKeepAliveTimeout, evicted from
+	// sipgo's pool when it dies (failing its transactions at once) and
+	// reported to OnFlowDeath with no Trunks. False (the default): only
+	// flows a trunk registered over are probed.
+	WatchCalls bool
 	// InstanceID is the RFC 5626 +sip.instance of this UA, a URN such as
 	// "urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF". Empty means one made
 	// at NewUA, stable for the UA's life; set it (and keep it across
 	// restarts) so that a restarted gateway replaces its own bindings.
 	InstanceID string
 	// OnFlowDeath, if set, is called when relink declares a flow dead
-	// (unanswered probes, the kernel's timeout, a reset): its address and
-	// the trunks that used it, for the application's calls on it. It runs
-	// on its own goroutine and must not block.
+	// (unanswered probes, the kernel's timeout, a reset, a connection that
+	// left sipgo's pool, a failed OPTIONS qualify; for UDP a qualify that
+	// got no answer): its address and the trunks that used it, for the
+	// application's calls on it. It is called once per flow, after the
+	// flow left sipgo's pool and before its trunks re-register, on a
+	// goroutine of its own; it should not block for long.
 	OnFlowDeath func(FlowDeath)
 }
 
@@ -107,16 +134,11 @@ type UA struct {
 // unless the application called sipgo's SetDefaultLogger); the transport
 // layer's logger (WithTransportLayerLogger) still applies to the rest.
 func NewUA(cfg UAConfig) (*UA, error) {
-	mon := &flowMonitor{watchReads: true, userFilter: cfg.ReadFilter}
+	mon := &flowMonitor{watchReads: true, userFilter: cfg.ReadFilter, onDeath: cfg.OnFlowDeath,
+		watchCalls: cfg.WatchCalls, connectTimeout: orOff(cfg.ConnectTimeout, DefaultConnectTimeout, 0)}
 	mon.init()
-	kernel := conn.Config{KeepAlive: cfg.KeepAlive, UserTimeout: cfg.UserTimeout}
-	dialer := func(laddr net.Addr) net.Dialer {
-		d := kernel.NetDialer()
-		if a, ok := laddr.(*net.TCPAddr); ok && a != nil {
-			d.LocalAddr = a
-		}
-		return d
-	}
+	mon.kit = &dialKit{kernel: conn.Config{KeepAlive: cfg.KeepAlive, UserTimeout: cfg.UserTimeout}}
+	mon.tls = newTLSDispatch(cfg.TLSConfig)
 	// The read filter must come before WithTransportLayerTransports: that
 	// option copies the layer's filter into the transports it installs,
 	// and a filter set afterwards never reaches them (sipgo v1.7.3,
@@ -124,17 +146,15 @@ func NewUA(cfg UAConfig) (*UA, error) {
 	tp := make([]sipmsg.TransportLayerOption, 0, len(cfg.TransportLayerOptions)+2)
 	tp = append(tp, sipmsg.WithTransportLayerReadFilter(mon.filter))
 	tp = append(tp, cfg.TransportLayerOptions...)
-	tp = append(tp, sipmsg.WithTransportLayerTransports(sipmsg.TransportsConfig{
-		TCP: &sipmsg.TransportTCP{DialerCreate: dialer},
-		TLS: &sipmsg.TransportTLS{TransportTCP: &sipmsg.TransportTCP{DialerCreate: dialer}},
-	}))
+	tp = append(tp, sipmsg.WithTransportLayerTransports(mon.kit.transports()))
 	tx := make([]sipmsg.TransactionLayerOption, 0, len(cfg.TransactionLayerOptions)+1)
 	tx = append(tx, sipmsg.WithTransactionLayerTerminateOnConnClose())
 	tx = append(tx, cfg.TransactionLayerOptions...)
 
-	all := make([]sipgo.UserAgentOption, 0, len(cfg.UserAgentOptions)+2)
+	all := make([]sipgo.UserAgentOption, 0, len(cfg.UserAgentOptions)+3)
 	all = append(all, cfg.UserAgentOptions...)
 	all = append(all,
+		sipgo.WithUserAgenTLSConfig(mon.tls.config()),
 		sipgo.WithUserAgentTransportLayerOptions(tp...),
 		sipgo.WithUserAgentTransactionLayerOptions(tx...))
 	ua, err := sipgo.NewUA(all...)
@@ -152,7 +172,7 @@ func NewUA(cfg UAConfig) (*UA, error) {
 // WithTransactionLayerTerminateOnConnClose so that a dead flow fails its
 // transactions at once. The UA takes ownership: its Close closes ua.
 func WrapUA(ua *sipgo.UserAgent) *UA {
-	mon := &flowMonitor{}
+	mon := &flowMonitor{connectTimeout: DefaultConnectTimeout}
 	mon.init()
 	mon.bind(ua)
 	return &UA{ua: ua, mon: mon}

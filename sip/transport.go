@@ -1,0 +1,171 @@
+package sip
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	sipmsg "github.com/emiago/sipgo/sip"
+	"github.com/gobwas/ws"
+
+	"github.com/relinkgo/relink/conn"
+	"github.com/relinkgo/relink/internal/ctxtime"
+)
+
+// DefaultConnectTimeout bounds one connection attempt (TCP connect, and the
+// TLS and WebSocket handshakes on it) of a trunk's REGISTER or OPTIONS: a
+// connect started into a black hole is abandoned after it and redialled
+// with a fresh SYN, instead of waiting in the kernel's SYN retransmission
+// schedule (1, 2, 4, 8 ... s after the first), so that a restored path is
+// seen within about this long.
+const DefaultConnectTimeout = time.Second
+
+// maxConnectTimeout caps the growth of the bound of one connection attempt
+// whose TCP connect succeeded but whose handshake did not finish in time.
+const maxConnectTimeout = 8 * time.Second
+
+// dialKit makes the dialers of the transports relink installs in sipgo:
+// every TCP connection gets the UA's kernel options.
+type dialKit struct {
+	kernel conn.Config
+}
+
+// netDialer is TransportTCP.DialerCreate (TCP and TLS).
+func (k *dialKit) netDialer(laddr net.Addr) net.Dialer {
+	d := k.kernel.NetDialer()
+	if a, ok := laddr.(*net.TCPAddr); ok && a != nil {
+		d.LocalAddr = a
+	}
+	return d
+}
+
+// wsDialer is TransportWS.DialerCreate: the WebSocket handshake over a TCP
+// connection with the kernel options.
+func (k *dialKit) wsDialer(laddr net.Addr) ws.Dialer {
+	nd := k.netDialer(laddr)
+	return ws.Dialer{NetDial: nd.DialContext, Protocols: sipmsg.WebSocketProtocols}
+}
+
+// transports returns the transports relink installs in sipgo: TCP, TLS and
+// WS dialled with the kernel options. sipgo v1.7.3's WSS transport dials
+// with a net.Dialer of its own (no DialerCreate): its connections get the
+// kernel options when their flow is first watched (tuneKernel).
+func (k *dialKit) transports() sipmsg.TransportsConfig {
+	return sipmsg.TransportsConfig{
+		TCP: &sipmsg.TransportTCP{DialerCreate: k.netDialer},
+		TLS: &sipmsg.TransportTLS{TransportTCP: &sipmsg.TransportTCP{DialerCreate: k.netDialer}},
+		WS:  &sipmsg.TransportWS{DialerCreate: k.wsDialer},
+	}
+}
+
+// tuneKernel sets the UA's kernel options on the TCP connection under c
+// (for connections relink did not dial itself: sipgo's WSS).
+func (k *dialKit) tuneKernel(c sipmsg.Connection) {
+	tcp := tcpUnder(c)
+	if tcp == nil {
+		return
+	}
+	d := k.kernel.NetDialer()
+	if d.KeepAlive < 0 {
+		_ = tcp.SetKeepAlive(false)
+	} else {
+		_ = tcp.SetKeepAliveConfig(d.KeepAliveConfig)
+	}
+	if d.ControlContext != nil {
+		if rc, err := tcp.SyscallConn(); err == nil {
+			_ = d.ControlContext(context.Background(), "tcp", tcp.RemoteAddr().String(), rc)
+		}
+	}
+}
+
+// tcpUnder finds the *net.TCPConn under a sipgo connection (TCP, TLS, WS,
+// WSS).
+func tcpUnder(c any) *net.TCPConn {
+	for range 6 {
+		switch v := c.(type) {
+		case *net.TCPConn:
+			return v
+		case *sipmsg.TCPConnection:
+			c = v.Conn
+		case *sipmsg.WSConnection:
+			c = v.Conn
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// connect returns sipgo's connection for req (the pooled one, or a new one
+// it dials), as TransportLayer.ClientRequestConnection does, with each
+// connection attempt bounded: after the UA's connect timeout without a
+// connection the attempt is abandoned and a new one starts at once (a
+// fresh SYN), until ctx ends. An attempt whose TCP connect succeeded but
+// whose TLS or WebSocket handshake ran out of time gets twice the bound
+// next time (at most 8 s). tlsCfg, if set, is the trunk's TLS
+// configuration for a TLS or WSS connection it dials. The caller must
+// TryClose the connection (it holds a reference).
+func (m *flowMonitor) connect(ctx context.Context, req *sipmsg.Request, tlsCfg *tls.Config) (sipmsg.Connection, error) {
+	network := sipmsg.NetworkToLower(req.Transport())
+	if tlsCfg != nil && (network == "tls" || network == "wss") {
+		if m.tls == nil {
+			return nil, fmt.Errorf("%w: %s: a trunk's TLSConfig needs a UA made by NewUA", ErrTLSConfig, req.Destination())
+		}
+		host, _, err := net.SplitHostPort(req.Destination())
+		if err != nil {
+			return nil, err
+		}
+		if err := m.tls.use(host, tlsCfg); err != nil {
+			return nil, err
+		}
+		ctx = withTLSConfig(ctx, tlsCfg)
+	}
+	bound := m.connectTimeout
+	if bound <= 0 || network == "udp" {
+		return m.tp.ClientRequestConnection(ctx, req)
+	}
+	for {
+		actx, cancel := context.WithTimeout(ctx, bound)
+		start := time.Now()
+		c, err := m.tp.ClientRequestConnection(actx, req)
+		cancel()
+		switch {
+		case err == nil:
+			return c, nil
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("%w (connecting to %s)", context.Cause(ctx), req.Destination())
+		case !attemptTimedOut(actx, err):
+			return nil, err
+		}
+		if !connectFailed(err) {
+			bound = min(2*bound, maxConnectTimeout) // connected: the handshake needs longer
+		}
+		// A fresh SYN at once; but never spin on an error that came at
+		// once (a dial that fails without waiting is not a timeout).
+		if wait := time.Until(start.Add(bound / 4)); wait > 0 && !ctxtime.Sleep(ctx, wait) {
+			return nil, context.Cause(ctx)
+		}
+	}
+}
+
+// attemptTimedOut reports whether a connection attempt ended because its
+// bound passed.
+func attemptTimedOut(actx context.Context, err error) bool {
+	if errors.Is(actx.Err(), context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// connectFailed reports whether err is a failed TCP connect (rather than a
+// handshake on a connected socket).
+func connectFailed(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
