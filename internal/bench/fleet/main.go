@@ -1,46 +1,77 @@
 // Command fleet measures fleet-wide admission with operating-system
-// processes: P processes of T clients each recover at the same moment towards
-// one server that admits C attempts per second, counted per 100 ms window,
-// and answers the excess at once with a rejection carrying Retry-After (a
-// registrar's 503). Every process admits through its own backoff.Gate: local,
-// or shared through Redis (backoff/fleetgate).
+// processes and real SIP: P gateway processes of T trunks each, every
+// process one sip.Fleet whose registrar gate is local or shared through
+// Redis (backoff/fleetgate), recover together towards one registrar that
+// serves C REGISTER/s counted per 100 ms window and answers the excess at
+// once with 503 and Retry-After.
 //
 //	go run ./internal/bench/fleet -procs 50 -trunks 40 -capacity 200 -json
+//	go run ./internal/bench/fleet -strategy shared -procs 10 -trunks 20 -capacity 50
 //	go run ./internal/bench/fleet -redis 127.0.0.1:6379   # a Redis of yours
 //
-// Without -redis it starts redis-server (Debian's) on a free port. The
-// server is a UDP service in this process; the clock starts when every
-// process has joined and is told to go (the path's restore), so the figures
-// are the gate's, not SIP's (internal/bench/siprecovery measures SIP).
+// Each strategy runs on a fresh registrar: the P worker processes start and
+// register their trunks (the registrar unlimited, or already at C for the
+// two strategies that keep a learned pace), the registrar is limited to C,
+// the path to it is black-holed for -hole (5 s, longer than the trunks'
+// detection bound -keepalive + -keepalive-timeout, 3 s, so that every
+// trunk's flow dies and every trunk must register again), then restored.
+// The clock starts at the restore and stops when the last trunk is
+// registered again.
 //
-// Strategies (-strategies, comma-separated): local (each process its own
-// adaptive gate), local-rate (each told C), shared (one fleet gate, learning
-// C), shared-rate (told C), shared-second-herd (a second herd after shared,
-// with the learned pace kept in Redis) and shared-redis-down (Redis killed
-// at the restore: every process on its share of the last known pace).
+// The registrar (-registrar, the JSON's registrar field):
+//   - kamailio: Debian's Kamailio in one network namespace and the workers
+//     in another (internal/netns, root with ip and nft); the black hole is
+//     nft DROP of the SIP port both ways; REGISTERs are counted as they
+//     arrive on Kamailio's interface (an AF_PACKET socket), 503s by
+//     Kamailio's counters.
+//   - embedded: the in-process registrar behind sip/siptest, on loopback,
+//     counting per 100 ms window as Kamailio does; the black hole is its
+//     silent mode (nothing answered, connections open), and the restore
+//     closes the connections it accepted and answers again.
+//   - auto (the default): kamailio when network namespaces and Kamailio
+//     are available, embedded otherwise.
+//
+// Strategies (-strategies, comma-separated, or -strategy for one): local
+// (each process its own adaptive gate), local-rate (each told C), shared
+// (one fleet gate on Redis, learning C), shared-rate (told C),
+// shared-second-herd (new processes on the fleet of the last shared herd,
+// the learned pace kept in Redis) and shared-redis-down (the same, Redis
+// killed at the restore: every process on its share of the last known
+// pace).
+//
+// Without -redis it starts redis-server (Debian's) on a free port, in the
+// workers' namespace when Kamailio runs in one. -server window keeps the
+// earlier, faster mode: no SIP, each process's clients admitted by the gate
+// towards a UDP "window server" in this process, clock from the start.
+//
+// With -json the program prints one JSON object per strategy and line:
+// strategy, procs, trunks, capacity, registrar, recover_s, ratio_to_limit
+// (recover_s ÷ N/C), rejected_frac (503s ÷ N), peak_load_ratio (the largest
+// 100 ms sliding window of REGISTER arrivals at the registrar ÷ C/10),
+// redis_ops_per_admission (median over the processes of Redis calls ÷ gate
+// admissions), max_redis_wait_ms (the slowest Redis call), stuck (trunks not
+// registered again by -timeout), and details.
 //
 // RELINK_FLEET_DEBUG=1 prints each worker's gate at the end;
 // RELINK_FLEET_LOG=1 prints every Redis call that proposes or learns a pace.
 package main
 
 import (
-	"bufio"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net"
 	"os"
-	"os/exec"
-	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
-
-	"github.com/relinkgo/relink/internal/ratelimit"
-	"github.com/relinkgo/relink/internal/redistest"
 )
+
+// workerEnv set to "1" makes the program a worker process (so that a test
+// binary can run its own workers).
+const workerEnv = "RELINK_FLEET_WORKER"
+
+// strategies, in the order a full run takes them.
+var allStrategies = []string{"local", "local-rate", "shared", "shared-rate", "shared-second-herd", "shared-redis-down"}
 
 // Result is one strategy's figures; -json prints one per line.
 type Result struct {
@@ -48,6 +79,7 @@ type Result struct {
 	Procs                int     `json:"procs"`
 	Trunks               int     `json:"trunks"`
 	Capacity             float64 `json:"capacity"`
+	Registrar            string  `json:"registrar"`
 	RecoverS             float64 `json:"recover_s"`
 	RatioToLimit         float64 `json:"ratio_to_limit"`
 	RejectedFrac         float64 `json:"rejected_frac"`
@@ -55,6 +87,11 @@ type Result struct {
 	RedisOpsPerAdmission float64 `json:"redis_ops_per_admission"`
 	MaxRedisWaitMs       float64 `json:"max_redis_wait_ms"`
 	Stuck                int     `json:"stuck"`
+
+	// Details.
+	HoleS          float64 `json:"hole_s,omitempty"`
+	Undetected     int     `json:"undetected"`                           // trunks still registered after the hole
+	ServerPerTrunk float64 `json:"server_registers_per_trunk,omitempty"` // REGISTERs at the registrar from the restore ÷ N
 }
 
 // options are the flags, shared by the parent and its workers.
@@ -62,37 +99,30 @@ type options struct {
 	procs, trunks int
 	capacity      float64
 	retryAfter    time.Duration
+	hole          time.Duration
+	keepAlive     time.Duration
+	kaTimeout     time.Duration
 	timeout       time.Duration
 	redis         string
 	jsonOut       bool
-	strategies    string
+	strategies    []string
+	server        string // "sip" or "window"
+	registrar     string // "auto", "kamailio" or "embedded"
 	// worker only
-	worker   string // the strategy, when this process is a worker
+	worker   string // the strategy
 	id       int
-	server   string
-	fleetKey string
+	target   string // the registrar's or window server's host:port
+	fleetKey string // the Redis key prefix of the fleet
 }
 
 func main() {
-	var o options
-	flag.IntVar(&o.procs, "procs", 50, "processes")
-	flag.IntVar(&o.trunks, "trunks", 40, "clients per process")
-	flag.Float64Var(&o.capacity, "capacity", 200, "attempts per second the server admits, counted per 100 ms")
-	flag.DurationVar(&o.retryAfter, "retry-after", time.Second, "Retry-After of each rejection")
-	flag.DurationVar(&o.timeout, "timeout", time.Minute, "a strategy's clients still waiting after this are stuck")
-	flag.StringVar(&o.redis, "redis", "", "host:port of a Redis to use (default: start redis-server)")
-	flag.BoolVar(&o.jsonOut, "json", false, "one JSON object per strategy")
-	flag.StringVar(&o.strategies, "strategies", "local,local-rate,shared,shared-rate,shared-second-herd,shared-redis-down", "strategies to run, in order")
-	flag.StringVar(&o.worker, "worker", "", "internal: run as a worker process for this strategy")
-	flag.IntVar(&o.id, "id", 0, "internal: the worker's number")
-	flag.StringVar(&o.server, "server", "", "internal: the server's UDP address")
-	flag.StringVar(&o.fleetKey, "fleet-key", "", "internal: the gate's destination")
-	flag.Parse()
-	var err error
-	if o.worker != "" {
-		err = runWorker(&o)
-	} else {
-		err = run(&o)
+	o, err := parseFlags(os.Args[1:])
+	if err == nil {
+		if os.Getenv(workerEnv) == "1" {
+			err = runWorker(o)
+		} else {
+			err = run(o, func(r Result) { report(o, r) })
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fleet:", err)
@@ -100,41 +130,83 @@ func main() {
 	}
 }
 
-// run is the parent: setup → one herd per strategy → report.
-func run(o *options) error {
-	rs, err := startRedis(o)
-	if err != nil {
-		return err
+func parseFlags(args []string) (*options, error) {
+	var o options
+	fs := flag.NewFlagSet("fleet", flag.ContinueOnError)
+	fs.IntVar(&o.procs, "procs", 50, "worker processes")
+	fs.IntVar(&o.trunks, "trunks", 40, "trunks (clients) per process")
+	fs.Float64Var(&o.capacity, "capacity", 200, "REGISTERs per second the registrar serves, counted per 100 ms")
+	fs.DurationVar(&o.retryAfter, "retry-after", time.Second, "Retry-After of each 503 (whole seconds)")
+	fs.DurationVar(&o.hole, "hole", 5*time.Second, "how long the path stays black-holed")
+	fs.DurationVar(&o.keepAlive, "keepalive", time.Second, "sip.TrunkConfig.KeepAlive (CRLF ping after this much silence)")
+	fs.DurationVar(&o.kaTimeout, "keepalive-timeout", 2*time.Second, "sip.TrunkConfig.KeepAliveTimeout (no pong within it: the flow is dead)")
+	fs.DurationVar(&o.timeout, "timeout", time.Minute, "trunks not registered again this long after the restore are stuck")
+	fs.StringVar(&o.redis, "redis", "", "host:port of a Redis to use, reachable from the workers (default: start redis-server)")
+	fs.BoolVar(&o.jsonOut, "json", false, "one JSON object per strategy")
+	list := fs.String("strategies", strings.Join(allStrategies, ","), "strategies to run, in order")
+	one := fs.String("strategy", "", "run this strategy only (overrides -strategies)")
+	fs.StringVar(&o.server, "server", "sip", "sip (real SIP trunks and registrar) or window (the gate alone against a UDP window server)")
+	fs.StringVar(&o.registrar, "registrar", "auto", "auto, kamailio (network namespaces, root) or embedded")
+	fs.StringVar(&o.worker, "worker", "", "internal: the worker's strategy")
+	fs.IntVar(&o.id, "id", 0, "internal: the worker's number")
+	fs.StringVar(&o.target, "target", "", "internal: the server's host:port")
+	fs.StringVar(&o.fleetKey, "fleet-key", "", "internal: the fleet's Redis key prefix")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
 	}
-	if rs != nil {
-		defer os.RemoveAll(rs.Dir())
-		defer rs.Kill()
+	if *one != "" {
+		*list = *one
 	}
-	for _, strategy := range strings.Split(o.strategies, ",") {
-		r, err := herd(o, rs, strategy)
-		if err != nil {
-			return fmt.Errorf("%s: %w", strategy, err)
+	for _, s := range strings.Split(*list, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			o.strategies = append(o.strategies, s)
 		}
-		report(o, r)
+	}
+	return &o, o.validate()
+}
+
+func (o *options) validate() error {
+	switch {
+	case o.procs <= 0 || o.trunks <= 0:
+		return errors.New("-procs and -trunks must be positive")
+	case !(o.capacity > 0):
+		return errors.New("-capacity must be positive")
+	case o.hole <= 0 || o.keepAlive <= 0 || o.kaTimeout <= 0 || o.timeout <= 0:
+		return errors.New("-hole, -keepalive, -keepalive-timeout and -timeout must be positive")
+	case o.server != "sip" && o.server != "window":
+		return fmt.Errorf("unknown -server %q (want sip or window)", o.server)
+	case o.registrar != "auto" && o.registrar != "kamailio" && o.registrar != "embedded":
+		return fmt.Errorf("unknown -registrar %q (want auto, kamailio or embedded)", o.registrar)
+	case len(o.strategies) == 0:
+		return errors.New("no strategy")
+	}
+	for _, s := range o.strategies {
+		if !isStrategy(s) {
+			return fmt.Errorf("unknown strategy %q (want %s)", s, strings.Join(allStrategies, ", "))
+		}
 	}
 	return nil
 }
 
-// startRedis starts redis-server unless -redis names one.
-func startRedis(o *options) (*redistest.Server, error) {
-	if o.redis != "" {
-		return nil, nil
+func isStrategy(s string) bool {
+	for _, a := range allStrategies {
+		if s == a {
+			return true
+		}
 	}
-	dir, err := os.MkdirTemp("", "relink-fleet-")
-	if err != nil {
-		return nil, err
-	}
-	s, err := redistest.Launch(dir)
-	if err != nil {
-		return nil, err
-	}
-	o.redis = s.Addr()
-	return s, nil
+	return false
+}
+
+// shared reports whether a strategy's gates share admission through Redis.
+func shared(strategy string) bool { return strings.HasPrefix(strategy, "shared") }
+
+// told reports whether a strategy's gates are told C (GateConfig.Rate).
+func told(strategy string) bool { return strings.HasSuffix(strategy, "-rate") }
+
+// keeps reports whether a strategy recovers towards the fleet of the last
+// shared herd, with what it learned.
+func keeps(strategy string) bool {
+	return strategy == "shared-second-herd" || strategy == "shared-redis-down"
 }
 
 func report(o *options, r Result) {
@@ -143,226 +215,7 @@ func report(o *options, r Result) {
 		fmt.Println(string(b))
 		return
 	}
-	fmt.Printf("%-19s %d×%d C=%v: %.2f × N/C (%.2f s), %.1f %% rejected, peak %.2f, %.2f Redis ops/admission, max Redis wait %.1f ms, stuck %d\n",
-		r.Strategy, r.Procs, r.Trunks, r.Capacity, r.RatioToLimit, r.RecoverS, 100*r.RejectedFrac,
+	fmt.Printf("%-19s %d×%d C=%v %s: %.2f × N/C (%.2f s), %.1f %% rejected, peak %.2f, %.2f Redis ops/admission, max Redis wait %.1f ms, stuck %d\n",
+		r.Strategy, r.Procs, r.Trunks, r.Capacity, r.Registrar, r.RatioToLimit, r.RecoverS, 100*r.RejectedFrac,
 		r.PeakLoadRatio, r.RedisOpsPerAdmission, r.MaxRedisWaitMs, r.Stuck)
-}
-
-// herd runs one strategy: the server, the workers, the restore, the figures.
-func herd(o *options, rs *redistest.Server, strategy string) (Result, error) {
-	srv, err := newServer(o.capacity)
-	if err != nil {
-		return Result{}, err
-	}
-	defer srv.close()
-	key := fmt.Sprintf("bench-%d", time.Now().UnixNano()) // a fresh fleet: nothing learned
-	switch strategy {
-	case "shared":
-		lastKey = key
-	case "shared-second-herd", "shared-redis-down":
-		// The fleet of the last shared herd: what it learned is kept (the
-		// workers of shared-redis-down learn it in a warm-up admission,
-		// before Redis dies).
-		if lastKey != "" {
-			key = lastKey
-		}
-	}
-	ws, err := startWorkers(o, strategy, srv.addr(), key)
-	if err != nil {
-		return Result{}, err
-	}
-	defer ws.kill()
-	if strategy == "shared-redis-down" {
-		if rs == nil {
-			return Result{}, fmt.Errorf("needs the Redis this command starts (no -redis)")
-		}
-		rs.Kill()
-		defer func() { _ = rs.Restart() }() // empty, for the strategies after
-	}
-	start := time.Now()
-	outs := ws.run(o.timeout)
-	return tally(o, strategy, start, srv, outs), nil
-}
-
-// lastKey is the destination of the last shared herd (learning C), which
-// shared-second-herd and shared-redis-down recover towards again.
-var lastKey string
-
-// tally turns the workers' reports and the server's arrivals into a Result.
-func tally(o *options, strategy string, start time.Time, srv *server, outs []workerReport) Result {
-	n := o.procs * o.trunks
-	r := Result{Strategy: strategy, Procs: o.procs, Trunks: o.trunks, Capacity: o.capacity}
-	var end time.Time
-	var calls, attempts, rejected int
-	for _, w := range outs {
-		end = laterOf(end, time.Unix(0, w.DoneUnixNano))
-		calls += w.Calls
-		attempts += w.Attempts
-		rejected += w.Rejected
-		r.Stuck += w.Stuck
-		r.MaxRedisWaitMs = max(r.MaxRedisWaitMs, float64(w.MaxWaitNs)/1e6)
-	}
-	r.Stuck += (o.procs - len(outs)) * o.trunks // workers that never reported
-	r.RecoverS = end.Sub(start).Seconds()
-	r.RatioToLimit = r.RecoverS / (float64(n) / o.capacity)
-	r.RejectedFrac = float64(rejected) / float64(n)
-	r.PeakLoadRatio = float64(srv.peak(100*time.Millisecond)) / (o.capacity / 10)
-	if attempts > 0 {
-		r.RedisOpsPerAdmission = float64(calls) / float64(attempts)
-	}
-	return r
-}
-
-func laterOf(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
-}
-
-// server admits capacity per 100 ms window and rejects the rest with a
-// Retry-After, over UDP: a datagram in, "1" (admitted) or "0" out.
-type server struct {
-	pc  net.PacketConn
-	lim *ratelimit.Window
-	mu  sync.Mutex
-	at  []time.Time
-	wg  sync.WaitGroup
-}
-
-func newServer(capacity float64) (*server, error) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	s := &server{pc: pc, lim: ratelimit.NewWindow(100*time.Millisecond, capacity)}
-	s.wg.Add(1)
-	go s.serve()
-	return s, nil
-}
-
-func (s *server) addr() string { return s.pc.LocalAddr().String() }
-
-func (s *server) serve() {
-	defer s.wg.Done()
-	buf := make([]byte, 64)
-	for {
-		_, from, err := s.pc.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		now := time.Now()
-		s.mu.Lock()
-		ok := s.lim.Admit(now)
-		s.at = append(s.at, now)
-		s.mu.Unlock()
-		answer := []byte("0")
-		if ok {
-			answer = []byte("1")
-		}
-		_, _ = s.pc.WriteTo(answer, from)
-	}
-}
-
-func (s *server) close() {
-	s.pc.Close()
-	s.wg.Wait()
-}
-
-// peak is the most arrivals in any window.
-func (s *server) peak(window time.Duration) int {
-	s.mu.Lock()
-	at := slices.Clone(s.at)
-	s.mu.Unlock()
-	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
-	most, j := 0, 0
-	for i := range at {
-		for at[i].Sub(at[j]) >= window {
-			j++
-		}
-		most = max(most, i-j+1)
-	}
-	return most
-}
-
-// workers are the worker processes of one herd.
-type workers struct {
-	cmds []*exec.Cmd
-	ins  []io.WriteCloser
-	outs []*bufio.Reader
-}
-
-// startWorkers starts the processes and waits until each has joined.
-func startWorkers(o *options, strategy, addr, key string) (*workers, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	ws := &workers{}
-	for i := range o.procs {
-		cmd := exec.Command(exe, "-worker", strategy, "-id", strconv.Itoa(i), "-server", addr,
-			"-redis", o.redis, "-fleet-key", key, "-trunks", strconv.Itoa(o.trunks),
-			"-capacity", strconv.FormatFloat(o.capacity, 'g', -1, 64), "-retry-after", o.retryAfter.String(),
-			"-timeout", o.timeout.String())
-		cmd.Stderr = os.Stderr
-		in, err := cmd.StdinPipe()
-		if err != nil {
-			return ws, err
-		}
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			return ws, err
-		}
-		if err := cmd.Start(); err != nil {
-			ws.kill()
-			return nil, err
-		}
-		ws.cmds, ws.ins, ws.outs = append(ws.cmds, cmd), append(ws.ins, in), append(ws.outs, bufio.NewReader(out))
-	}
-	for i, r := range ws.outs {
-		if line, err := r.ReadString('\n'); err != nil || line != "ready\n" {
-			ws.kill()
-			return nil, fmt.Errorf("worker %d said %q: %w", i, line, err)
-		}
-	}
-	return ws, nil
-}
-
-// run tells every worker to go and collects their reports.
-func (ws *workers) run(timeout time.Duration) []workerReport {
-	for _, in := range ws.ins {
-		_, _ = io.WriteString(in, "go\n")
-	}
-	reports := make(chan workerReport, len(ws.outs))
-	for _, r := range ws.outs {
-		go func() {
-			var w workerReport
-			if line, err := r.ReadString('\n'); err == nil && json.Unmarshal([]byte(line), &w) == nil {
-				reports <- w
-				return
-			}
-			reports <- workerReport{Stuck: -1}
-		}()
-	}
-	var out []workerReport
-	deadline := time.NewTimer(timeout + 5*time.Second)
-	defer deadline.Stop()
-	for range ws.outs {
-		select {
-		case w := <-reports:
-			if w.Stuck >= 0 {
-				out = append(out, w)
-			}
-		case <-deadline.C:
-			return out
-		}
-	}
-	return out
-}
-
-func (ws *workers) kill() {
-	for _, c := range ws.cmds {
-		_ = c.Process.Kill()
-		_ = c.Wait()
-	}
 }

@@ -5,8 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,129 +19,233 @@ import (
 
 	"github.com/relinkgo/relink/backoff"
 	"github.com/relinkgo/relink/backoff/fleetgate"
+	"github.com/relinkgo/relink/sip"
 )
-
-// workerReport is what a worker prints when its clients are done.
-type workerReport struct {
-	DoneUnixNano int64 `json:"done_unix_nano"` // the last client's success
-	Attempts     int   `json:"attempts"`
-	Rejected     int   `json:"rejected"`
-	Calls        int   `json:"calls"`       // calls to Redis
-	MaxWaitNs    int64 `json:"max_wait_ns"` // the slowest call
-	Stuck        int   `json:"stuck"`
-}
 
 // quiet discards go-redis's log: shared-redis-down kills Redis on purpose.
 type quiet struct{}
 
 func (quiet) Printf(context.Context, string, ...any) {}
 
-// runWorker is one process: its gate, "ready", then on "go" its clients.
+// runWorker is one worker process.
 func runWorker(o *options) error {
 	redis.SetLogger(quiet{})
-	cfg := backoff.GateConfig{Destination: o.fleetKey}
-	if o.worker == "local-rate" || o.worker == "shared-rate" {
+	// sipgo logs failed requests and closing connections to slog.Default.
+	slog.SetDefault(slog.New(slog.DiscardHandler))
+	if o.server == "window" {
+		return runWindowWorker(o)
+	}
+	return runSIPWorker(o)
+}
+
+// gateConfig is the gate of a strategy: adaptive or told C, local or joined
+// to the fleet on Redis (then counted).
+func gateConfig(o *options) (backoff.GateConfig, *countingFleet, func(), error) {
+	var cfg backoff.GateConfig
+	if told(o.worker) {
 		cfg.Rate = o.capacity
 	}
-	var counted *countingFleet
-	if o.worker != "local" && o.worker != "local-rate" {
-		rdb := redis.NewClient(&redis.Options{Addr: o.redis, ContextTimeoutEnabled: true,
-			DialTimeout: 50 * time.Millisecond, MaxRetries: -1})
-		defer rdb.Close()
-		f, err := fleetgate.New(rdb, fleetgate.Config{ID: fmt.Sprintf("p%d", o.id), Heartbeat: 200 * time.Millisecond})
-		if err != nil {
-			return err
-		}
-		counted = &countingFleet{Fleet: f}
-		cfg.Fleet = counted
+	if !shared(o.worker) {
+		return cfg, nil, func() {}, nil
 	}
-	g := backoff.NewGate(cfg)
-	time.Sleep(500 * time.Millisecond) // heartbeats: every member counted
-	if o.worker == "shared-redis-down" {
-		// A process that has been running knows the fleet's pace: one
-		// admission adopts it (the server is not asked).
-		p, err := g.Acquire(context.Background())
-		if err != nil {
-			return err
-		}
-		p.Done(backoff.Success)
+	rdb := redis.NewClient(&redis.Options{Addr: o.redis, ContextTimeoutEnabled: true,
+		DialTimeout: 50 * time.Millisecond, MaxRetries: -1})
+	f, err := fleetgate.New(rdb, fleetgate.Config{Prefix: o.fleetKey, ID: "p" + strconv.Itoa(o.id),
+		Heartbeat: 200 * time.Millisecond})
+	if err != nil {
+		rdb.Close()
+		return cfg, nil, nil, err
+	}
+	counted := &countingFleet{Fleet: f}
+	cfg.Fleet = counted
+	return cfg, counted, func() { rdb.Close() }, nil
+}
+
+// runSIPWorker is one gateway process: a sip.Fleet of o.trunks trunks
+// towards the registrar, "ready" once they are registered; on "cut" it notes
+// from then on which trunks lose their registration; on "restore T" it waits
+// until each of them is registered again and prints its report. It never
+// unregisters: the parent kills it.
+func runSIPWorker(o *options) error {
+	cfg, counted, done, err := gateConfig(o)
+	if err != nil {
+		return err
+	}
+	defer done()
+	ua, err := sip.NewUA(sip.UAConfig{})
+	if err != nil {
+		return err
+	}
+	tr := &tracker{idx: make(map[*sip.Trunk]int)}
+	fleet := sip.NewFleet(ua, sip.FleetConfig{Gate: cfg, OnStateChange: tr.change})
+	if err := addTrunks(o, fleet, tr); err != nil {
+		return err
+	}
+	go func() { _ = fleet.Run(context.Background()) }()
+	in := bufio.NewReader(os.Stdin)
+	if err := waitRegistered(fleet, o.trunks, 10*time.Minute); err != nil {
+		return err
 	}
 	fmt.Println("ready")
-	if line, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil || line != "go\n" {
-		return fmt.Errorf("worker %d: no go (%q): %w", o.id, line, err)
+	if err := expectLine(in, "cut"); err != nil {
+		return err
 	}
-	rep := clients(o, g)
-	if os.Getenv("RELINK_FLEET_DEBUG") != "" {
-		fmt.Fprintf(os.Stderr, "worker %d: %+v\n", o.id, g.Stats())
+	admitted0 := admitted(fleet)
+	if counted != nil {
+		counted.reset()
 	}
-	g.Close()
+	tr.cut(time.Now())
+	fmt.Println("cut")
+	restore, err := expectRestore(in)
+	if err != nil {
+		return err
+	}
+	rep := tr.wait(restore, o.timeout)
+	rep.Attempts = admitted(fleet) - admitted0
 	if counted != nil {
 		rep.Calls, rep.MaxWaitNs = int(counted.calls.Load()), counted.slowest.Load()
 	}
+	if os.Getenv("RELINK_FLEET_DEBUG") != "" {
+		fmt.Fprintf(os.Stderr, "worker %d: %+v %+v\n", o.id, fleet.Stats(), fleet.GateStats())
+	}
 	b, _ := json.Marshal(rep)
 	fmt.Println(string(b))
+	_, _ = io.Copy(io.Discard, in) // until the parent ends us
+	os.Exit(0)
 	return nil
 }
 
-// clients runs the process's clients through g until each is admitted, or
-// until the timeout.
-func clients(o *options, g *backoff.Gate) workerReport {
-	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
-	defer cancel()
-	var mu sync.Mutex
-	var rep workerReport
-	var wg sync.WaitGroup
-	for range o.trunks {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			attempts, rejected, ok := client(ctx, o, g)
-			mu.Lock()
-			defer mu.Unlock()
-			rep.Attempts += attempts
-			rep.Rejected += rejected
-			if !ok {
-				rep.Stuck++
-				return
-			}
-			rep.DoneUnixNano = max(rep.DoneUnixNano, time.Now().UnixNano())
-		}()
+// addTrunks adds the process's trunks, user "pIDtJ", password "secret".
+func addTrunks(o *options, fleet *sip.Fleet, tr *tracker) error {
+	host, _, err := net.SplitHostPort(o.target)
+	if err != nil {
+		return err
 	}
-	wg.Wait()
-	return rep
+	uri := "sip:" + o.target + ";transport=tcp"
+	tr.left = make([]time.Time, o.trunks)
+	tr.back = make([]time.Time, o.trunks)
+	for j := range o.trunks {
+		user := fmt.Sprintf("p%dt%d", o.id, j)
+		t, err := fleet.Add(sip.TrunkConfig{
+			Registrars:       []string{uri},
+			AOR:              "sip:" + user + "@" + host,
+			Username:         user,
+			Password:         "secret",
+			Expires:          time.Hour, // no refresh during the run
+			KeepAlive:        o.keepAlive,
+			KeepAliveTimeout: o.kaTimeout,
+		})
+		if err != nil {
+			return err
+		}
+		tr.idx[t] = j
+	}
+	return nil
 }
 
-// client retries one registration through g until the server admits it.
-func client(ctx context.Context, o *options, g *backoff.Gate) (attempts, rejected int, ok bool) {
-	c, err := net.Dial("udp", o.server)
+func waitRegistered(fleet *sip.Fleet, n int, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for fleet.Stats().Registered < n {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d trunks registered after %v", fleet.Stats().Registered, n, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+func admitted(fleet *sip.Fleet) int {
+	n := 0
+	for _, st := range fleet.GateStats() {
+		n += int(st.Admitted)
+	}
+	return n
+}
+
+func expectLine(in *bufio.Reader, want string) error {
+	line, err := in.ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != want {
+		return fmt.Errorf("want %q, got %q: %w", want, line, err)
+	}
+	return nil
+}
+
+// expectRestore reads "restore UNIXNANO".
+func expectRestore(in *bufio.Reader) (time.Time, error) {
+	line, err := in.ReadString('\n')
 	if err != nil {
-		return 0, 0, false
+		return time.Time{}, err
 	}
-	defer c.Close()
-	buf := make([]byte, 8)
+	ns, ok := strings.CutPrefix(strings.TrimSpace(line), "restore ")
+	n, perr := strconv.ParseInt(ns, 10, 64)
+	if !ok || perr != nil {
+		return time.Time{}, fmt.Errorf("want \"restore UNIXNANO\", got %q", line)
+	}
+	return time.Unix(0, n), nil
+}
+
+// tracker follows the trunks from the cut: when each first left Registered,
+// and when it was registered again after that.
+type tracker struct {
+	idx map[*sip.Trunk]int // written before the fleet runs
+
+	mu         sync.Mutex
+	cutAt      time.Time
+	left, back []time.Time
+}
+
+func (tr *tracker) change(sc sip.TrunkStateChange) {
+	i, ok := tr.idx[sc.Trunk]
+	if !ok {
+		return
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.cutAt.IsZero() {
+		return
+	}
+	switch {
+	case sc.From == sip.Registered && tr.left[i].IsZero():
+		tr.left[i] = sc.At
+	case sc.To == sip.Registered && !tr.left[i].IsZero() && tr.back[i].IsZero():
+		tr.back[i] = sc.At
+	}
+}
+
+func (tr *tracker) cut(at time.Time) {
+	tr.mu.Lock()
+	tr.cutAt = at
+	tr.mu.Unlock()
+}
+
+// wait returns when every trunk that lost its registration is back, or
+// timeout after restore.
+func (tr *tracker) wait(restore time.Time, timeout time.Duration) workerReport {
+	deadline := restore.Add(timeout)
 	for {
-		p, err := g.Acquire(ctx)
-		if err != nil {
-			return attempts, rejected, false
+		rep, waiting := tr.tally()
+		if waiting == 0 || time.Now().After(deadline) {
+			rep.Stuck = waiting
+			return rep
 		}
-		attempts++
-		_ = c.SetDeadline(time.Now().Add(time.Second))
-		_, err = c.Write([]byte("R"))
-		var n int
-		if err == nil {
-			n, err = c.Read(buf)
-		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (tr *tracker) tally() (rep workerReport, waiting int) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	for i := range tr.left {
 		switch {
-		case err != nil:
-			p.Done(backoff.Unreachable)
-		case n == 1 && buf[0] == '1':
-			p.Done(backoff.Success)
-			return attempts, rejected, true
+		case tr.left[i].IsZero():
+			rep.Undetected++
+		case tr.back[i].IsZero():
+			waiting++
 		default:
-			rejected++
-			p.Done(backoff.Overload(o.retryAfter))
+			rep.DoneUnixNano = max(rep.DoneUnixNano, tr.back[i].UnixNano())
 		}
 	}
+	return rep, waiting
 }
 
 // countingFleet counts its members' Redis calls and keeps the slowest.
@@ -146,6 +254,12 @@ type countingFleet struct {
 	calls, slowest atomic.Int64
 }
 
+func (f *countingFleet) reset() {
+	f.calls.Store(0)
+	f.slowest.Store(0)
+}
+
+// Join returns a counting member.
 func (f *countingFleet) Join(d string) backoff.FleetMember {
 	return countingMember{f.Fleet.Join(d), f}
 }

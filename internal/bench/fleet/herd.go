@@ -1,0 +1,135 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"time"
+)
+
+// sipHerd runs one strategy on a fresh registrar: warm-up → cut → hole →
+// restore → recovery → figures.
+func sipHerd(e *env, strategy string) (Result, error) {
+	o := e.o
+	s, err := e.newSite()
+	if err != nil {
+		return Result{}, err
+	}
+	defer s.close()
+	if keeps(strategy) {
+		// The warm-up is a herd at C too: what the fleet learned stays
+		// what C is, not the pace of a registrar without a limit.
+		if err := s.limit(o.capacity); err != nil {
+			return Result{}, err
+		}
+	}
+	ws, err := warmUp(e, s, strategy)
+	if err != nil {
+		return Result{}, err
+	}
+	defer ws.kill()
+	if err := s.limit(o.capacity); err != nil {
+		return Result{}, err
+	}
+	ws.tell("cut")
+	if err := ws.expect("cut", 10*time.Second); err != nil {
+		return Result{}, err
+	}
+	at, shed0, err := outage(e, s, strategy)
+	if err != nil {
+		return Result{}, err
+	}
+	ws.tell("restore " + strconv.FormatInt(at.UnixNano(), 10))
+	outs := ws.reports(o.timeout + 10*time.Second)
+	shed1, err := s.shed()
+	if err != nil {
+		return Result{}, err
+	}
+	r := tally(o, strategy, at, outs, s.arrivals(at))
+	r.Registrar = s.kind()
+	r.HoleS = o.hole.Seconds()
+	r.RejectedFrac = float64(shed1-shed0) / float64(o.procs*o.trunks)
+	return r, nil
+}
+
+// warmUp starts the workers and waits until every trunk is registered.
+func warmUp(e *env, s site, strategy string) (*workers, error) {
+	o := e.o
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	key := e.fleetKey(strategy)
+	// Registering N trunks at C takes N/C; process starts, a few seconds.
+	within := 30*time.Second + 3*time.Duration(float64(o.procs*o.trunks)/o.capacity*float64(time.Second))
+	return startWorkers(o.procs, func(i int) *exec.Cmd {
+		return s.command(exe, workerArgs(o, strategy, i, s.addr(), key))
+	}, within)
+}
+
+// outage black-holes the path for the hole, then restores it (killing Redis
+// first for shared-redis-down), and returns when the path came back and the
+// 503s sent until then.
+func outage(e *env, s site, strategy string) (time.Time, int, error) {
+	if err := s.hole(); err != nil {
+		return time.Time{}, 0, err
+	}
+	time.Sleep(e.o.hole)
+	shed0, err := s.shed()
+	if err != nil {
+		_ = s.restore()
+		return time.Time{}, 0, err
+	}
+	if strategy == "shared-redis-down" {
+		if e.redis == nil {
+			_ = s.restore()
+			return time.Time{}, 0, fmt.Errorf("needs the Redis this command starts (no -redis)")
+		}
+		e.redis.kill()
+		defer func() {
+			// Empty, for the strategies after.
+			if err := e.redis.restart(); err != nil {
+				fmt.Fprintln(os.Stderr, "fleet: redis restart:", err)
+			}
+		}()
+	}
+	if err := s.restore(); err != nil {
+		return time.Time{}, 0, err
+	}
+	return time.Now(), shed0, nil
+}
+
+// tally turns the workers' reports and the registrar's arrivals into a
+// Result (all but the registrar's own fields).
+func tally(o *options, strategy string, start time.Time, outs []workerReport, arrivals []time.Time) Result {
+	n := o.procs * o.trunks
+	r := Result{Strategy: strategy, Procs: o.procs, Trunks: o.trunks, Capacity: o.capacity}
+	var end time.Time
+	var perAdmission []float64
+	for _, w := range outs {
+		end = laterOf(end, time.Unix(0, w.DoneUnixNano))
+		r.Stuck += w.Stuck
+		r.Undetected += w.Undetected
+		r.MaxRedisWaitMs = max(r.MaxRedisWaitMs, float64(w.MaxWaitNs)/1e6)
+		if w.Attempts > 0 && shared(strategy) {
+			perAdmission = append(perAdmission, float64(w.Calls)/float64(w.Attempts))
+		}
+	}
+	r.Stuck += (o.procs - len(outs)) * o.trunks // workers that never reported
+	if end.After(start) {
+		r.RecoverS = end.Sub(start).Seconds()
+	}
+	r.RatioToLimit = r.RecoverS / (float64(n) / o.capacity)
+	r.RedisOpsPerAdmission = median(perAdmission)
+	r.PeakLoadRatio = float64(peak(arrivals, 100*time.Millisecond)) / (o.capacity / 10)
+	r.ServerPerTrunk = float64(len(arrivals)) / float64(n)
+	return r
+}
+
+func laterOf(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/relinkgo/relink/internal/kamailio"
+	"github.com/relinkgo/relink/internal/netns"
+	"github.com/relinkgo/relink/internal/redistest"
+)
+
+// env is what the strategies of one run share: where the registrar and the
+// workers run, and Redis.
+type env struct {
+	o     *options
+	kind  string      // "kamailio", "embedded" or "window"
+	pair  *netns.Pair // kamailio: the server and client namespaces
+	redis *redisCtl   // nil with -redis
+	// lastKey is the fleet of the last shared herd, which
+	// shared-second-herd and shared-redis-down recover towards again.
+	lastKey string
+}
+
+// run is the parent: setup → one herd per strategy → report.
+func run(o *options, out func(Result)) error {
+	e, err := setup(o)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	for _, strategy := range o.strategies {
+		var r Result
+		if e.kind == "window" {
+			r, err = windowHerd(e, strategy)
+		} else {
+			r, err = sipHerd(e, strategy)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", strategy, err)
+		}
+		out(r)
+	}
+	return nil
+}
+
+// setup picks the registrar, makes the namespaces it needs and starts Redis
+// where the workers can reach it.
+func setup(o *options) (*env, error) {
+	e := &env{o: o, kind: "window"}
+	if o.server == "sip" {
+		e.kind = o.registrar
+		if e.kind == "auto" {
+			e.kind = "embedded"
+			if netns.Available() == nil && kamailio.Available() == nil {
+				e.kind = "kamailio"
+			}
+		}
+	}
+	var ns *netns.Namespace
+	if e.kind == "kamailio" {
+		p, err := netns.New()
+		if err != nil {
+			return nil, err
+		}
+		e.pair, ns = p, p.Client()
+	}
+	if o.redis == "" && needsRedis(o.strategies) {
+		r, err := startRedis(ns)
+		if err != nil {
+			e.close()
+			return nil, err
+		}
+		e.redis = r
+		o.redis = r.s.Addr()
+	}
+	return e, nil
+}
+
+func needsRedis(strategies []string) bool {
+	return slices.ContainsFunc(strategies, shared)
+}
+
+func (e *env) close() {
+	if e.redis != nil {
+		e.redis.close()
+	}
+	if e.pair != nil {
+		_ = e.pair.Close()
+	}
+}
+
+// newSite starts a fresh registrar.
+func (e *env) newSite() (site, error) {
+	if e.kind == "kamailio" {
+		return newKamailio(e.pair, e.o.retryAfter)
+	}
+	return newEmbedded(e.o.retryAfter)
+}
+
+// fleetKey is the Redis key prefix of a strategy's fleet: a fresh one
+// (nothing learned), or the last shared herd's.
+func (e *env) fleetKey(strategy string) string {
+	key := "relink:bench:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+	switch {
+	case strategy == "shared":
+		e.lastKey = key
+	case keeps(strategy) && e.lastKey != "":
+		key = e.lastKey
+	}
+	return key
+}
+
+// redisCtl is the redis-server this command started, in the workers'
+// namespace (nil: the host's).
+type redisCtl struct {
+	s  *redistest.Server
+	ns *netns.Namespace
+}
+
+func startRedis(ns *netns.Namespace) (*redisCtl, error) {
+	dir, err := os.MkdirTemp("", "relink-fleet-")
+	if err != nil {
+		return nil, err
+	}
+	r := &redisCtl{ns: ns}
+	// A process forked from a thread in ns runs in ns.
+	err = r.in(func() error {
+		var err error
+		r.s, err = redistest.Launch(dir)
+		return err
+	})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return r, nil
+}
+
+// in runs fn in the namespace.
+func (r *redisCtl) in(fn func() error) error {
+	if r.ns == nil {
+		return fn()
+	}
+	return r.ns.Do(fn)
+}
+
+func (r *redisCtl) kill() { r.s.Kill() }
+
+// restart starts it again, empty.
+func (r *redisCtl) restart() error { return r.in(r.s.Restart) }
+
+func (r *redisCtl) close() {
+	r.s.Kill()
+	os.RemoveAll(r.s.Dir())
+}
+
+// peak is the most arrivals in any window (sliding), at sorted.
+func peak(at []time.Time, window time.Duration) int {
+	most, j := 0, 0
+	for i := range at {
+		for at[i].Sub(at[j]) >= window {
+			j++
+		}
+		most = max(most, i-j+1)
+	}
+	return most
+}
+
+func sortTimes(at []time.Time) {
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+}
+
+// median of xs (0 when empty).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	sort.Float64s(xs)
+	m := len(xs) / 2
+	if len(xs)%2 == 1 {
+		return xs[m]
+	}
+	return (xs[m-1] + xs[m]) / 2
+}
