@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -63,4 +65,22 @@ func TestRunnerTLSConfigError(t *testing.T) {
 			t.Errorf("state %v after %d REGISTERs in 150 s, want Failed and a slow retry", s, n.Load())
 		}
 	})
+}
+
+// TestTLSHandshakeTimeoutNotConfig: a handshake that ran out of time (a
+// bounded connection attempt, a path lost mid-handshake) is the path's
+// failure, not a configuration error.
+func TestTLSHandshakeTimeoutNotConfig(t *testing.T) {
+	t.Parallel()
+	for _, err := range []error{
+		fmt.Errorf("TLS handshake error: %w", context.DeadlineExceeded),
+		fmt.Errorf("TLS handshake error: %w", &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}),
+	} {
+		if tlsConfigError(err) {
+			t.Errorf("%v: a configuration error, want a path failure", err)
+		}
+	}
+	if !tlsConfigError(fmt.Errorf("x: %w", ErrTLSConfig)) {
+		t.Error("ErrTLSConfig itself is not a configuration error")
+	}
 }

@@ -1,9 +1,11 @@
 package sip
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"net"
 	"strings"
 )
 
@@ -17,9 +19,19 @@ var ErrTLSConfig = errors.New("sip: TLS handshake failed")
 // the TCP connect: a certificate crypto/tls refused, a TLS alert or a
 // non-TLS answer, or (sipgo v1.7.3 wraps every handshake failure in "TLS
 // handshake error: %w", its only mark for an EOF from a plain TCP port)
-// any error sipgo reports as such.
+// any error sipgo reports as such, or relink's own ErrTLSConfig. A
+// handshake that timed out (a path lost during it, a bounded connection
+// attempt) is not: the path is the suspect, not the configuration.
 func tlsConfigError(err error) bool {
 	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrTLSConfig) {
+		return true
+	}
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		(errors.As(err, &ne) && ne.Timeout()) {
 		return false
 	}
 	var (
