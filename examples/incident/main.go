@@ -17,8 +17,18 @@
 //
 // Timeline: everyone registers (the registrars grant 24 s bindings); the
 // path goes silent — no FIN, no RST — for the outage (25 s), long enough
-// for the bindings to expire at the registrars; the far end forgets the
-// connections it had; the path comes back. With the defaults, relink's
+// for the bindings to expire at the registrars; the path comes back, the
+// far end treating the connections it had as -farend says:
+//
+//   - rst (default): it restarted or failed over, lost them, and answers
+//     the next segment on each with an RST;
+//   - blackhole: they stay in a black hole (a firewall or NAT that lost
+//     their state): nothing answers, the client's kernel would give up
+//     after tcp_retries2 (~15.5 min), emulated without root by a proxy that
+//     reads and drops;
+//   - hung: its application hangs on them with TCP alive.
+//
+// New connections are served in every mode. With the defaults, relink's
 // trunks notice the silence (within its 15 s bound) before any of them
 // refreshes, so no REGISTER is in flight when the flow is declared dead; a
 // grant of 15 s (-grant 15s) makes the refreshes fall inside the silent
@@ -29,6 +39,21 @@
 // cannot go faster), REGISTERs per trunk, 503s, and the trunks still stuck
 // at the end: the ones that would need a manual restart.
 //
+// Each population is watched until its own timers have fired: the naive
+// gateway's REGISTER sent into the silence waits for sipgo's Timer F (32 s)
+// before it fails and is retried, so the run goes on until relink is back
+// and every naive trunk has recovered or failed and retried, then until
+// the naive population is back or has had 1.5 × N/C more (-after bounds
+// it). The closing table says where the naive gateway ends with the far
+// end chosen, and why.
+//
+// With -procs P the relink population runs in P operating-system processes
+// (this program re-executed as workers), each a sip.Fleet with its share of
+// the trunks, whose gates keep one state on Redis (backoff/fleetgate): one
+// pace, one Retry-After, one scout for the P processes. Redis is an
+// embedded Redis-compatible server (miniredis) unless -redis ADDR names
+// one; the table adds a row per process.
+//
 // With -registrar URI -user PREFIX -pass P, the relink population runs
 // against a real registrar over TCP (through the freeze proxy; trunk i
 // registers as PREFIX<i>); the naive one stays embedded.
@@ -36,8 +61,9 @@
 // Flags: -trunks N (1000), -capacity C (100), -outage (25s), -grant (24s,
 // the longest binding the embedded registrars grant), -keepalive (relink's
 // TrunkConfig.KeepAlive; 0 keeps its 10 s default, so the detection bound is
-// 15 s), -after (how long to watch after the restore; 0: 2.5 × N/C within
-// 5–25 s, ending early once relink is back), -json (the closing table as
+// 15 s), -after (the longest watch after the restore; 0: Timer F + 2.5 ×
+// N/C within 5–25 s, ending early as above), -farend, -procs, -redis, -json
+// (the closing table as
 // one JSON object on stdout, the timeline on stderr), -plot FILE.svg (a
 // chart of the timeline), -v (every relink state change on stderr), and
 // -registrar, -user, -pass.
@@ -65,7 +91,12 @@ func main() {
 	slog.SetDefault(slog.New(slog.DiscardHandler))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	err := mainErr(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	var err error
+	if os.Getenv(workerEnv) == "1" {
+		err = workerMain(ctx, os.Args[1:], os.Stdin, os.Stdout)
+	} else {
+		err = mainErr(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	}
 	stop()
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
@@ -87,7 +118,10 @@ func mainErr(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.DurationVar(&cfg.Outage, "outage", 25*time.Second, "how long the path stays silent")
 	fs.DurationVar(&cfg.KeepAlive, "keepalive", 0, "relink's TrunkConfig.KeepAlive (0: its default, 10 s; detection bound = keepalive + 5 s)")
 	fs.DurationVar(&cfg.Grant, "grant", 24*time.Second, "longest binding the embedded registrars grant (shorter than the outage, so bindings expire during it)")
-	fs.DurationVar(&cfg.After, "after", 0, "how long to watch after the restore (0: 2.5 × N/C, within 5–25 s; the run stops earlier once relink is back)")
+	fs.DurationVar(&cfg.After, "after", 0, "the longest watch after the restore (0: sipgo's Timer F + 2.5 × N/C within 5–25 s; it stops earlier once relink is back and every naive trunk has acted)")
+	fs.StringVar(&cfg.FarEnd, "farend", farRST, "what the far end does with the old connections at the restore: "+farEndNames())
+	fs.IntVar(&cfg.Procs, "procs", 0, "run the relink population in this many processes sharing one gate state on Redis (0: in this process)")
+	fs.StringVar(&cfg.Redis, "redis", "", "with -procs: host:port of the Redis to share (default: an embedded Redis-compatible server)")
 	verbose := fs.Bool("v", false, "print every state change of the relink trunks to stderr")
 	asJSON := fs.Bool("json", false, "print the closing table as one JSON object (the timeline goes to stderr)")
 	plot := fs.String("plot", "", "write an SVG chart of the timeline to this file")
@@ -103,6 +137,12 @@ func mainErr(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if cfg.Registrar != "" && cfg.User == "" {
 		return fmt.Errorf("%w: -registrar needs -user", errUsage)
+	}
+	if _, ok := farEnds[cfg.FarEnd]; !ok {
+		return fmt.Errorf("%w: -farend %q: want %s", errUsage, cfg.FarEnd, farEndNames())
+	}
+	if cfg.Procs < 0 || cfg.Procs > cfg.Trunks || (cfg.Redis != "" && cfg.Procs == 0) {
+		return fmt.Errorf("%w: -procs must be within 0–trunks, and -redis needs -procs", errUsage)
 	}
 	cfg.Live = stdout
 	if *verbose {

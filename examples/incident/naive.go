@@ -31,8 +31,19 @@ type naiveFleet struct {
 type naiveTrunk struct {
 	user     string
 	believes atomic.Bool // the gateway thinks it is registered
+	failed   atomic.Bool // a REGISTER failed after the freeze
 	reg      *testkit.Registerer
 	rec      trunkRec
+}
+
+// acted reports whether t's own timers have had their say since the freeze:
+// it registered again after the restore, or a REGISTER failed and it sent
+// another.
+func (t *naiveTrunk) acted() bool {
+	if t.rec.recover.Load() != 0 && t.believes.Load() {
+		return true
+	}
+	return t.failed.Load() && t.rec.tx()-t.rec.txFreeze >= 2
 }
 
 func newNaiveFleet(n int, hostPort, domain, password string, m *marks) (*naiveFleet, error) {
@@ -85,6 +96,17 @@ func (f *naiveFleet) stop() {
 	f.ua.Close()
 }
 
+// acted reports whether every trunk has acted since the freeze (see
+// naiveTrunk.acted).
+func (f *naiveFleet) acted() bool {
+	for _, t := range f.trunks {
+		if !t.acted() {
+			return false
+		}
+	}
+	return true
+}
+
 // believed counts the trunks that think they are registered.
 func (f *naiveFleet) believed() int {
 	n := 0
@@ -110,6 +132,9 @@ func (f *naiveFleet) run(ctx context.Context, t *naiveTrunk) {
 			// Any failure: try again at once.
 			if t.believes.Swap(false) {
 				t.rec.lost(now, f.marks)
+			}
+			if fr := f.marks.freeze.Load(); fr != 0 && now.UnixNano() >= fr {
+				t.failed.Store(true)
 			}
 			last := fmt.Sprintf("failed at %+.1f s (%v)", now.Sub(f.marks.start).Seconds(), err)
 			t.rec.last.Store(&last)

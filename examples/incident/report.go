@@ -12,7 +12,9 @@ import (
 // it under "relink" and "naive". Times are seconds; null means "never"
 // (nothing detected, or not every trunk recovered, or no bound).
 type popSummary struct {
-	Trunks int `json:"trunks"`
+	// Proc numbers a process of -procs (processes[]); absent otherwise.
+	Proc   *int `json:"proc,omitempty"`
+	Trunks int  `json:"trunks"`
 	// Recovered counts the trunks registered again after the restore and
 	// still registered at the end (a live binding at the embedded
 	// registrar; the trunk's own view with a real one).
@@ -41,19 +43,32 @@ type popSummary struct {
 	LiveAtEnd int `json:"live_at_end"`
 	// StuckSample describes a few stuck trunks: their last state change.
 	StuckSample []string `json:"stuck_sample,omitempty"`
+	// Ends says, for the naive population, where it ends with this far
+	// end and why (its own timers, the kernel's), and what it did here.
+	Ends string `json:"ends,omitempty"`
 }
 
 // summary is the closing table.
 type summary struct {
-	Trunks    int        `json:"trunks"`
-	Capacity  float64    `json:"capacity"`
-	LimitS    float64    `json:"limit_s"` // N/C
-	OutageS   float64    `json:"outage_s"`
-	GrantS    float64    `json:"grant_s"`
-	KeepAlive string     `json:"keepalive_note,omitempty"`
-	Registrar string     `json:"registrar,omitempty"`
-	Relink    popSummary `json:"relink"`
-	Naive     popSummary `json:"naive"`
+	Trunks    int     `json:"trunks"`
+	Capacity  float64 `json:"capacity"`
+	LimitS    float64 `json:"limit_s"` // N/C
+	OutageS   float64 `json:"outage_s"`
+	GrantS    float64 `json:"grant_s"`
+	KeepAlive string  `json:"keepalive_note,omitempty"`
+	Registrar string  `json:"registrar,omitempty"`
+	// FarEnd is the far end's mode (-farend: rst, blackhole, hung) and
+	// FarEndNote what it does with the old connections.
+	FarEnd     string `json:"farend"`
+	FarEndNote string `json:"farend_note"`
+	// Procs is the number of relink processes (-procs; absent: one, this
+	// one), Redis where their shared gate state lives, and Processes the
+	// figures of each (rejected: the 503s its gate saw).
+	Procs     int          `json:"procs,omitempty"`
+	Redis     string       `json:"redis,omitempty"`
+	Processes []popSummary `json:"processes,omitempty"`
+	Relink    popSummary   `json:"relink"`
+	Naive     popSummary   `json:"naive"`
 }
 
 func summarize(recs []*trunkRec, registeredAtEnd []bool, m *marks, rejected uint64,
@@ -139,8 +154,12 @@ func printTable(w io.Writer, o *outcome) {
 	limit := s.LimitS
 	fmt.Fprintf(w, "\nclosing table — N = %d per population, C = %.0f REGISTER/s, N/C = %.1f s, outage %.0f s, grant %.0f s\n",
 		s.Trunks, s.Capacity, limit, s.OutageS, s.GrantS)
+	fmt.Fprintf(w, "far end: %s\n", s.FarEndNote)
 	if s.Registrar != "" {
 		fmt.Fprintf(w, "relink against the real registrar %s (its capacity unknown here; 503s counted by the client)\n", s.Registrar)
+	}
+	if s.Procs > 0 {
+		fmt.Fprintf(w, "relink in %d processes sharing one gate state on %s\n", s.Procs, s.Redis)
 	}
 	row := func(name, a, b string) { fmt.Fprintf(w, "  %-34s %-22s %-22s\n", name, a, b) }
 	row("", "relink (sip.Fleet)", "naive (sipgo)")
@@ -159,7 +178,8 @@ func printTable(w io.Writer, o *outcome) {
 	for _, l := range r.StuckSample {
 		fmt.Fprintf(w, "  relink not registered: %s\n", l)
 	}
-	fmt.Fprintln(w)
+	printProcesses(w, s.Processes)
+	fmt.Fprintf(w, "\n  naive ends: %s\n\n", n.Ends)
 	goals := []struct {
 		ok   bool
 		text string
@@ -175,6 +195,19 @@ func printTable(w io.Writer, o *outcome) {
 			mark = "✓"
 		}
 		fmt.Fprintf(w, "  %s %s\n", mark, g.text)
+	}
+}
+
+// printProcesses writes one row per relink process.
+func printProcesses(w io.Writer, ps []popSummary) {
+	if len(ps) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n  %-8s %-10s %-9s %-15s %-24s %-12s %s\n", "process", "recovered", "detected", "detect p99", "restore → all registered", "REG/trunk", "503s (its gate)")
+	for _, p := range ps {
+		fmt.Fprintf(w, "  %-8d %-10s %-9s %-15s %-24s %-12.2f %d\n", *p.Proc,
+			fmt.Sprintf("%d/%d", p.Recovered, p.Trunks), fmt.Sprintf("%d/%d", p.Detected, p.Trunks),
+			secs(p.DetectP99S), withRatio(p), p.AttemptsPerTrunk, p.Rejected)
 	}
 }
 

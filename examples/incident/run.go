@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"strconv"
 	"sync"
@@ -27,7 +26,15 @@ type config struct {
 	Outage    time.Duration // how long the path stays silent
 	KeepAlive time.Duration // relink's TrunkConfig.KeepAlive; 0 keeps its default
 	Grant     time.Duration // longest binding the embedded registrars grant
-	After     time.Duration // how long to watch after the path returns; 0: auto
+	After     time.Duration // how long at most to watch after the path returns; 0: auto
+	// FarEnd is what the far end does with the old connections at the
+	// restore: rst (default), blackhole or hung (see farEnds).
+	FarEnd string
+	// Procs, when positive, runs the relink population in that many worker
+	// processes sharing one gate state on Redis: Redis at this address, or
+	// an embedded one when Redis is empty.
+	Procs int
+	Redis string
 	// Registrar, User and Pass, when Registrar is set, point the relink
 	// population at a real registrar (through the freeze proxy) instead of
 	// its embedded one.
@@ -62,7 +69,10 @@ func (c *config) defaults() {
 		c.Grant = 24 * time.Second
 	}
 	if c.After <= 0 {
-		c.After = min(max(5*c.limit()/2, 5*time.Second), 25*time.Second)
+		c.After = sipgoTimerF + min(max(5*c.limit()/2, 5*time.Second), 25*time.Second)
+	}
+	if c.FarEnd == "" {
+		c.FarEnd = farRST
 	}
 }
 
@@ -124,7 +134,7 @@ func (r *trunkRec) registered(at time.Time, m *marks) {
 	if rs == 0 || n < rs || (s != 0 && n >= s) {
 		return
 	}
-	if r.recover.CompareAndSwap(0, n) {
+	if r.recover.CompareAndSwap(0, n) && r.tx != nil {
 		r.txRecover.Store(r.tx())
 	}
 }
@@ -207,7 +217,9 @@ func run(ctx context.Context, cfg config) (*outcome, error) {
 	if err := in.setupNaive(); err != nil {
 		return nil, err
 	}
-	in.start(ctx)
+	if err := in.start(ctx); err != nil {
+		return nil, err
+	}
 	if err := in.warmUp(ctx); err != nil {
 		return nil, err
 	}
@@ -217,7 +229,7 @@ func run(ctx context.Context, cfg config) (*outcome, error) {
 	if err := in.restore(ctx); err != nil {
 		return nil, err
 	}
-	return in.report(), nil
+	return in.report()
 }
 
 // incident is one run: both populations, their registrars and proxies, the
@@ -229,17 +241,15 @@ type incident struct {
 	closers  []func() // run in reverse by close
 
 	// relink's side.
-	regR    *registrar.Registrar // nil with -registrar
-	cntR    counters
-	target  string // host:port the relink proxy forwards to
-	relUser func(i int) string
-	relHost string
-	relPass string
-	proxyR  *faultproxy.Proxy
-	fleet   *sip.Fleet
-	trunks  []*sip.Trunk
-	relRecs map[*sip.Trunk]*trunkRec
-	evMu    sync.Mutex
+	regR      *registrar.Registrar // nil with -registrar
+	cntR      counters
+	target    string // host:port the relink proxy forwards to
+	relUser   func(i int) string
+	relHost   string
+	relPass   string
+	proxyR    *faultproxy.Proxy
+	rel       relinkSide
+	relShadow []*trunkRec // by trunk: the registrar's first binding after the restore
 
 	// the naive gateway's side, always embedded.
 	regN   *registrar.Registrar
@@ -248,18 +258,18 @@ type incident struct {
 	naive  *naiveFleet
 
 	// running.
-	stopFleet, stopNaive context.CancelFunc
-	fleetDone            chan struct{} // closed when the Fleet's Run returned
-	stopped              bool
-	stopSampler          context.CancelFunc
-	samplerDone          chan struct{}
-	outMu                sync.Mutex
-	tlMu                 sync.Mutex
-	timeline             []tick
+	stopNaive   context.CancelFunc
+	stopped     bool
+	stopSampler context.CancelFunc
+	samplerDone chan struct{}
+	outMu       sync.Mutex
+	tlMu        sync.Mutex
+	timeline    []tick
 
 	// measured.
 	freeze, restored, end time.Time
-	rejAtFreeze           uint64 // relink's 503s before the freeze
+	actedAt               time.Time // every naive trunk acted (see naiveActed)
+	rejAtFreeze           uint64    // relink's 503s before the freeze
 	naiveRejAtFreeze      uint64
 }
 
@@ -307,18 +317,34 @@ func (in *incident) setupRelink() error {
 	}
 	in.proxyR = p
 	in.closers = append(in.closers, func() { p.Close() })
-	quiet := slog.New(slog.DiscardHandler)
-	ua, err := sip.NewUA(sip.UAConfig{
-		TransportLayerOptions:   []sipmsg.TransportLayerOption{sipmsg.WithTransportLayerLogger(quiet)},
-		TransactionLayerOptions: []sipmsg.TransactionLayerOption{sipmsg.WithTransactionLayerLogger(quiet)},
-	})
+	pc := popConfig{
+		Registrar: "sip:" + p.Addr() + ";transport=tcp",
+		Host:      in.relHost, Pass: in.relPass, KeepAlive: cfg.KeepAlive, Events: cfg.Events,
+	}
+	byAoR := make(map[string]*trunkRec, cfg.Trunks)
+	for i := range cfg.Trunks {
+		pc.Users = append(pc.Users, in.relUser(i))
+		r := &trunkRec{name: in.relUser(i)}
+		in.relShadow = append(in.relShadow, r)
+		byAoR[in.relUser(i)+"@"+in.relHost] = r
+	}
+	in.cntR.recs.Store(&byAoR)
+	if cfg.Procs > 0 {
+		ps, err := newProcsSide(pc, *cfg, in.m)
+		if err != nil {
+			return err
+		}
+		in.rel = ps
+		in.closers = append(in.closers, ps.close)
+		return nil
+	}
+	pop, err := newRelinkPop(pc, in.m)
 	if err != nil {
 		return err
 	}
-	in.closers = append(in.closers, func() { ua.Close() })
-	in.relRecs = make(map[*sip.Trunk]*trunkRec, cfg.Trunks)
-	in.fleet = sip.NewFleet(ua, sip.FleetConfig{OnStateChange: in.onStateChange}) // relink's defaults
-	return in.addTrunks()
+	in.rel = pop
+	in.closers = append(in.closers, pop.close)
+	return nil
 }
 
 // useExternal points relink's side at the real registrar of -registrar.
@@ -349,54 +375,6 @@ func (in *incident) useExternal() error {
 	return nil
 }
 
-// addTrunks adds N trunks to the Fleet and indexes their records by AoR.
-func (in *incident) addTrunks() error {
-	regURI := "sip:" + in.proxyR.Addr() + ";transport=tcp"
-	in.trunks = make([]*sip.Trunk, 0, in.cfg.Trunks)
-	byAoR := make(map[string]*trunkRec, in.cfg.Trunks)
-	for i := range in.cfg.Trunks {
-		t, err := in.fleet.Add(sip.TrunkConfig{
-			Registrars: []string{regURI},
-			AOR:        "sip:" + in.relUser(i) + "@" + in.relHost,
-			Password:   in.relPass,
-			KeepAlive:  in.cfg.KeepAlive,
-		})
-		if err != nil {
-			return err
-		}
-		in.relRecs[t] = &trunkRec{name: in.relUser(i), tx: t.Transactions}
-		byAoR[in.relUser(i)+"@"+in.relHost] = in.relRecs[t]
-		in.trunks = append(in.trunks, t)
-	}
-	in.cntR.recs.Store(&byAoR)
-	return nil
-}
-
-// onStateChange records a relink trunk's state change.
-func (in *incident) onStateChange(sc sip.TrunkStateChange) {
-	m := in.m
-	r := in.relRecs[sc.Trunk]
-	if r == nil || (m.stop.Load() != 0 && sc.At.UnixNano() >= m.stop.Load()) {
-		return
-	}
-	last := fmt.Sprintf("%s → %s at %+.1f s", sc.From, sc.To, float64(sc.At.UnixNano()-m.start.UnixNano())/1e9)
-	if sc.Err != nil {
-		last += " (" + sc.Err.Error() + ")"
-	}
-	r.last.Store(&last)
-	if in.cfg.Events != nil {
-		in.evMu.Lock()
-		fmt.Fprintf(in.cfg.Events, "%s: %s\n", r.name, last)
-		in.evMu.Unlock()
-	}
-	if sc.From == sip.Registered {
-		r.lost(sc.At, m)
-	}
-	if sc.To == sip.Registered {
-		r.registered(sc.At, m)
-	}
-}
-
 // setupNaive starts the naive gateway's side: an embedded registrar, the
 // freeze proxy in front of it, and N naive trunks.
 func (in *incident) setupNaive() error {
@@ -425,23 +403,21 @@ func (in *incident) setupNaive() error {
 }
 
 // start runs both populations, prints the header and starts the timeline.
-func (in *incident) start(ctx context.Context) {
-	fctx, stopFleet := context.WithCancel(ctx)
-	in.stopFleet, in.fleetDone = stopFleet, make(chan struct{})
-	go func() {
-		defer close(in.fleetDone)
-		_ = in.fleet.Run(fctx) // ends with fctx
-	}()
+func (in *incident) start(ctx context.Context) error {
+	if err := in.rel.start(ctx); err != nil {
+		return err
+	}
 	nctx, stopNaive := context.WithCancel(ctx)
 	in.stopNaive = stopNaive
 	in.naive.start(nctx)
 	in.printHeader()
 	in.startTimeline(ctx)
+	return nil
 }
 
 // shutdown ends the measurement and stops both populations, once.
 func (in *incident) shutdown() {
-	if in.stopped || in.stopFleet == nil {
+	if in.stopped || in.stopNaive == nil {
 		return
 	}
 	in.stopped = true
@@ -452,31 +428,8 @@ func (in *incident) shutdown() {
 		in.regR.SetCapacity(0)
 	}
 	in.regN.SetCapacity(0)
-	in.stopFleet()
-	<-in.fleetDone
+	in.rel.shutdown()
 	in.naive.stop()
-}
-
-// relinkTx counts the REGISTER transactions of every relink trunk.
-func (in *incident) relinkTx() uint64 {
-	var s uint64
-	for _, t := range in.trunks {
-		s += t.Transactions()
-	}
-	return s
-}
-
-// gateStats describes the relink registrar's gate: state and pace, and the
-// 503s it saw.
-func (in *incident) gateStats() (state string, overloaded uint64) {
-	for _, g := range in.fleet.GateStats() {
-		st := fmt.Sprintf("%s %.0f/s", g.State, g.Rate)
-		if g.Estimate > 0 {
-			st += fmt.Sprintf(" (est %.0f)", g.Estimate)
-		}
-		return st, g.Overloaded
-	}
-	return "-", 0
 }
 
 // relRegistered is the relink trunks registered: the registrar's AoRs, or
@@ -485,14 +438,14 @@ func (in *incident) relRegistered() int {
 	if in.regR != nil {
 		return in.regR.Stats().AoRs
 	}
-	return in.fleet.Stats().Registered
+	return in.rel.believed()
 }
 
 func (in *incident) relRejected() uint64 {
 	if in.regR != nil {
 		return in.cntR.rejected.Load()
 	}
-	_, o := in.gateStats()
+	_, o := in.rel.gate()
 	return o
 }
 
@@ -500,7 +453,7 @@ func (in *incident) relLoad() uint64 {
 	if in.regR != nil {
 		return in.cntR.registers.Load()
 	}
-	return in.relinkTx()
+	return in.rel.tx()
 }
 
 func (in *incident) printf(format string, a ...any) {
@@ -520,7 +473,11 @@ func (in *incident) printHeader() {
 	}
 	in.printf("          relink: sip.Fleet, default config%s (detection bound %v); naive: sipgo defaults, DoDigestAuth, retry at once\n",
 		keepaliveNote(cfg.KeepAlive), cfg.bound())
-	in.printf("          warm-up with unlimited capacity, then C applies; outage %v (no FIN, no RST), then the far end forgets the old connections\n\n", cfg.Outage)
+	in.printf("          warm-up with unlimited capacity, then C applies; outage %v (no FIN, no RST); far end -farend %s: %s\n", cfg.Outage, cfg.FarEnd, farEnds[cfg.FarEnd].restore)
+	if cfg.Procs > 0 {
+		in.printf("          relink in %d processes (-procs), one gate state on %s\n", cfg.Procs, redisNote(cfg.Redis))
+	}
+	in.printf("\n")
 	in.printf("columns: live = bindings the registrar holds (the truth); thinks = trunks that believe they are registered;\n")
 	in.printf("         REG/s = REGISTERs the registrar received in the second (%% of C); 503 = rejected; gate = relink's gate (state, pace)\n\n")
 	in.printf("%6s %-8s │ %-6s %6s %6s %-11s %4s %-25s │ %-6s %6s %6s %-11s %4s\n",
@@ -552,11 +509,11 @@ func (in *incident) startTimeline(ctx context.Context) {
 // previous tick.
 func (in *incident) sample(now time.Time, last *[4]uint64) {
 	cur := [4]uint64{in.relLoad(), in.relRejected(), in.cntN.registers.Load(), in.cntN.rejected.Load()}
-	gs, _ := in.gateStats()
+	gs, _ := in.rel.gate()
 	t := tick{
 		T:     now.Sub(in.m.start).Seconds(),
 		Phase: in.m.phase(now),
-		Relink: popTick{Registered: in.relRegistered(), Believed: in.fleet.Stats().Registered,
+		Relink: popTick{Registered: in.relRegistered(), Believed: in.rel.believed(),
 			Load: int(cur[0] - last[0]), Rejected: int(cur[1] - last[1]), Gate: gs},
 		Naive: popTick{Registered: in.regN.Stats().AoRs, Believed: in.naive.believed(),
 			Load: int(cur[2] - last[2]), Rejected: int(cur[3] - last[3])},
@@ -606,35 +563,35 @@ func (in *incident) warmUp(ctx context.Context) error {
 // fault silences both paths (no FIN, no RST) for the outage.
 func (in *incident) fault(ctx context.Context) error {
 	in.rejAtFreeze, in.naiveRejAtFreeze = in.relRejected(), in.cntN.rejected.Load()
-	for _, r := range in.relRecs {
-		r.txFreeze = r.tx()
-	}
 	for _, t := range in.naive.trunks {
 		t.rec.txFreeze = t.rec.tx()
 	}
 	in.freeze = time.Now()
 	in.m.freeze.Store(in.freeze.UnixNano())
+	in.rel.mark(markFreeze, in.freeze.UnixNano())
 	in.proxyR.Freeze()
 	in.proxyN.Freeze()
 	in.printf("%6.1fs FREEZE: both paths silent (no FIN, no RST) for %v\n", in.freeze.Sub(in.m.start).Seconds(), in.cfg.Outage)
 	return sleep(ctx, in.cfg.Outage)
 }
 
-// restore brings the paths back, the far end having forgotten the old
-// connections, and watches the recovery until After has passed; it stops
-// early once relink is back and the naive population is back too or has had
-// 1.5 × N/C.
+// restore brings the paths back, the far end treating the old connections
+// as its mode says (farEnds), and watches the recovery until every
+// population's own timers have fired: it stops once relink is back and
+// every naive trunk has acted (recovered, or seen its REGISTER fail and
+// sent another), and then once the naive population is back too or has had
+// 1.5 × N/C more; in any case at After.
 func (in *incident) restore(ctx context.Context) error {
 	in.restored = time.Now()
 	in.m.restore.Store(in.restored.UnixNano())
-	in.proxyR.Forget()
-	in.proxyN.Forget()
-	in.printf("%6.1fs RESTORE: paths back; the far end forgot the old connections\n", in.restored.Sub(in.m.start).Seconds())
+	in.rel.mark(markRestore, in.restored.UnixNano())
+	fe := farEnds[in.cfg.FarEnd]
+	fe.forget(in.proxyR)
+	fe.forget(in.proxyN)
+	in.printf("%6.1fs RESTORE: paths back; %s\n", in.restored.Sub(in.m.start).Seconds(), fe.restore)
 	deadline := in.restored.Add(in.cfg.After)
-	naiveChance := in.restored.Add(in.cfg.limit() * 3 / 2)
 	for time.Now().Before(deadline) {
-		if countRecovered(in.relRecs) == in.cfg.Trunks &&
-			(countNaive(in.naive) == in.cfg.Trunks || time.Now().After(naiveChance)) {
+		if in.watched() {
 			if err := sleep(ctx, 2*time.Second); err != nil {
 				return err
 			}
@@ -646,26 +603,47 @@ func (in *incident) restore(ctx context.Context) error {
 	}
 	in.end = time.Now()
 	in.m.stop.Store(in.end.UnixNano())
+	in.rel.mark(markStop, in.end.UnixNano())
 	return nil
+}
+
+// watched reports whether the watch can end: relink is back, every naive
+// trunk has acted, and the naive population is back or has had 1.5 × N/C
+// since.
+func (in *incident) watched() bool {
+	if in.rel.recovered() < in.cfg.Trunks {
+		return false
+	}
+	if in.actedAt.IsZero() {
+		if !in.naive.acted() {
+			return false
+		}
+		in.actedAt = time.Now()
+		in.printf("%6.1fs every naive trunk has acted (recovered, or failed and retried)\n", in.actedAt.Sub(in.m.start).Seconds())
+	}
+	return countNaive(in.naive) == in.cfg.Trunks || time.Since(in.actedAt) > in.cfg.limit()*3/2
 }
 
 // report snapshots the end state before anyone unregisters, stops
 // everything and sums the run up. A trunk is registered at the end if its
 // registrar holds a live binding for it — the truth, whatever the trunk
 // believes; against a real registrar, if the trunk says so.
-func (in *incident) report() *outcome {
+func (in *incident) report() (*outcome, error) {
 	cfg, m := &in.cfg, in.m
 	liveR, liveN := liveAoRs(in.regR), liveAoRs(in.regN)
-	relEnd := make([]bool, len(in.trunks))
-	relRec := make([]*trunkRec, len(in.trunks))
-	for i, t := range in.trunks {
+	snaps, procs, err := in.rel.end()
+	if err != nil {
+		return nil, err
+	}
+	relEnd := make([]bool, cfg.Trunks)
+	relRec := make([]*trunkRec, cfg.Trunks)
+	for i, sn := range snaps {
 		if liveR != nil {
 			relEnd[i] = liveR[in.relUser(i)+"@"+in.relHost]
 		} else {
-			relEnd[i] = t.State() == sip.Registered
+			relEnd[i] = sn.Registered
 		}
-		relRec[i] = in.relRecs[t]
-		relRec[i].txEnd = relRec[i].tx()
+		relRec[i] = sn.rec(in.relUser(i), in.relShadow[i])
 	}
 	naiveEnd := make([]bool, len(in.naive.trunks))
 	naiveRec := make([]*trunkRec, len(in.naive.trunks))
@@ -684,15 +662,23 @@ func (in *incident) report() *outcome {
 	in.shutdown()
 
 	bound := cfg.bound().Seconds()
+	fe := farEnds[cfg.FarEnd]
 	s := summary{
-		Trunks:    cfg.Trunks,
-		Capacity:  cfg.Capacity,
-		LimitS:    round3(cfg.limit().Seconds()),
-		OutageS:   round3(cfg.Outage.Seconds()),
-		GrantS:    round3(cfg.Grant.Seconds()),
-		KeepAlive: keepaliveNote(cfg.KeepAlive),
-		Relink:    summarize(relRec, relEnd, m, relRej, *cfg, &bound, relLive),
-		Naive:     summarize(naiveRec, naiveEnd, m, naiveRej, *cfg, nil, naiveLive),
+		Trunks:     cfg.Trunks,
+		Capacity:   cfg.Capacity,
+		LimitS:     round3(cfg.limit().Seconds()),
+		OutageS:    round3(cfg.Outage.Seconds()),
+		GrantS:     round3(cfg.Grant.Seconds()),
+		KeepAlive:  keepaliveNote(cfg.KeepAlive),
+		FarEnd:     cfg.FarEnd,
+		FarEndNote: fe.note,
+		Relink:     summarize(relRec, relEnd, m, relRej, *cfg, &bound, relLive),
+		Naive:      summarize(naiveRec, naiveEnd, m, naiveRej, *cfg, nil, naiveLive),
+	}
+	s.Naive.Ends = fe.naiveEnds(s.Naive)
+	if cfg.Procs > 0 {
+		s.Procs, s.Redis = cfg.Procs, redisNote(cfg.Redis)
+		s.Processes = perProcess(relRec, relEnd, procs, m, *cfg, bound)
 	}
 	if in.external {
 		s.Registrar = cfg.Registrar
@@ -705,8 +691,25 @@ func (in *incident) report() *outcome {
 		FreezeT:  in.freeze.Sub(m.start).Seconds(),
 		RestoreT: in.restored.Sub(m.start).Seconds(),
 		EndT:     in.end.Sub(m.start).Seconds(),
-	}
+	}, nil
 }
+
+// perProcess sums up each process's trunks (they are in process order:
+// procs[i].Trunks each).
+func perProcess(recs []*trunkRec, registered []bool, procs []procEnd, m *marks, cfg config, bound float64) []popSummary {
+	var out []popSummary
+	first := 0
+	for i, p := range procs {
+		last := min(first+p.Trunks, len(recs))
+		s := summarize(recs[first:last], registered[first:last], m, p.Rejected, cfg, &bound, -1)
+		s.Proc, s.StuckSample = ptrInt(i), nil
+		out = append(out, s)
+		first = last
+	}
+	return out
+}
+
+func ptrInt(i int) *int { return &i }
 
 // newRegistrar starts an embedded registrar that grants at most cfg.Grant
 // and has no capacity limit until the warm-up is over.
@@ -743,16 +746,6 @@ func liveAoRs(r *registrar.Registrar) map[string]bool {
 		}
 	}
 	return live
-}
-
-func countRecovered(recs map[*sip.Trunk]*trunkRec) int {
-	n := 0
-	for t, r := range recs {
-		if r.recover.Load() != 0 && t.State() == sip.Registered {
-			n++
-		}
-	}
-	return n
 }
 
 func countNaive(f *naiveFleet) int {
