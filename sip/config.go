@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
@@ -109,13 +110,18 @@ type TrunkConfig struct {
 	// (5 s); negative turns keepalive off for this trunk, as a negative
 	// KeepAlive does (a ping nobody waits for detects nothing).
 	KeepAliveTimeout time.Duration
-	// Qualify, when positive, sends an OPTIONS to the registrar at this
-	// interval while registered; no answer within RequestTimeout (or a
-	// transport error) counts as a dead flow. It is the only liveness check
-	// of a UDP registration. Zero means the default: DefaultQualify for a
-	// UDP registrar, off for TCP, TLS, WS and WSS ones (their flows are
-	// probed with CRLF, falling back to OPTIONS on a peer that never
-	// answers CRLF); negative: off.
+	// Qualify is the interval of the OPTIONS requests that check a
+	// registrar while the trunk is registered (and of an OptionsOnly
+	// trunk's whole liveness). An OPTIONS answered with anything proves the
+	// path; no answer within the qualify timeout (KeepAliveTimeout, 5 s by
+	// default, at most RequestTimeout: sipgo retransmits it over UDP
+	// meanwhile), or a transport error, counts as a dead flow. Zero means
+	// the default: DefaultQualify (30 s) for a UDP registrar and an
+	// OptionsOnly trunk, off for TCP, TLS, WS and WSS registrars (their
+	// flows are probed with CRLF). Negative: off (refused for an
+	// OptionsOnly trunk, which would then never learn anything). A silent
+	// UDP registrar is detected within Qualify + the qualify timeout: 35 s
+	// by default.
 	Qualify time.Duration
 
 	// RequestTimeout bounds each REGISTER (and OPTIONS) transaction. Zero
@@ -163,8 +169,6 @@ type TrunkConfig struct {
 	// never followed, and a redirect forgets the digest state.
 	RedirectCredentials bool
 
-	// OnStateChange, if set, is called after every state change, outside
-	// the trunk's locks, from the trunk's goroutine. It must not block.
 	// TLSConfig is the TLS client configuration for this trunk's sips:,
 	// transport=tls and wss registrars (a client certificate per carrier,
 	// its own roots). Nil means the UA's (UAConfig.TLSConfig), and when that
@@ -176,22 +180,42 @@ type TrunkConfig struct {
 	// OptionsOnly makes a trunk that never REGISTERs, for carriers that
 	// authenticate by IP: it keeps its registrar qualified with OPTIONS (at
 	// Qualify, DefaultQualify when zero) through the same gate and flows,
-	// with the same states (Registered while the registrar answers).
+	// with the same states: Registered while the registrar answers (any
+	// final response proves it alive), Backoff after a 503 (with
+	// Retry-After, the gate pauses for every trunk on the registrar) or no
+	// answer (the gate closes and scouts; the trunk moves on to its next
+	// registrar). Expires, Contact, Username and Password are unused; it
+	// has no Binding.
 	OptionsOnly bool
-	// RegID is the RFC 5626 reg-id sent with the first registrar's
-	// binding (the i-th registrar gets RegID+i). Zero means 1; negative
-	// turns RFC 5626 outbound off for this trunk (no +sip.instance, reg-id,
-	// Supported: outbound or ;ob).
+	// RegID is the RFC 5626 reg-id of the binding at the first registrar
+	// (the i-th registrar gets RegID+i; the targets an RFC 3263 lookup
+	// gives for one registrar share its reg-id). Zero means 1. Negative
+	// turns RFC 5626 outbound off for this trunk: no +sip.instance, reg-id,
+	// Supported: outbound or ;ob, and a Contact built from each
+	// connection's local address, which changes when the flow does. With
+	// outbound on (the default), a Contact built by relink is made once and
+	// kept for the trunk's life, across reconnects: see Binding.
 	RegID int
 	// OutboundProxy, if set, is the URI every REGISTER (and OPTIONS) of the
-	// trunk is sent through: a loose Route to it (RFC 3261 §8.1.2). Empty
-	// means none: requests go to the registrar.
+	// trunk is sent through, e.g. "sip:edge.example.com:5060;transport=tcp":
+	// a loose Route to it (RFC 3261 §8.1.2, ;lr added) on each request,
+	// which goes to the proxy's address over the proxy's transport; the
+	// Request-URI stays the registrar's. Empty means none: requests go to
+	// the registrar. The gate stays the registrar's.
 	OutboundProxy string
-	// Headers are added to every REGISTER and OPTIONS (User-Agent, X-...);
-	// headers relink sets itself (Via, From, To, Call-ID, CSeq, Contact,
-	// Expires, Authorization, Route) are refused by NewTrunk.
+	// Headers are added to every REGISTER and OPTIONS (User-Agent, X-...),
+	// in order. Headers relink sets itself are refused by NewTrunk: Via,
+	// From, To, Call-ID, CSeq, Contact, Expires, Max-Forwards,
+	// Authorization, Proxy-Authorization, Route, Supported, Content-Length
+	// and Content-Type (and their compact forms).
 	Headers []sipmsg.Header
+	// Resolver looks up a registrar given by name without a port (RFC
+	// 3263: SRV records for the URI's transport, then A/AAAA). Nil means
+	// net.DefaultResolver. See the package doc's "Registrars by name".
+	Resolver *net.Resolver
 
+	// OnStateChange, if set, is called after every state change, outside
+	// the trunk's locks, from the trunk's goroutine. It must not block.
 	OnStateChange func(TrunkStateChange)
 	// Logger receives state changes (Info) and per-request details
 	// (Debug). Passwords and Authorization headers are never logged. nil
@@ -242,7 +266,74 @@ func (r *resolved) resolveDurations() error {
 	r.UnregisterTimeout = orOff(r.UnregisterTimeout, DefaultUnregisterTimeout, 0)
 	r.SlowRetry = orOff(r.SlowRetry, DefaultSlowRetry, time.Second)
 	r.FailbackInterval = orOff(r.FailbackInterval, DefaultFailback, time.Second)
-	r.Qualify = max(r.Qualify, 0)
+	r.qualifyTO = r.kaTimeout
+	if r.qualifyTO <= 0 {
+		r.qualifyTO = DefaultKeepAliveTimeout
+	}
+	if r.RequestTimeout > 0 {
+		r.qualifyTO = min(r.qualifyTO, r.RequestTimeout)
+	}
+	if r.OptionsOnly && r.Qualify < 0 {
+		return configErr("an OptionsOnly trunk needs Qualify (zero: DefaultQualify), got %v", r.Qualify)
+	}
+	return nil
+}
+
+// qualifyFor is the OPTIONS interval at tg: Qualify, or its default
+// (DefaultQualify for UDP and OptionsOnly, off otherwise); 0 when off.
+func (r *resolved) qualifyFor(tg *target) time.Duration {
+	switch {
+	case r.Qualify > 0:
+		return r.Qualify
+	case r.Qualify < 0:
+		return 0
+	case r.OptionsOnly || tg.transport == "udp":
+		return DefaultQualify
+	}
+	return 0
+}
+
+// reserved are the headers relink sets itself, by lower-case name (compact
+// forms included): TrunkConfig.Headers may not carry them.
+var reserved = map[string]bool{
+	"via": true, "v": true, "from": true, "f": true, "to": true, "t": true,
+	"call-id": true, "i": true, "cseq": true, "contact": true, "m": true,
+	"expires": true, "max-forwards": true, "authorization": true,
+	"proxy-authorization": true, "route": true, "supported": true, "k": true,
+	"content-length": true, "l": true, "content-type": true, "c": true,
+}
+
+// resolveExtras checks and parses RegID, OutboundProxy and Headers.
+func (r *resolved) resolveExtras() error {
+	r.regID = -1
+	if r.RegID >= 0 && !r.OptionsOnly {
+		r.regID = max(r.RegID, 1)
+	}
+	if r.OutboundProxy != "" {
+		p, err := parseTarget(r.OutboundProxy)
+		if err != nil {
+			return configErr("OutboundProxy: %w", err)
+		}
+		if p.uri.UriParams == nil {
+			p.uri.UriParams = sipmsg.NewParams()
+		}
+		if !p.uri.UriParams.Has("lr") {
+			p.uri.UriParams.Add("lr", "")
+		}
+		r.proxy = &p
+	}
+	for _, h := range r.Headers {
+		if h == nil {
+			return configErr("a nil header in Headers")
+		}
+		name := strings.ToLower(strings.TrimSpace(h.Name()))
+		if name == "" || strings.ContainsAny(name, " :\r\n") || strings.ContainsAny(h.Value(), "\r\n") {
+			return configErr("header %q: not a header name and one-line value", h.Name())
+		}
+		if reserved[name] {
+			return configErr("header %q is set by relink", h.Name())
+		}
+	}
 	return nil
 }
 
@@ -263,6 +354,9 @@ type resolved struct {
 	targets   []target
 	keepAlive time.Duration // 0: off
 	kaTimeout time.Duration
+	qualifyTO time.Duration // the wait for an OPTIONS' answer
+	regID     int           // RFC 5626 reg-id of the first registrar; -1: outbound off
+	proxy     *target       // OutboundProxy, with ;lr
 }
 
 type target struct {
@@ -270,6 +364,7 @@ type target struct {
 	uri       sipmsg.Uri
 	transport string // lower case: udp, tcp, tls, ws, wss
 	key       string // transport + "/" + host:port, the gate key
+	dest      string // host:port to send to, from an RFC 3263 lookup; "": sipgo resolves uri
 }
 
 // redactURI drops the password of a "scheme:user:password@host..." URI
@@ -395,6 +490,9 @@ func (c *TrunkConfig) resolve() (*resolved, error) {
 		return nil, configErr("a Password needs a Username or an AOR with a user part")
 	}
 	if err := r.resolveDurations(); err != nil {
+		return nil, err
+	}
+	if err := r.resolveExtras(); err != nil {
 		return nil, err
 	}
 	if r.Backoff == nil {

@@ -93,6 +93,8 @@ type decision struct {
 	contact    *sipmsg.Uri       // registered: the Contact bound
 	retryAfter time.Duration     // pushedBack: the response's Retry-After
 	flowTimer  time.Duration     // registered: a Flow-Timer header, if any
+	path       []string          // registered: the 2xx's Path values
+	svcRoute   []string          // registered: the 2xx's Service-Route values
 	chal       *digest.Challenge // resendAuth: the challenge to answer
 	proxy      bool              // resendAuth: it came in a 407
 	redirect   *sipmsg.Uri       // resendRedirect: where to
@@ -204,6 +206,7 @@ func decideOK(x exchange, r reply) decision {
 		return finalDecision(backOff, fmt.Errorf("%w: 200 OK removed the binding", ErrBadResponse))
 	}
 	d.contact = r.contact
+	d.path, d.svcRoute = headerValues(r.resp, "Path"), headerValues(r.resp, "Service-Route")
 	return d
 }
 

@@ -248,6 +248,7 @@ func (r *runner) registered(ctx context.Context, tg *regTarget, res result) {
 		r.lost = false
 		t.inst.recoveries.Add(ctx, 1, tg.attrs.server)
 	}
+	t.publishBinding(tg, res.granted)
 	t.setState(ctx, Registered, tg, nil, res.granted)
 }
 
@@ -278,8 +279,9 @@ func (r *runner) newSchedule(tg *regTarget) schedule {
 	if r.cur != 0 && r.t.cfg.FailbackInterval > 0 {
 		s.failback = now.Add(r.t.cfg.FailbackInterval)
 	}
-	if r.t.cfg.Qualify > 0 {
-		s.qualify = now.Add(r.t.cfg.Qualify)
+	if q := r.t.cfg.qualifyFor(&tg.target); q > 0 && !r.t.cfg.OptionsOnly {
+		// An OptionsOnly trunk's refresh is its OPTIONS.
+		s.qualify = now.Add(q)
 	}
 	return s
 }
@@ -313,7 +315,7 @@ func (r *runner) keep(ctx context.Context) bool {
 		now := time.Now()
 		switch {
 		case !s.qualify.IsZero() && !now.Before(s.qualify):
-			s.qualify = now.Add(r.t.cfg.Qualify)
+			s.qualify = now.Add(r.t.cfg.qualifyFor(&tg.target))
 			if err := r.qualify(ctx, tg); err != nil {
 				return r.qualifyFailed(ctx, tg, err)
 			}
@@ -388,6 +390,7 @@ func (r *runner) failback(ctx context.Context) bool {
 	r.until = time.Now().Add(res.granted)
 	t.setCurrent(first)
 	r.bo.Reset()
+	t.publishBinding(first, res.granted)
 	t.setState(ctx, Registered, first, nil, res.granted)
 	return true
 }
@@ -440,11 +443,21 @@ func (r *runner) shutdown(ctx context.Context) {
 // registrar's gate. One span per attempt.
 func (r *runner) attempt(ctx context.Context, tg *regTarget) result {
 	t := r.t
-	ctx, span := t.inst.tracer.Start(ctx, "sip.register", trace.WithSpanKind(trace.SpanKindClient),
+	name := "sip.register"
+	if t.cfg.OptionsOnly {
+		name = "sip.options"
+	}
+	ctx, span := t.inst.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(tg.attrs.spanAttrs...))
 	// A refresh of a binding we hold waits ahead of recovering trunks, so
 	// that a herd's recovery does not make the survivors' bindings lapse.
-	res := r.exchange(ctx, tg, tg.expires, r.on >= 0 && r.on == r.cur)
+	refresh := r.on >= 0 && r.on == r.cur
+	var res result
+	if t.cfg.OptionsOnly {
+		res = r.ping(ctx, tg, refresh)
+	} else {
+		res = r.exchange(ctx, tg, tg.expires, refresh)
+	}
 	if res.err != nil && res.act != stopped {
 		span.RecordError(res.err)
 		span.SetStatus(codes.Error, res.err.Error())

@@ -49,13 +49,7 @@ func (r *runner) exchange(ctx context.Context, tg *regTarget, expires time.Durat
 		}
 		permit, err := r.admit(ctx, tg.gate, refresh)
 		if err != nil {
-			if ctx.Err() == nil && (errors.Is(err, ErrFlowDead) || errors.Is(err, ErrBindingExpired)) {
-				// The binding's flow died, or the binding ended, while the
-				// refresh waited: the trunk is not registered any more.
-				tg.redirect = nil
-				return result{act: unreachable, err: err}
-			}
-			return result{act: stopped, err: err}
+			return r.admitFailed(ctx, tg, err)
 		}
 		rep, f := r.send(ctx, tg, x.expires)
 		var d decision
@@ -98,6 +92,7 @@ func (r *runner) apply(ctx context.Context, tg *regTarget, x exchange, d decisio
 		}
 		tg.grant = d.granted
 		tg.bound = d.contact // nil: unregistered
+		tg.path, tg.svcRoute = d.path, d.svcRoute
 		tg.held = time.Time{}
 		if x.expires != 0 {
 			tg.held = time.Now().Add(d.granted)
@@ -195,7 +190,7 @@ func (r *runner) send(ctx context.Context, tg *regTarget, expires time.Duration)
 		tg.held = laterTime(tg.held, time.Now().Add(life))
 	}
 	var f *flow
-	rep.resp, f, rep.err = r.transact(ctx, tg, req, network, true)
+	rep.resp, f, rep.err = r.transact(ctx, tg, req, network, t.cfg.RequestTimeout)
 	if rep.resp != nil && rep.resp.StatusCode >= 300 {
 		tg.held = prev // refused: this REGISTER bound nothing
 	}
@@ -207,14 +202,15 @@ func (r *runner) send(ctx context.Context, tg *regTarget, expires time.Duration)
 }
 
 // transact sends one request and waits for its final response, at most
-// RequestTimeout (negative: sipgo's own timers only). With watch, the flow
-// the request went out on is watched (and returned, still subscribed: the
-// caller ends the watch) so that its death ends the wait at once.
-func (r *runner) transact(ctx context.Context, tg *regTarget, req *sipmsg.Request, network string, watch bool) (*sipmsg.Response, *flow, error) {
+// timeout (zero or negative: sipgo's own timers only). The flow the request
+// went out on is watched (and returned, still subscribed: the caller ends
+// the watch with endWatch) so that its death ends the wait at once: no
+// request waits on a connection nobody watches.
+func (r *runner) transact(ctx context.Context, tg *regTarget, req *sipmsg.Request, network string, timeout time.Duration) (*sipmsg.Response, *flow, error) {
 	t := r.t
 	tctx, cancel := ctx, context.CancelFunc(func() {})
-	if t.cfg.RequestTimeout > 0 {
-		tctx, cancel = context.WithTimeout(ctx, t.cfg.RequestTimeout)
+	if timeout > 0 {
+		tctx, cancel = context.WithTimeout(ctx, timeout)
 	}
 	defer cancel()
 	start := time.Now()
@@ -227,10 +223,7 @@ func (r *runner) transact(ctx context.Context, tg *regTarget, req *sipmsg.Reques
 		return nil, nil, t.txError(ctx, tctx, tg, err, isReg)
 	}
 	defer tx.Terminate()
-	var f *flow
-	if watch {
-		f = r.watch(tx.Connection(), network, tg)
-	}
+	f := r.watch(tx.Connection(), network, tg)
 	for {
 		if f != nil && r.pendErr != nil {
 			return nil, f, t.txError(ctx, tctx, tg, r.pendErr, isReg)
@@ -295,26 +288,13 @@ func (t *Trunk) txError(ctx, tctx context.Context, tg *regTarget, err error, isR
 	return err
 }
 
-// qualify sends an OPTIONS to tg and waits for any answer.
-func (r *runner) qualify(ctx context.Context, tg *regTarget) error {
-	ruri, network := tg.requestURI()
-	req := newOptions(ruri, r.t.mon.hostname, network)
-	_, _, err := r.transact(ctx, tg, req, network, false)
-	return err
-}
-
 // newRegister builds the next REGISTER to tg (CSeq counting up, same
 // Call-ID), with credentials if a challenge is kept, and returns the Contact
 // it registers and the transport it goes over.
 func (t *Trunk) newRegister(ctx context.Context, tg *regTarget, expires time.Duration) (*sipmsg.Request, *sipmsg.Uri, string, error) {
-	ruri, network := tg.requestURI()
+	ruri, network, dest := t.route(tg)
 	req := sipmsg.NewRequest(sipmsg.REGISTER, ruri)
-	upper := sipmsg.NetworkToUpper(network)
-	req.SetTransport(upper)
-	via := &sipmsg.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: upper,
-		Params: sipmsg.NewParams()}
-	via.Params.Add("branch", sipmsg.GenerateBranch())
-	req.AppendHeader(via)
+	t.addCommon(req, tg, network, dest)
 	from := &sipmsg.FromHeader{Address: t.cfg.aor, Params: sipmsg.NewParams()}
 	from.Params.Add("tag", tg.fromTag)
 	req.AppendHeader(from)
@@ -330,7 +310,7 @@ func (t *Trunk) newRegister(ctx context.Context, tg *regTarget, expires time.Dur
 	if err != nil {
 		return nil, nil, network, err
 	}
-	appendContacts(req, tg, contact, expires)
+	t.appendContacts(req, tg, contact, expires)
 	if expires >= 0 {
 		exp := sipmsg.ExpiresHeader(uint32(expires / time.Second))
 		req.AppendHeader(&exp)
@@ -338,23 +318,67 @@ func (t *Trunk) newRegister(ctx context.Context, tg *regTarget, expires time.Dur
 	if h := tg.auth.header("REGISTER", ruri.String(), t.cfg.username, t.cfg.Password); h != nil {
 		req.AppendHeader(h)
 	}
+	t.addExtra(req)
 	req.SetBody(nil)
 	return req, contact, network, nil
 }
 
-// appendContacts adds the Contact to register (expires=0 to unregister)
-// and, when the Contact changed, the old one with expires=0.
-func appendContacts(req *sipmsg.Request, tg *regTarget, contact *sipmsg.Uri, expires time.Duration) {
+// route returns where a request to tg goes: its Request-URI (the 3xx
+// target if any, else the registrar's URI), the transport, and the address
+// to send it to ("" lets sipgo resolve the Request-URI's host): the
+// outbound proxy's, else the address an RFC 3263 lookup gave tg.
+func (t *Trunk) route(tg *regTarget) (ruri sipmsg.Uri, network, dest string) {
+	ruri, network = tg.requestURI()
+	switch {
+	case t.cfg.proxy != nil:
+		p := t.cfg.proxy
+		return ruri, p.transport, strings.TrimPrefix(p.key, p.transport+"/")
+	case tg.redirect == nil:
+		dest = tg.dest
+	}
+	return ruri, network, dest
+}
+
+// addCommon adds the Via (and the Route to the outbound proxy) and sets the
+// transport and destination of a request to tg.
+func (t *Trunk) addCommon(req *sipmsg.Request, _ *regTarget, network, dest string) {
+	upper := sipmsg.NetworkToUpper(network)
+	req.SetTransport(upper)
+	if dest != "" {
+		req.SetDestination(dest)
+	}
+	via := &sipmsg.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: upper,
+		Params: sipmsg.NewParams()}
+	via.Params.Add("branch", sipmsg.GenerateBranch())
+	req.AppendHeader(via)
+	if p := t.cfg.proxy; p != nil {
+		req.AppendHeader(&sipmsg.RouteHeader{Address: p.uri})
+	}
+}
+
+// addExtra adds TrunkConfig.Headers (checked by NewTrunk).
+func (t *Trunk) addExtra(req *sipmsg.Request) {
+	for _, h := range t.cfg.Headers {
+		req.AppendHeader(sipmsg.NewHeader(h.Name(), h.Value()))
+	}
+}
+
+// appendContacts adds the Contact to register (expires=0 to unregister),
+// with RFC 5626's parameters, and, when the Contact changed, the old one
+// with expires=0.
+func (t *Trunk) appendContacts(req *sipmsg.Request, tg *regTarget, contact *sipmsg.Uri, expires time.Duration) {
 	ch := &sipmsg.ContactHeader{Address: *contact}
 	if expires == 0 {
 		ch.Params = sipmsg.NewParams()
 		ch.Params.Add("expires", "0")
 	}
+	t.addOutbound(req, ch, tg)
 	req.AppendHeader(ch)
 	if tg.bound != nil && !sameContact(tg.bound, contact) {
-		// A new connection means a new default Contact: remove the binding
-		// of the old one in the same request, rather than leave it to
-		// expire (the registrar would route calls to a dead flow).
+		// A new connection means a new default Contact (outbound off):
+		// remove the binding of the old one in the same request, rather
+		// than leave it to expire (the registrar would route calls to a
+		// dead flow).
 		old := &sipmsg.ContactHeader{Address: *tg.bound, Params: sipmsg.NewParams()}
 		old.Params.Add("expires", "0")
 		req.AppendHeader(old)
@@ -363,10 +387,37 @@ func appendContacts(req *sipmsg.Request, tg *regTarget, contact *sipmsg.Uri, exp
 
 // contactFor returns the Contact to register: the configured one, or one
 // built from the local address of the connection the request will use.
+// With RFC 5626 outbound, the Contact built first for a transport is kept
+// for the trunk's life, so that it stays the same across reconnects (the
+// registrar reaches the trunk through the flow, not through the Contact's
+// address), and carries ;ob.
 func (t *Trunk) contactFor(ctx context.Context, tg *regTarget, req *sipmsg.Request, network string) (*sipmsg.Uri, error) {
 	if t.cfg.contact != nil {
+		if t.outboundOn() {
+			return withOb(t.cfg.contact), nil
+		}
 		return t.cfg.contact, nil
 	}
+	if c := t.contacts[network]; c != nil && t.outboundOn() {
+		return c, nil
+	}
+	u, err := t.localContact(ctx, tg, req, network)
+	if err != nil {
+		return nil, err
+	}
+	if t.outboundOn() {
+		u = withOb(u)
+		if t.contacts == nil {
+			t.contacts = make(map[string]*sipmsg.Uri)
+		}
+		t.contacts[network] = u
+	}
+	return u, nil
+}
+
+// localContact builds "sip:USER@LOCALADDR;transport=T" from the local
+// address of the connection req will use.
+func (t *Trunk) localContact(ctx context.Context, tg *regTarget, req *sipmsg.Request, network string) (*sipmsg.Uri, error) {
 	tctx, cancel := ctx, context.CancelFunc(func() {})
 	if t.cfg.RequestTimeout > 0 {
 		tctx, cancel = context.WithTimeout(ctx, t.cfg.RequestTimeout)

@@ -42,6 +42,10 @@ type Trunk struct {
 
 	txCount atomic.Uint64 // REGISTER transactions sent
 
+	instance string                  // the UA's RFC 5626 +sip.instance
+	contacts map[string]*sipmsg.Uri  // by transport: the Contact kept (outbound); Run's goroutine only
+	binding  atomic.Pointer[Binding] // the binding held, nil if none
+
 	mu      sync.Mutex
 	current string // guarded by mu
 }
@@ -66,8 +70,11 @@ type regTarget struct {
 	// the grant, a refusal leaves the binding as it was, no answer extends
 	// it); an answered unregistration clears it (zero). Run's exit unregisters
 	// from every registrar whose held is still ahead.
-	held    time.Time
-	localIP net.IP // cached outbound address for UDP Contacts
+	held     time.Time
+	localIP  net.IP   // cached outbound address for UDP Contacts
+	index    int      // of the configured registrar it comes from: reg-id = RegID + index
+	path     []string // Path of the last 200 OK
+	svcRoute []string // Service-Route of the last 200 OK
 }
 
 // NewTrunk returns a Trunk that registers cfg.AOR on ua (see NewUA and
@@ -95,14 +102,15 @@ func newTrunk(ua *UA, cfg TrunkConfig, inst *instruments, gateFor func(key strin
 		request: func(ctx context.Context, req *sipmsg.Request) (clientTx, error) {
 			return txl.Request(ctx, req)
 		},
-		tp:     ua.ua.TransportLayer(),
-		mon:    ua.mon,
-		inst:   inst,
-		deaths: deathQueue{ready: make(chan struct{}, 1)},
+		tp:       ua.ua.TransportLayer(),
+		mon:      ua.mon,
+		inst:     inst,
+		deaths:   deathQueue{ready: make(chan struct{}, 1)},
+		instance: ua.InstanceID(),
 	}
 	t.log = rc.Logger.With(slog.String("aor", rc.aor.Addr()))
-	for _, tg := range rc.targets {
-		rt := &regTarget{target: tg, expires: rc.Expires,
+	for i, tg := range rc.targets {
+		rt := &regTarget{target: tg, expires: rc.Expires, index: i,
 			attrs:   newTargetAttrs(strings.TrimPrefix(tg.key, tg.transport+"/"), tg.transport),
 			callID:  rand.Text(),
 			fromTag: rand.Text()[:16],
@@ -146,6 +154,9 @@ func (t *Trunk) Registrar() string {
 func (t *Trunk) Transactions() uint64 { return t.txCount.Load() }
 
 func (t *Trunk) setState(ctx context.Context, to TrunkState, tg *regTarget, err error, expires time.Duration) {
+	if to != Registered {
+		t.binding.Store(nil) // before anyone waiting on the state wakes
+	}
 	// The counts (a Fleet's, the registrations-by-state instrument)
 	// change with the state, before anyone waiting on it wakes.
 	from, changed := t.box.Set(to, func(from, to TrunkState) {

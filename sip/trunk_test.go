@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	sipmsg "github.com/emiago/sipgo/sip"
+
 	"github.com/relinkgo/relink/internal/registrar"
 )
 
@@ -93,16 +95,23 @@ func TestValidation(t *testing.T) {
 		t.Errorf("nil UA: %v", err)
 	}
 	for name, mod := range map[string]func(*TrunkConfig){
-		"no registrar":      func(c *TrunkConfig) { c.Registrars = nil },
-		"bad registrar":     func(c *TrunkConfig) { c.Registrars = []string{"http://x"} },
-		"no host":           func(c *TrunkConfig) { c.Registrars = []string{"sip:"} },
-		"bad transport":     func(c *TrunkConfig) { c.Registrars = []string{"sip:x;transport=sctp"} },
-		"no AOR":            func(c *TrunkConfig) { c.AOR = "" },
-		"AOR not sip":       func(c *TrunkConfig) { c.AOR = "tel:+123" },
-		"huge expires":      func(c *TrunkConfig) { c.Expires = 48 * time.Hour },
-		"password no user":  func(c *TrunkConfig) { c.AOR = "sip:example.com"; c.Password = "x" },
-		"gate two regs":     func(c *TrunkConfig) { c.Registrars = append(c.Registrars, "sip:y"); c.Gate = sharedTestGate },
-		"contact with host": func(c *TrunkConfig) { c.Contact = "sip:" },
+		"no registrar":       func(c *TrunkConfig) { c.Registrars = nil },
+		"bad registrar":      func(c *TrunkConfig) { c.Registrars = []string{"http://x"} },
+		"no host":            func(c *TrunkConfig) { c.Registrars = []string{"sip:"} },
+		"bad transport":      func(c *TrunkConfig) { c.Registrars = []string{"sip:x;transport=sctp"} },
+		"no AOR":             func(c *TrunkConfig) { c.AOR = "" },
+		"AOR not sip":        func(c *TrunkConfig) { c.AOR = "tel:+123" },
+		"huge expires":       func(c *TrunkConfig) { c.Expires = 48 * time.Hour },
+		"password no user":   func(c *TrunkConfig) { c.AOR = "sip:example.com"; c.Password = "x" },
+		"gate two regs":      func(c *TrunkConfig) { c.Registrars = append(c.Registrars, "sip:y"); c.Gate = sharedTestGate },
+		"contact with host":  func(c *TrunkConfig) { c.Contact = "sip:" },
+		"header Via":         func(c *TrunkConfig) { c.Headers = []sipmsg.Header{sipmsg.NewHeader("via", "x")} },
+		"header compact":     func(c *TrunkConfig) { c.Headers = []sipmsg.Header{sipmsg.NewHeader("m", "x")} },
+		"header Route":       func(c *TrunkConfig) { c.Headers = []sipmsg.Header{sipmsg.NewHeader("Route", "<sip:x>")} },
+		"header CRLF":        func(c *TrunkConfig) { c.Headers = []sipmsg.Header{sipmsg.NewHeader("X-A", "a\r\nVia: x")} },
+		"header nil":         func(c *TrunkConfig) { c.Headers = []sipmsg.Header{nil} },
+		"proxy not sip":      func(c *TrunkConfig) { c.OutboundProxy = "http://proxy" },
+		"options no qualify": func(c *TrunkConfig) { c.OptionsOnly = true; c.Qualify = -1 },
 	} {
 		c := good
 		c.Registrars = append([]string(nil), good.Registrars...)
@@ -119,13 +128,14 @@ func TestNegativeIsOff(t *testing.T) {
 	t.Parallel()
 	c := TrunkConfig{Registrars: []string{"sip:127.0.0.1:5070;transport=tcp"}, AOR: "sip:a@b",
 		Expires: -1, KeepAliveTimeout: -1, RequestTimeout: -1, UnregisterTimeout: -1,
-		SlowRetry: -1, FailbackInterval: -1, Qualify: -1}
+		SlowRetry: -1, FailbackInterval: -1, Qualify: -1, RegID: -1}
 	r, err := c.resolve()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.Expires != askNone || r.keepAlive != 0 || r.RequestTimeout >= 0 ||
-		r.UnregisterTimeout >= 0 || r.SlowRetry >= 0 || r.FailbackInterval >= 0 || r.Qualify != 0 {
+		r.UnregisterTimeout >= 0 || r.SlowRetry >= 0 || r.FailbackInterval >= 0 ||
+		r.qualifyFor(&r.targets[0]) != 0 || r.regID >= 0 {
 		t.Errorf("resolved %+v", r)
 	}
 	z, err := (&TrunkConfig{Registrars: c.Registrars, AOR: c.AOR}).resolve()
@@ -133,7 +143,8 @@ func TestNegativeIsOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	if z.Expires != DefaultExpires || z.keepAlive != DefaultKeepAlive || z.RequestTimeout != DefaultRequestTimeout ||
-		z.UnregisterTimeout != DefaultUnregisterTimeout || z.SlowRetry != DefaultSlowRetry {
+		z.UnregisterTimeout != DefaultUnregisterTimeout || z.SlowRetry != DefaultSlowRetry ||
+		z.qualifyFor(&z.targets[0]) != 0 || z.regID != 1 {
 		t.Errorf("zero resolved %+v", z)
 	}
 }
