@@ -395,7 +395,11 @@ func (f *flow) probe() error {
 	if !f.ponged.Load() {
 		go f.m.options(f)
 	}
-	_, err := w.Write(crlfPing)
+	// A fresh copy each time: sipgo's WS transport masks the payload in
+	// place (gobwas/ws MaskFrameInPlace).
+	ping := make([]byte, len(crlfPing))
+	copy(ping, crlfPing)
+	_, err := w.Write(ping)
 	return err
 }
 
