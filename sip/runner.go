@@ -92,14 +92,22 @@ func (r *runner) absorb(ctx context.Context) {
 	}
 }
 
-// watch subscribes the runner to the flow of the connection a REGISTER
-// went out on (TCP/TLS), so that its death fails the transaction at once.
-func (r *runner) watch(c flowConn, network string, tg *regTarget) *flow {
+// watch subscribes the runner to the flow of the connection a request went
+// out on to remote (host:port), so that its death fails the transaction at
+// once: a TCP, TLS, WS or WSS flow (pinged unless this trunk's keepalive is
+// off), or a UDP one (its trunks' failed qualify kills it).
+func (r *runner) watch(c flowConn, network, remote string, tg *regTarget) *flow {
 	t := r.t
-	if t.cfg.keepAlive <= 0 || c == nil {
+	if c == nil {
 		return nil
 	}
-	f := t.mon.attach(c, network, t, t.pref(tg))
+	var f *flow
+	switch {
+	case network == "udp":
+		f = t.mon.attachUDP(c, remote, t)
+	case t.cfg.keepAlive > 0:
+		f = t.mon.attach(c, network, t, t.pref(tg))
+	}
 	if f == nil {
 		return nil
 	}

@@ -223,7 +223,7 @@ func (r *runner) transact(ctx context.Context, tg *regTarget, req *sipmsg.Reques
 		return nil, nil, t.txError(ctx, tctx, tg, err, isReg)
 	}
 	defer tx.Terminate()
-	f := r.watch(tx.Connection(), network, tg)
+	f := r.watch(tx.Connection(), network, req.Destination(), tg)
 	for {
 		if f != nil && r.pendErr != nil {
 			return nil, f, t.txError(ctx, tctx, tg, r.pendErr, isReg)
@@ -423,7 +423,7 @@ func (t *Trunk) localContact(ctx context.Context, tg *regTarget, req *sipmsg.Req
 		tctx, cancel = context.WithTimeout(ctx, t.cfg.RequestTimeout)
 	}
 	defer cancel()
-	c, err := t.tp.ClientRequestConnection(tctx, req)
+	c, err := t.mon.connect(tctx, req, t.cfg.TLSConfig)
 	if err != nil {
 		return nil, err
 	}

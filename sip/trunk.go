@@ -100,6 +100,14 @@ func newTrunk(ua *UA, cfg TrunkConfig, inst *instruments, gateFor func(key strin
 	t := &Trunk{
 		cfg: rc,
 		request: func(ctx context.Context, req *sipmsg.Request) (clientTx, error) {
+			// The connection first, through relink: each connect attempt
+			// bounded by UAConfig.ConnectTimeout and the trunk's TLSConfig
+			// applied; sipgo then finds it in its pool.
+			c, err := ua.mon.connect(ctx, req, rc.TLSConfig)
+			if err != nil {
+				return nil, err
+			}
+			c.TryClose() // connect took a reference
 			return txl.Request(ctx, req)
 		},
 		tp:       ua.ua.TransportLayer(),
