@@ -46,7 +46,11 @@ func sipHerd(e *env, strategy string) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	r := tally(o, strategy, at, outs, s.arrivals(at))
+	arrivals := s.arrivals(at)
+	if os.Getenv("RELINK_FLEET_DEBUG") != "" {
+		fmt.Fprintln(os.Stderr, "REGISTERs per 100 ms from the restore:", histogram(arrivals, at, 100*time.Millisecond))
+	}
+	r := tally(o, strategy, at, outs, arrivals)
 	r.Registrar = s.kind()
 	r.HoleS = o.hole.Seconds()
 	r.RejectedFrac = float64(shed1-shed0) / float64(o.procs*o.trunks)
@@ -132,4 +136,17 @@ func laterOf(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// histogram counts at (sorted) per interval from start.
+func histogram(at []time.Time, start time.Time, every time.Duration) []int {
+	var h []int
+	for _, t := range at {
+		i := int(t.Sub(start) / every)
+		for len(h) <= i {
+			h = append(h, 0)
+		}
+		h[i]++
+	}
+	return h
 }
