@@ -77,8 +77,11 @@ func main() {
 	flag.DurationVar(&o.timeout, "probe-timeout", time.Second, "wait for an answer to a probe before declaring the peer dead")
 	flag.DurationVar(&o.duration, "duration", 0, "stop after this long; 0 runs until interrupted (12s with the built-in server)")
 	flag.Parse()
-	if err := run(o); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "link:", err)
+		stop()
 		os.Exit(1)
 	}
 }
@@ -96,9 +99,7 @@ func logf(format string, args ...any) {
 
 // run reads as the demonstration's phases: the server (built-in, on its
 // schedule, or yours), the gate, the link, until the duration ends.
-func run(o options) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+func run(ctx context.Context, o options) error {
 	builtin := o.addr == ""
 	if builtin && o.duration == 0 {
 		o.duration = 12 * time.Second
@@ -116,10 +117,12 @@ func run(o options) error {
 		}
 		o.addr, tlsConfig.RootCAs = srv.addr, srv.roots()
 		logf("server: TLS login server on %s (self-signed certificate), refusing logins for 1s", o.addr)
+		sctx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup
 		defer wg.Wait()
+		defer cancel() // the schedule ends with run
 		defer srv.closeAll(true)
-		wg.Go(func() { misbehave(ctx, srv) })
+		wg.Go(func() { misbehave(sctx, srv) })
 	} else if o.ca != "" {
 		pem, err := os.ReadFile(o.ca)
 		if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"regexp"
@@ -26,6 +27,24 @@ func capture(t *testing.T) *testkit.SyncBuffer {
 	return buf
 }
 
+// runWithin runs the demonstration with o and returns its error; it fails
+// the test if run has not returned within d (its ctx ends at d, and run has
+// one more second to return).
+func runWithin(t *testing.T, o options, d time.Duration) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, o) }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d + time.Second):
+		t.Fatalf("run has not returned %v after it was stopped", time.Second)
+		return nil
+	}
+}
+
 // The demonstration with no flags, end to end: it ends by itself, every
 // READY follows a welcomed login, a BUSY pauses the gate, the hung server is
 // noticed by the probe through TLS, and the restarted server is logged in to
@@ -36,7 +55,7 @@ func TestDemo(t *testing.T) {
 	}
 	buf := capture(t)
 	began := time.Now()
-	if err := run(options{user: "demo", password: password, interval: time.Second, timeout: time.Second}); err != nil {
+	if err := runWithin(t, options{user: "demo", password: password, interval: time.Second, timeout: time.Second}, 30*time.Second); err != nil {
 		t.Fatalf("run: %v\n%s", err, buf)
 	}
 	if took := time.Since(began); took > 15*time.Second {
@@ -98,7 +117,7 @@ func welcomedSince(lines []string) bool {
 func TestDenied(t *testing.T) {
 	buf := capture(t)
 	began := time.Now()
-	err := run(options{user: "demo", password: "wrong", interval: time.Second, timeout: time.Second})
+	err := runWithin(t, options{user: "demo", password: "wrong", interval: time.Second, timeout: time.Second}, 10*time.Second)
 	if !errors.Is(err, errDenied) || !backoff.IsPermanent(err) {
 		t.Fatalf("run = %v, want the permanent errDenied\n%s", err, buf)
 	}

@@ -28,10 +28,7 @@ func TestHerdSmall(t *testing.T) {
 		t.Run(fmt.Sprintf("%s/hint=%v", c.strategy, c.hint), func(t *testing.T) {
 			o := options{n: 200, capacity: 400, hint: c.hint, retryAfter: 200 * time.Millisecond,
 				timeout: 20 * time.Second}
-			r, err := herd(context.Background(), &o, c.strategy)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := herdWithin(t, &o, c.strategy, o.timeout+10*time.Second)
 			t.Logf("%+v", r)
 			refused := int(r.RefusedFrac*float64(r.Logins) + 0.5)
 			if r.Stuck != 0 || r.Logins-refused != o.n {
@@ -52,6 +49,31 @@ func TestHerdSmall(t *testing.T) {
 					r.GateSucceeded, r.GateOverloaded, o.n, refused)
 			}
 		})
+	}
+}
+
+// herdWithin runs herd and returns its Result; it fails the test if herd
+// has not returned within d or returned an error.
+func herdWithin(t *testing.T, o *options, strategy string, d time.Duration) Result {
+	t.Helper()
+	type outcome struct {
+		r   Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		r, err := herd(context.Background(), o, strategy)
+		done <- outcome{r, err}
+	}()
+	select {
+	case out := <-done:
+		if out.err != nil {
+			t.Fatal(out.err)
+		}
+		return out.r
+	case <-time.After(d):
+		t.Fatalf("herd has not returned after %v", d)
+		return Result{}
 	}
 }
 
