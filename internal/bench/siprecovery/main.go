@@ -16,12 +16,29 @@
 //   - relink: N sip.Trunks on one sip.Fleet with its default gate, which
 //     learns the rate the registrar accepts.
 //   - relink-rate: the same, the fleet's gate told C (GateConfig.Rate).
-//   - naive: a gateway without relink: sipgo's own UserAgent and Client with
-//     their defaults, REGISTER with digest (a fresh challenge every time), and
-//     on any failure (503 included, its Retry-After ignored, or a timeout) a
-//     new REGISTER at once. sipgo cannot see a silent flow, so it is told that
-//     its registrations are lost at the moment relink's bound says relink
-//     notices (cut + keepalive + timeout), to compare the recoveries alone.
+//
+// Baselines, what a user would run instead of relink (sipgo's own UserAgent
+// and Client with their defaults, REGISTER with digest, a fresh challenge
+// every time). None of them can see a silent flow, so each is told that its
+// registrations are lost at the moment relink's bound says relink notices
+// (cut + keepalive + timeout), to compare the recoveries alone; each is then
+// watched at least as long as its own retry timers need (-baseline-cap):
+//   - diago: diago v0.42.1's (*Diago).Register loop (refresh at 0.75 ×
+//     Expires; after a timeout or transport error, again after
+//     int(0.75 × (Retry-After or 5 s)) s; a 401/407/501–599, so a 503, ends
+//     Register, and the application calls it again after -diago-restart).
+//     Reimplemented in baselines.go, citing diago's files and functions.
+//   - pjsip-like: Asterisk's res_pjsip_outbound_registration defaults
+//     (retry_interval 60 s, max_retries 10, Retry-After honoured per trunk)
+//     with pjsua's random spread (reg_retry_random_interval, 10 s); flags
+//     -pjsip-retry and -pjsip-spread.
+//   - baresip: baresip 1.0 (Debian baresip-core) as a real client, one
+//     process with the N trunks as accounts, its own config directory made
+//     by the bench, in the client namespace; told of the loss through its
+//     control socket (uareg). See baresip.go.
+//   - naive-worst-case ("naive" is accepted too): on any failure (503
+//     included, its Retry-After ignored, or a timeout) a new REGISTER at
+//     once. No real stack does this: it is the worst case, kept as such.
 //
 // Path methods: "netns" (root, Linux, ip and nft installed): Kamailio runs in
 // one network namespace and the trunks in another, and internal/netns drops
@@ -60,6 +77,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -67,9 +85,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/emiago/sipgo"
-	sipmsg "github.com/emiago/sipgo/sip"
 
 	"github.com/relinkgo/relink/backoff"
 	"github.com/relinkgo/relink/internal/ctxtime"
@@ -109,6 +124,12 @@ type Result struct {
 	// the REGISTERs it had admitted that were still in flight.
 	GateAtRestore     string `json:"gate_at_restore,omitempty"`
 	InFlightAtRestore int    `json:"in_flight_at_restore"`
+	// Baselines: what the row models, how long it was watched after the
+	// restore, and how often the stack gave a registration up (diago's
+	// Register returned, Asterisk's max_retries, baresip's account failed).
+	Model  string  `json:"model,omitempty"`
+	CapS   float64 `json:"cap_s"`
+	GaveUp int     `json:"gave_up"`
 }
 
 // options are the command's flags.
@@ -121,9 +142,15 @@ type options struct {
 	hole       time.Duration // 0: bound + 2 s
 	reqTimeout time.Duration // sip.TrunkConfig.RequestTimeout; 0: sip's default
 	capAfter   time.Duration
-	method     string
-	strategies []string
-	trace      time.Duration // timeline interval; 0: none
+	// Baselines.
+	baselineCap  time.Duration // 0: the baseline's own horizon (at least capAfter)
+	diagoRestart time.Duration
+	pjsipRetry   time.Duration
+	pjsipSpread  time.Duration
+	baresip      string
+	method       string
+	strategies   []string
+	trace        time.Duration // timeline interval; 0: none
 }
 
 func (o *options) bound() time.Duration { return o.keepAlive + o.timeout }
@@ -146,7 +173,12 @@ func main() {
 	flag.DurationVar(&o.reqTimeout, "request-timeout", 0, "sip.TrunkConfig.RequestTimeout of relink's trunks (0: sip.DefaultRequestTimeout, 32 s)")
 	flag.DurationVar(&o.capAfter, "cap", 60*time.Second, "give up on a strategy this long after the restore")
 	flag.StringVar(&o.method, "method", "auto", "auto, netns (network namespaces + nft DROP; root) or proxy (freeze proxy)")
-	only := flag.String("strategies", "relink,relink-rate,naive", "comma-separated strategies to run, in order")
+	flag.DurationVar(&o.baselineCap, "baseline-cap", 0, "give up on a baseline this long after the restore (0: -cap, or longer when its own retry timers need it)")
+	flag.DurationVar(&o.diagoRestart, "diago-restart", 5*time.Second, "diago: the application calls Register again this long after it returned")
+	flag.DurationVar(&o.pjsipRetry, "pjsip-retry", 60*time.Second, "pjsip-like: retry interval without Retry-After (Asterisk retry_interval)")
+	flag.DurationVar(&o.pjsipSpread, "pjsip-spread", 10*time.Second, "pjsip-like: random spread added to each retry (pjsua reg_retry_random_interval)")
+	flag.StringVar(&o.baresip, "baresip", "baresip", "baresip: the baresip executable")
+	only := flag.String("strategies", strings.Join(allStrategies, ","), "comma-separated strategies to run, in order")
 	asJSON := flag.Bool("json", false, "print one JSON object per strategy and line")
 	flag.DurationVar(&o.trace, "trace", 0, "print a timeline of each recovery at this interval (e.g. 500ms; 0: none)")
 	verbose := flag.Bool("v", false, "show sipgo's and Kamailio harness warnings")
@@ -234,11 +266,13 @@ func (o *options) validate() error {
 	if len(o.strategies) == 0 {
 		return errors.New("no strategy")
 	}
-	for _, s := range o.strategies {
-		switch s {
-		case "relink", "relink-rate", "naive":
-		default:
-			return fmt.Errorf("unknown strategy %q (want relink, relink-rate, naive)", s)
+	for i, s := range o.strategies {
+		if s == "naive" {
+			o.strategies[i] = naiveWorst
+			continue
+		}
+		if !slices.Contains(allStrategies, s) {
+			return fmt.Errorf("%w %q (want %s)", errUnknownStrategy, s, strings.Join(allStrategies, ", "))
 		}
 	}
 	return nil
@@ -481,7 +515,7 @@ func run(ctx context.Context, o *options, e *env, logf func(string, ...any), rep
 		}
 		rows = append(rows, r)
 		report(r)
-		if r.Stuck > 0 && s != "naive" {
+		if r.Stuck > 0 && isRelink(s) {
 			status = 1
 		}
 	}
@@ -509,7 +543,7 @@ func printHeader(o *options, e *env, logf func(string, ...any)) {
 
 // printTable prints every strategy's figures and the goals' verdicts.
 func printTable(rows []Result, logf func(string, ...any)) {
-	logf("\n%-12s %9s %9s %7s %8s %10s %10s %6s %9s %7s\n",
+	logf("\n%-16s %9s %9s %7s %8s %10s %10s %6s %9s %7s\n",
 		"strategy", "recovered", "time (s)", "× N/C", "503s/N", "REG/trunk", "srv REG/N", "stuck", "detect", "bound")
 	for _, r := range rows {
 		t := fmt.Sprintf("%.2f", r.RecoverS)
@@ -517,10 +551,10 @@ func printTable(rows []Result, logf func(string, ...any)) {
 			t = ">" + fmt.Sprintf("%.0f", r.RecoverS)
 		}
 		det := fmt.Sprintf("%.2fs", r.DetectMaxS)
-		if r.Strategy == "naive" {
-			det = "none"
+		if !isRelink(r.Strategy) {
+			det = "told"
 		}
-		logf("%-12s %9d %9s %7.2f %7.1f%% %10.2f %10.2f %6d %9s %6.1fs\n", r.Strategy, r.N-r.Stuck, t,
+		logf("%-16s %9d %9s %7.2f %7.1f%% %10.2f %10.2f %6d %9s %6.1fs\n", r.Strategy, r.N-r.Stuck, t,
 			r.RatioToLimit, 100*r.RejectedFrac, r.TransactionsPerTrunk, r.ServerPerTrunk, r.Stuck, det, r.BoundS)
 	}
 	logf("goal (N=2000, C=200/s): relink ≤ 1.30 × N/C with 503s ≤ 5%% of N; relink-rate ≤ 1.15 × N/C with 503s ≤ 2%%; nobody stuck\n")
@@ -538,7 +572,7 @@ func printTable(rows []Result, logf func(string, ...any)) {
 		if r.Stuck > 0 || r.RatioToLimit > goalT || r.RejectedFrac > goalR {
 			verdict = "NOT met"
 		}
-		logf("  %-12s %s\n", r.Strategy+":", verdict)
+		logf("  %-16s %s\n", r.Strategy+":", verdict)
 	}
 }
 
@@ -665,8 +699,12 @@ func (t *trial) setup(ctx context.Context, e *env) error {
 		return err
 	}
 	switch t.strategy {
-	case "naive":
-		t.cl, err = newNaive(o, t.s, t.rec)
+	case "baresip":
+		t.cl, err = newBaresip(o, t.s, t.rec)
+	case naiveWorst, "diago", "pjsip-like":
+		pol := o.policy(t.strategy)
+		t.res.Model = pol.model()
+		t.cl, err = newBaseline(o, t.s, t.rec, pol)
 	default:
 		var gc backoff.GateConfig
 		if t.strategy == "relink-rate" {
@@ -700,7 +738,7 @@ func (t *trial) warmUp(ctx context.Context) error {
 	if err := t.s.k.ResetStats(); err != nil {
 		return err
 	}
-	t.logf("%-12s %d trunks registered in %v; rate limit on; cutting the path\n", t.strategy, t.o.n,
+	t.logf("%-16s %d trunks registered in %v; rate limit on; cutting the path\n", t.strategy, t.o.n,
 		time.Since(t.setupAt).Round(time.Millisecond))
 	return nil
 }
@@ -730,7 +768,7 @@ func (t *trial) restore(ctx context.Context) error {
 		return err
 	}
 	t.restoreAt = time.Now()
-	capT := time.NewTimer(t.o.capAfter)
+	capT := time.NewTimer(t.o.capFor(t.strategy))
 	defer capT.Stop()
 	var tickC <-chan time.Time
 	if t.o.trace > 0 {
@@ -776,6 +814,10 @@ func (t *trial) report() (Result, error) {
 	}
 	sort.Slice(backs, func(i, j int) bool { return backs[i] < backs[j] })
 	res.Stuck = o.n - len(backs)
+	res.CapS = o.capFor(t.strategy).Seconds()
+	if g, ok := t.cl.(interface{ gaveUp() int }); ok {
+		res.GaveUp = g.gaveUp()
+	}
 	if res.Stuck == 0 {
 		res.RecoverS = backs[len(backs)-1].Seconds()
 	} else {
@@ -791,13 +833,13 @@ func (t *trial) report() (Result, error) {
 	res.ServerPerTrunk = float64(st.Registers) / float64(o.n)
 	res.DetectMaxS = detMax.Seconds()
 	res.Undetected = t.undetected
-	if t.strategy == "naive" {
+	if !isRelink(t.strategy) {
 		// It detects nothing: it was told at cut + bound.
 		res.Undetected, res.DetectMaxS = 0, 0
 	}
-	t.logf("%-12s recovered %d/%d in %.2f s (first %.2f s, half %.2f s) after the restore; %d 503s, %d REGISTERs at Kamailio",
+	t.logf("%-16s recovered %d/%d in %.2f s (first %.2f s, half %.2f s) after the restore; %d 503s, %d REGISTERs at Kamailio",
 		t.strategy, len(backs), o.n, res.RecoverS, res.FirstS, res.HalfS, st.Shed, st.Registers)
-	if t.strategy != "naive" {
+	if isRelink(t.strategy) {
 		t.logf("; loss noticed within %.2f s of the cut (%d not before the restore); at the restore the gate was %s with %d REGISTERs in flight",
 			res.DetectMaxS, t.undetected, res.GateAtRestore, res.InFlightAtRestore)
 	}
@@ -926,129 +968,5 @@ func (c *relinkClients) stop() {
 		c.cancel()
 		<-c.done
 	}
-	c.ua.Close()
-}
-
-// naiveClients is a gateway without relink: sipgo's UserAgent and Client with
-// their defaults; each trunk REGISTERs with digest (testkit's Registerer,
-// a fresh challenge every time, as sipgo's DoDigestAuth) and retries at once
-// on any failure.
-type naiveClients struct {
-	ua      *sipgo.UserAgent
-	client  *sipgo.Client
-	rec     *recorder
-	regs    []*testkit.Registerer
-	lostCh  chan struct{}
-	lostOne sync.Once
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	rej     atomic.Uint64
-	up      atomic.Int64
-}
-
-func newNaive(o *options, s *site, rec *recorder) (*naiveClients, error) {
-	ua, err := sipgo.NewUA()
-	if err != nil {
-		return nil, err
-	}
-	client, err := sipgo.NewClient(ua)
-	if err != nil {
-		ua.Close()
-		return nil, err
-	}
-	host := "127.0.0.1"
-	if strings.HasPrefix(s.uri, "sip:"+netns.ServerIP.String()+":") {
-		host = netns.ClientIP.String()
-	}
-	c := &naiveClients{ua: ua, client: client, rec: rec, lostCh: make(chan struct{})}
-	for i := range o.n {
-		user := "t" + strconv.Itoa(i)
-		r, err := testkit.NewRegisterer(testkit.RegisterConfig{
-			Client: client, Registrar: s.uri, User: user, Password: s.k.Password(), Domain: s.k.Realm(),
-			Contact:        "sip:" + user + "@" + host + ";transport=tcp",
-			CallID:         fmt.Sprintf("naive-%d-%d", i, time.Now().UnixNano()),
-			FreshChallenge: true,
-		})
-		if err != nil {
-			ua.Close()
-			return nil, err
-		}
-		c.regs = append(c.regs, r)
-	}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
-	return c, nil
-}
-
-func (c *naiveClients) start(ctx context.Context) error {
-	for i := range c.regs {
-		c.wg.Add(1)
-		go c.trunk(i)
-	}
-	return waitAll(ctx, len(c.regs), c.registered)
-}
-
-// trunk registers, waits to be told its registration is lost, and registers
-// again.
-func (c *naiveClients) trunk(i int) {
-	defer c.wg.Done()
-	if !c.register(c.regs[i]) {
-		return
-	}
-	c.up.Add(1)
-	select {
-	case <-c.lostCh:
-	case <-c.ctx.Done():
-		return
-	}
-	c.up.Add(-1)
-	c.rec.lost(i, time.Now())
-	if !c.register(c.regs[i]) {
-		return
-	}
-	c.up.Add(1)
-	c.rec.back(i, time.Now())
-}
-
-// register sends REGISTERs until one succeeds (true) or the run ends: on a
-// timeout, a transport error or a 503, at once again.
-func (c *naiveClients) register(r *testkit.Registerer) bool {
-	for c.ctx.Err() == nil {
-		res, err := r.Register(c.ctx, 3600)
-		if err != nil {
-			continue
-		}
-		if res.StatusCode >= 200 && res.StatusCode < 300 {
-			return true
-		}
-		if res.StatusCode == sipmsg.StatusServiceUnavailable {
-			c.rej.Add(1)
-		}
-	}
-	return false
-}
-
-func (c *naiveClients) lose() { c.lostOne.Do(func() { close(c.lostCh) }) }
-
-func (c *naiveClients) transactions() uint64 {
-	var n uint64
-	for _, r := range c.regs {
-		n += r.Transactions()
-	}
-	return n
-}
-
-func (c *naiveClients) registered() int { return int(c.up.Load()) }
-
-func (c *naiveClients) trace() string {
-	return fmt.Sprintf("naive: %d REGISTERs sent, %d 503s seen", c.transactions(), c.rej.Load())
-}
-
-func (c *naiveClients) gate() (string, int) { return "", 0 }
-
-func (c *naiveClients) stop() {
-	c.cancel()
-	c.wg.Wait()
-	c.client.Close()
 	c.ua.Close()
 }
