@@ -220,3 +220,44 @@ func TestGateSmoothsEvery100ms(t *testing.T) {
 		}
 	})
 }
+
+// TestGateSweep (RELINK_SIM_SWEEP=1) sweeps C from 100 to 380/s in steps of
+// 20 against three admission models, each from several phases of the
+// server's windows, and prints the mean and worst recovery: the README's
+// table of learning C from nothing.
+func TestGateSweep(t *testing.T) {
+	if os.Getenv("RELINK_SIM_SWEEP") == "" {
+		t.Skip("RELINK_SIM_SWEEP=1 runs the sweep")
+	}
+	models := []struct {
+		name string
+		mk   func(c float64) limiter
+	}{
+		{"window-100ms", func(c float64) limiter { return ratelimit.NewWindow(100*time.Millisecond, c) }},
+		{"bucket-20ms", func(c float64) limiter { return ratelimit.NewBucket(c, math.Max(1, c/50)) }},
+		{"bucket-100ms", func(c float64) limiter { return ratelimit.NewBucket(c, math.Max(1, c/10)) }},
+	}
+	for _, m := range models {
+		var sum, worst float64
+		var runs, pauses int
+		for c := 100.0; c <= 380; c += 20 {
+			for phase := range 4 {
+				synctest.Test(t, func(t *testing.T) {
+					time.Sleep(time.Duration(phase) * 25 * time.Millisecond)
+					n := int(10 * c)
+					g := NewGate(GateConfig{rand: rand.New(rand.NewPCG(uint64(phase), 2))})
+					d, rej := simRecoveryGate(t, g, m.mk(c), n, time.Millisecond, time.Second)
+					r := d.Seconds() / 10
+					sum += r
+					worst = max(worst, r)
+					runs++
+					pauses += rej
+					if os.Getenv("RELINK_SIM_SWEEP") == "v" {
+						t.Logf("C=%v phase %d: %.3f, %d rejections", c, phase, r, rej)
+					}
+				})
+			}
+		}
+		t.Logf("SWEEP %-13s mean %.3f worst %.3f rejections/run %.1f", m.name, sum/float64(runs), worst, float64(pauses)/float64(runs))
+	}
+}

@@ -69,6 +69,9 @@ type pacer struct {
 	trustAt    time.Time     // a Retry-After forgiven at a configured Rate
 	lastRA     time.Duration // the last Retry-After
 	ep         episode
+	okAt       []int64 // admission times (UnixNano) of accepted attempts: a ring
+	okNext     int     // where the next goes once the ring is full
+	counted    bool    // hi is a capacity counted at startup's first Retry-After
 	// fleetGrows: the gate's Fleet doubles the pace during startup (see
 	// FleetRequest.Grow), so control does not. fleetHeld: the gate's Fleet
 	// cannot be reached, and the pace is the last known fleet pace, held:
@@ -90,6 +93,36 @@ type episode struct {
 	// offered sums, over the accepted outcomes, the pace at which each was
 	// admitted: offered/(succ+rej) is the rate the destination accepted.
 	offered float64
+}
+
+// okRing is how many accepted attempts the pacer remembers the admission
+// time of: what the destination accepted just before it first rejected.
+const okRing = 1024
+
+// countAccepted notes an accepted attempt admitted at at.
+func (p *pacer) countAccepted(at time.Time) {
+	if p.okAt == nil {
+		p.okAt = make([]int64, 0, okRing)
+	}
+	if len(p.okAt) < okRing {
+		p.okAt = append(p.okAt, at.UnixNano())
+		return
+	}
+	p.okAt[p.okNext] = at.UnixNano()
+	p.okNext = (p.okNext + 1) % okRing
+}
+
+// acceptedIn returns how many of the remembered accepted attempts were
+// admitted in [from, to).
+func (p *pacer) acceptedIn(from, to time.Time) int {
+	lo, hi := from.UnixNano(), to.UnixNano()
+	n := 0
+	for _, at := range p.okAt {
+		if at >= lo && at < hi {
+			n++
+		}
+	}
+	return n
 }
 
 // stamp is what an admitted attempt carries back to the pacer with its
@@ -198,6 +231,7 @@ func (p *pacer) accepted(now time.Time, s stamp) {
 	if rtt := now.Sub(s.at); rtt >= 0 && (p.minRTT == 0 || rtt < p.minRTT) {
 		p.minRTT = rtt
 	}
+	p.countAccepted(s.at)
 	if p.ep.active {
 		p.ep.succ++
 		p.ep.offered += s.pace
@@ -246,7 +280,7 @@ func (p *pacer) rejected(now time.Time, retryAfter time.Duration, s stamp) {
 		return
 	}
 	if retryAfter > 0 {
-		p.retryAfterCut(now, s.pace, probeOvershot)
+		p.retryAfterCut(now, s, probeOvershot)
 		return
 	}
 	if p.startup {
@@ -264,17 +298,18 @@ func (p *pacer) rejected(now time.Time, retryAfter time.Duration, s stamp) {
 
 // retryAfterCut handles a rejection with a Retry-After of an attempt
 // admitted at atPace, the first of its overshoot.
-func (p *pacer) retryAfterCut(now time.Time, atPace float64, probeOvershot bool) {
-	if p.rate > 0 && !probeOvershot && p.pace >= 0.9*p.ceiling() &&
-		(p.trustAt.IsZero() || now.Sub(p.trustAt) > hiMemory) {
-		// Told the rate and pacing just under it: a lone rejection is
+func (p *pacer) retryAfterCut(now time.Time, s stamp, probeOvershot bool) {
+	atPace := s.pace
+	if !probeOvershot && p.forgive(now) {
+		// Pacing just under a rate told or counted: a lone rejection is
 		// timing jitter at the destination (a burst across its counting
 		// window), and the pause honours it. A second within 10 s means
-		// the capacity is lower than configured: cut then.
+		// the capacity is lower: cut then.
 		p.trustAt = now
 		p.cuts++
 		return
 	}
+	p.counted = false
 	// A destination that pauses everyone at each rejection cannot be
 	// measured while it rejects: all it says is that atPace was too fast.
 	// Remember that ceiling for a while (probes stay below it) and fall
@@ -286,7 +321,7 @@ func (p *pacer) retryAfterCut(now time.Time, atPace float64, probeOvershot bool)
 	switch {
 	case p.startup:
 		p.startup = false
-		p.pace = p.pace / 2
+		p.pace = p.startupCut(s)
 	case !probeOvershot && now.Sub(p.paceSetAt) >= defaultProbePeriod:
 		// A pace that ran clean for a probe period: the capacity moved a
 		// little, or jitter; step down gently.
@@ -301,6 +336,50 @@ func (p *pacer) retryAfterCut(now time.Time, atPace float64, probeOvershot bool)
 	p.pace = math.Max(p.pace, p.minRate)
 	p.estimate = p.pace / cruiseGain
 	p.ep = episode{}
+}
+
+// forgive reports whether a Retry-After at now is forgiven without a cut:
+// the first in 10 s, at a pace within 10 % of a configured Rate or of a
+// capacity counted at startup's first Retry-After.
+func (p *pacer) forgive(now time.Time) bool {
+	if !p.trustAt.IsZero() && now.Sub(p.trustAt) <= hiMemory {
+		return false
+	}
+	switch {
+	case p.rate > 0:
+		return p.pace >= 0.9*p.ceiling()
+	case p.counted:
+		return p.pace >= 0.9*p.hi
+	}
+	return false
+}
+
+// startupCut returns the pace after startup's first Retry-After, for an
+// attempt admitted under s, and sets the ceiling for the probes after it.
+//
+// Halving (back to the last pace that ran clean) leaves the pace anywhere
+// between C/2 and C, and finding C from there costs a pause per overshoot.
+// A registrar that counts per fixed window aligned on the clock (Kamailio's
+// htable counters, a counter keyed by the current second or 100 ms) tells
+// what C is by how many it accepted in the window of its first 503: count
+// the accepted attempts admitted since that window began (one startup
+// period, at least 100 ms, aligned on the clock, shifted by the one-way
+// trip), and pace at 95 % of that count per window, with the count as the
+// ceiling. The count is believed only between the clean pace and the pace
+// that overshot; otherwise (a token bucket, a window of another length)
+// the gate halves as before.
+func (p *pacer) startupCut(s stamp) float64 {
+	clean := p.pace / 2
+	period := p.startupPeriod()
+	arrived := s.at.Add(p.minRTT / 2) // at the destination
+	from := arrived.Truncate(period).Add(-p.minRTT / 2)
+	n := p.acceptedIn(from, s.at)
+	est := float64(n) / period.Seconds()
+	if cruiseGain*est <= clean || est >= s.pace || n < p.acceptedIn(from.Add(-period), from) {
+		return clean
+	}
+	p.hi, p.counted = est, true
+	return cruiseGain * est
 }
 
 // maybeEndEpisode turns a long enough measurement into an estimate of the
@@ -392,24 +471,30 @@ func (p *pacer) probeTarget(now time.Time, queued int) (float64, bool) {
 			return 0, false
 		}
 		target = math.Min(math.Max(p.pace*1.05, p.pace+(p.hi-p.pace)/4), (p.pace+p.hi)/2)
-		if !p.probeWorthIt(target, queued) {
+		if !p.probeWorthIt(target, queued, (target-p.pace)/(p.hi-p.pace)) {
 			return 0, false
 		}
+	} else if p.lastRA > 0 && !p.probeWorthIt(target, queued, 0.5) {
+		// The ceiling is forgotten, but this destination pauses everyone
+		// at an overshoot: a probe is an even bet, worth it only with
+		// work enough queued.
+		return 0, false
 	}
 	return target, true
 }
 
 // probeWorthIt weighs a probe from the pace up to target against a
-// destination that pauses everyone for a Retry-After at each overshoot. With
-// the capacity taken as equally likely anywhere between the pace and the
-// ceiling hi, the probe fails with probability (target-pace)/(hi-pace) and
-// then costs a pause; if it holds, the queued attempts go faster. Near the
-// end of a herd, or close under the ceiling, a probe is not worth it.
-func (p *pacer) probeWorthIt(target float64, queued int) bool {
-	if !(target > p.pace) || !(p.hi > p.pace) {
+// destination that pauses everyone for a Retry-After at each overshoot: the
+// probe fails with probability pFail and then costs a pause; if it holds,
+// the queued attempts go faster. Below a remembered ceiling hi, with the
+// capacity taken as equally likely anywhere between the pace and hi, pFail
+// is (target-pace)/(hi-pace). Near the end of a herd, or close under the
+// ceiling, a probe is not worth it.
+func (p *pacer) probeWorthIt(target float64, queued int, pFail float64) bool {
+	if !(target > p.pace) || !(pFail > 0) {
 		return false
 	}
-	pFail := math.Min(1, (target-p.pace)/(p.hi-p.pace))
+	pFail = math.Min(1, pFail)
 	remaining := float64(queued) / p.pace // seconds of work at this pace
 	gain := (1 - pFail) * remaining * (1 - p.pace/target)
 	return gain > pFail*p.lastRA.Seconds()

@@ -168,3 +168,50 @@ func TestPacerNext(t *testing.T) {
 		t.Fatal("a negative Rate: want unlimited, no control")
 	}
 }
+
+// At startup's first Retry-After, a destination that counts per window
+// aligned on the clock has told its capacity: the attempts it accepted in
+// that window. The pacer paces at 95 % of that count per 100 ms, with the
+// count as the ceiling, and forgives one lone Retry-After there (timing
+// jitter); a second within 10 s cuts. When the count cannot be a window's
+// (fewer than the window before accepted, as a token bucket's), it halves.
+func TestPacerCountsCapacityAtFirstRetryAfter(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // a window's start
+	herd := func(prev, cur int) (*pacer, stamp) {
+		p := new(pacer)
+		*p = newPacer(0, 20, 1, t0.Add(-time.Second))
+		p.pace = 160
+		// the window before: prev accepted at 160/s, ending at t0
+		for i := range prev {
+			s := p.stamp(t0.Add(-time.Duration(prev-i) * time.Second / 160))
+			p.accepted(s.at.Add(time.Millisecond), s)
+		}
+		p.pace = 320 // doubled at t0
+		for i := range cur {
+			s := p.stamp(t0.Add(time.Duration(i) * time.Second / 320))
+			p.accepted(s.at.Add(time.Millisecond), s)
+		}
+		return p, p.stamp(t0.Add(time.Duration(cur) * time.Second / 320))
+	}
+	p, s := herd(16, 20) // C = 200: 20 per 100 ms
+	p.rejected(s.at.Add(time.Millisecond), time.Second, s)
+	if p.pace != 190 || p.hi != 200 || p.startup {
+		t.Fatalf("after the first 503 with 20 accepted in its window: pace %v hi %v startup %v, want 190, 200, false", p.pace, p.hi, p.startup)
+	}
+	now := s.at.Add(3 * time.Second)
+	p.rejected(now, time.Second, p.stamp(now))
+	if p.pace != 190 {
+		t.Fatalf("a lone 503 at 95 %% of the counted capacity cut the pace to %v, want 190 (forgiven)", p.pace)
+	}
+	now = now.Add(3 * time.Second)
+	p.rejected(now, time.Second, p.stamp(now))
+	if p.pace >= 190 {
+		t.Fatalf("a second 503 within 10 s left the pace at %v, want a cut", p.pace)
+	}
+
+	p, s = herd(16, 12) // fewer in the window than the window before: not a window's count
+	p.rejected(s.at.Add(time.Millisecond), time.Second, s)
+	if p.pace != 160 {
+		t.Fatalf("after a 503 with 12 accepted after 16 in the window before: pace %v, want 160 (halved)", p.pace)
+	}
+}
