@@ -103,14 +103,18 @@ func retries2() int {
 func retries2Note() string { return fmt.Sprintf("tcp_retries2 = %d", retries2()) }
 
 // tcpRetries2 is how long Linux retransmits unacknowledged data before it
-// aborts the connection, as tcp_retries2 sets it: the retransmission
-// timeout starts at TCP_RTO_MIN (200 ms), doubles up to TCP_RTO_MAX (120 s),
-// and the connection dies when the retransmissions' total (computed from
-// TCP_RTO_MIN whatever the real RTT) passes that of tcp_retries2 of them
-// (net/ipv4/tcp_timer.c, retransmits_timed_out): 924.6 s for 15.
-func tcpRetries2() time.Duration {
+// aborts the connection, with this machine's tcp_retries2.
+func tcpRetries2() time.Duration { return retransmitTimeout(retries2()) }
+
+// retransmitTimeout is how long Linux retransmits unacknowledged data
+// before it aborts the connection, for a tcp_retries2 of boundary: the
+// retransmission timeout starts at TCP_RTO_MIN (200 ms) and doubles up to
+// TCP_RTO_MAX (120 s), and the connection dies when the retransmissions'
+// total, computed from TCP_RTO_MIN whatever the real RTT, passes that of
+// boundary of them (net/ipv4/tcp_timer.c, retransmits_timed_out): 924.6 s
+// for the default 15.
+func retransmitTimeout(boundary int) time.Duration {
 	const rtoMin, rtoMax = 200 * time.Millisecond, 120 * time.Second
-	boundary := retries2()
 	thresh := 0 // ilog2(rtoMax / rtoMin)
 	for r := rtoMax / rtoMin; r > 1; r /= 2 {
 		thresh++

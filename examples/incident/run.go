@@ -249,7 +249,9 @@ type incident struct {
 	relPass   string
 	proxyR    *faultproxy.Proxy
 	rel       relinkSide
+	relM      *marks      // relink's moments: its window closes before the naive one
 	relShadow []*trunkRec // by trunk: the registrar's first binding after the restore
+	relFinal  *relinkEnd  // relink's figures when its window closed
 
 	// the naive gateway's side, always embedded.
 	regN   *registrar.Registrar
@@ -296,7 +298,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 // with relink's defaults.
 func (in *incident) setupRelink() error {
 	cfg := &in.cfg
-	in.cntR.m = in.m
+	in.relM = &marks{start: in.m.start}
+	in.cntR.m = in.relM
 	in.relUser = func(i int) string { return fmt.Sprintf("relink%04d", i) }
 	in.relHost, in.relPass = domain, password
 	if in.external {
@@ -330,7 +333,7 @@ func (in *incident) setupRelink() error {
 	}
 	in.cntR.recs.Store(&byAoR)
 	if cfg.Procs > 0 {
-		ps, err := newProcsSide(pc, *cfg, in.m)
+		ps, err := newProcsSide(pc, *cfg, in.relM)
 		if err != nil {
 			return err
 		}
@@ -338,7 +341,7 @@ func (in *incident) setupRelink() error {
 		in.closers = append(in.closers, ps.close)
 		return nil
 	}
-	pop, err := newRelinkPop(pc, in.m)
+	pop, err := newRelinkPop(pc, in.relM)
 	if err != nil {
 		return err
 	}
@@ -575,12 +578,18 @@ func (in *incident) fault(ctx context.Context) error {
 	return sleep(ctx, in.cfg.Outage)
 }
 
+// grace is how long a population is watched after its window's condition
+// was met.
+const grace = 2 * time.Second
+
 // restore brings the paths back, the far end treating the old connections
-// as its mode says (farEnds), and watches the recovery until every
-// population's own timers have fired: it stops once relink is back and
-// every naive trunk has acted (recovered, or seen its REGISTER fail and
-// sent another), and then once the naive population is back too or has had
-// 1.5 × N/C more; in any case at After.
+// as its mode says (farEnds), and watches each population until its own
+// timers have fired: relink until it is back; the naive population until
+// every trunk has acted (recovered, or seen its REGISTER fail and sent
+// another) and then until it is back or has had 1.5 × N/C more; each plus
+// grace, and both at most until After. Relink's figures are taken when its
+// window closes, so that the naive population's retries (at once, on any
+// failure) do not weigh on them.
 func (in *incident) restore(ctx context.Context) error {
 	in.restored = time.Now()
 	in.m.restore.Store(in.restored.UnixNano())
@@ -590,11 +599,22 @@ func (in *incident) restore(ctx context.Context) error {
 	fe.forget(in.proxyN)
 	in.printf("%6.1fs RESTORE: paths back; %s\n", in.restored.Sub(in.m.start).Seconds(), fe.restore)
 	deadline := in.restored.Add(in.cfg.After)
-	for time.Now().Before(deadline) {
-		if in.watched() {
-			if err := sleep(ctx, 2*time.Second); err != nil {
+	var relBack, naiveDone time.Time // when each window's condition was met
+	for {
+		now := time.Now()
+		over := !now.Before(deadline)
+		if relBack.IsZero() && in.rel.recovered() >= in.cfg.Trunks {
+			relBack = now
+		}
+		if in.relFinal == nil && (over || (!relBack.IsZero() && now.Sub(relBack) >= grace)) {
+			if err := in.closeRelink(now); err != nil {
 				return err
 			}
+		}
+		if naiveDone.IsZero() && in.naiveWatched(now) {
+			naiveDone = now
+		}
+		if over || (in.relFinal != nil && !naiveDone.IsZero() && now.Sub(naiveDone) >= grace) {
 			break
 		}
 		if err := sleep(ctx, 100*time.Millisecond); err != nil {
@@ -603,25 +623,47 @@ func (in *incident) restore(ctx context.Context) error {
 	}
 	in.end = time.Now()
 	in.m.stop.Store(in.end.UnixNano())
-	in.rel.mark(markStop, in.end.UnixNano())
 	return nil
 }
 
-// watched reports whether the watch can end: relink is back, every naive
-// trunk has acted, and the naive population is back or has had 1.5 × N/C
+// naiveWatched reports whether the naive population's window can close:
+// every trunk has acted, and the population is back or has had 1.5 × N/C
 // since.
-func (in *incident) watched() bool {
-	if in.rel.recovered() < in.cfg.Trunks {
-		return false
-	}
+func (in *incident) naiveWatched(now time.Time) bool {
 	if in.actedAt.IsZero() {
 		if !in.naive.acted() {
 			return false
 		}
-		in.actedAt = time.Now()
-		in.printf("%6.1fs every naive trunk has acted (recovered, or failed and retried)\n", in.actedAt.Sub(in.m.start).Seconds())
+		in.actedAt = now
+		in.printf("%6.1fs every naive trunk has acted (recovered, or failed and retried)\n", now.Sub(in.m.start).Seconds())
 	}
-	return countNaive(in.naive) == in.cfg.Trunks || time.Since(in.actedAt) > in.cfg.limit()*3/2
+	return countNaive(in.naive) == in.cfg.Trunks || now.Sub(in.actedAt) > in.cfg.limit()*3/2
+}
+
+// relinkEnd is the relink population's state when its window closed.
+type relinkEnd struct {
+	snaps    []recSnap
+	procs    []procEnd
+	live     map[string]bool // AoRs with a binding; nil with a real registrar
+	liveN    int             // their count; −1 with a real registrar
+	rejected uint64          // 503s from the freeze
+}
+
+// closeRelink closes relink's window: its figures are taken now.
+func (in *incident) closeRelink(now time.Time) error {
+	in.rel.mark(markStop, now.UnixNano())
+	f := &relinkEnd{live: liveAoRs(in.regR), liveN: -1, rejected: in.relRejected() - in.rejAtFreeze}
+	if in.regR != nil {
+		f.liveN = in.regR.Stats().AoRs
+	}
+	var err error
+	if f.snaps, f.procs, err = in.rel.end(); err != nil {
+		return err
+	}
+	in.relFinal = f
+	in.printf("%6.1fs relink's watch ends (its figures are taken now); the naive population's goes on\n",
+		now.Sub(in.m.start).Seconds())
+	return nil
 }
 
 // report snapshots the end state before anyone unregisters, stops
@@ -629,12 +671,8 @@ func (in *incident) watched() bool {
 // registrar holds a live binding for it — the truth, whatever the trunk
 // believes; against a real registrar, if the trunk says so.
 func (in *incident) report() (*outcome, error) {
-	cfg, m := &in.cfg, in.m
-	liveR, liveN := liveAoRs(in.regR), liveAoRs(in.regN)
-	snaps, procs, err := in.rel.end()
-	if err != nil {
-		return nil, err
-	}
+	cfg, m, f := &in.cfg, in.m, in.relFinal
+	liveR, liveN, snaps := f.live, liveAoRs(in.regN), f.snaps
 	relEnd := make([]bool, cfg.Trunks)
 	relRec := make([]*trunkRec, cfg.Trunks)
 	for i, sn := range snaps {
@@ -652,11 +690,8 @@ func (in *incident) report() (*outcome, error) {
 		naiveRec[i] = &t.rec
 		naiveRec[i].txEnd = t.rec.tx()
 	}
-	var relLive, naiveLive = -1, in.regN.Stats().AoRs
-	if in.regR != nil {
-		relLive = in.regR.Stats().AoRs
-	}
-	relRej, naiveRej := in.relRejected()-in.rejAtFreeze, in.cntN.rejected.Load()-in.naiveRejAtFreeze
+	naiveLive := in.regN.Stats().AoRs
+	naiveRej := in.cntN.rejected.Load() - in.naiveRejAtFreeze
 
 	in.stopTimeline()
 	in.shutdown()
@@ -672,13 +707,13 @@ func (in *incident) report() (*outcome, error) {
 		KeepAlive:  keepaliveNote(cfg.KeepAlive),
 		FarEnd:     cfg.FarEnd,
 		FarEndNote: fe.note,
-		Relink:     summarize(relRec, relEnd, m, relRej, *cfg, &bound, relLive),
+		Relink:     summarize(relRec, relEnd, in.relM, f.rejected, *cfg, &bound, f.liveN),
 		Naive:      summarize(naiveRec, naiveEnd, m, naiveRej, *cfg, nil, naiveLive),
 	}
 	s.Naive.Ends = fe.naiveEnds(s.Naive)
 	if cfg.Procs > 0 {
 		s.Procs, s.Redis = cfg.Procs, redisNote(cfg.Redis)
-		s.Processes = perProcess(relRec, relEnd, procs, m, *cfg, bound)
+		s.Processes = perProcess(relRec, relEnd, f.procs, in.relM, *cfg, bound)
 	}
 	if in.external {
 		s.Registrar = cfg.Registrar
