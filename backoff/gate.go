@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -32,14 +33,22 @@ import (
 // once (an instant 503), which an in-flight limit alone cannot, and avoids
 // AIMD's saw-tooth between C/2 and C. A rejection that carries a Retry-After
 // pauses everyone (PushBack), so nothing can be measured while the server
-// rejects; against such a server the gate remembers the pace that drew it as
+// rejects. At startup's first such rejection the gate counts the attempts
+// the server accepted in its counting window (100 ms, or the startup period,
+// aligned on the clock, as Kamailio's counters and most fixed-window
+// limiters are): if that count lies between the last clean pace and the pace
+// that overshot, it paces at 95 % of it with the count as its ceiling, and
+// forgives one lone Retry-After there in 10 s (timing jitter); otherwise it
+// halves. After that it remembers the pace that drew a Retry-After as
 // a ceiling for 10 s, steps down once per overshoot (to the last clean pace
 // after a probe, by 10 % from a proven pace, by 40 % from an unproven one; the
 // rejections of attempts already in flight do not cut again), and probes back
 // up every second a quarter of the way to the ceiling (at least 5 %, at most
 // half-way), only while the faster pace over the work still queued outweighs
 // the risk of another pause; while its probes draw Retry-Afters it probes
-// half as often, down to every 16 s. With a configured Rate, a lone
+// half as often, down to every 16 s; once the ceiling is forgotten, a probe
+// against such a server is an even bet, made only with the work queued to
+// win it back. With a configured Rate, a lone
 // Retry-After at a pace within 10 % of the ceiling pauses without a cut
 // (timing jitter at a server limited to exactly Rate); a second within 10 s
 // cuts. Outcomes of attempts admitted before the gate last reopened do not
@@ -230,8 +239,12 @@ func (g *Gate) Close() error {
 // PushBack pauses all admissions for d (clamped to MaxPushBack), as a server's
 // 503 with Retry-After asks: RFC 3261 §21.5.4 says to send nothing to that
 // server for that long; with a GateConfig.Fleet the pause is the fleet's and
-// the fleet's slots spread the resumption. Overlapping pauses end at the
-// latest end. Attempts in flight are not
+// the fleet's slots spread the resumption. Without one (or while the fleet's
+// store is unreachable) the gate's first admission after the pause goes at a
+// random point of its first pace interval (1/pace) after the pause's end,
+// never before it: independent processes told the same Retry-After do not
+// come back at the same instant, and a lone gate loses at most one interval.
+// Overlapping pauses end at the latest end. Attempts in flight are not
 // affected. d ≤ 0 is ignored.
 func (g *Gate) PushBack(d time.Duration) {
 	if g == nil || d <= 0 {
@@ -338,8 +351,9 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 	}
 	var ev []GateStateChange
 	if g.state == GatePaused && !now.Before(g.pausedUntil) {
-		g.pausedUntil = time.Time{}
 		g.bucket.resume(now, g.pacer.pace)
+		g.spreadResumeLocked(now)
+		g.pausedUntil = time.Time{}
 		g.pacer.resumed(now)
 		ev = g.setStateLocked(now, GateOpen, time.Time{})
 	}
@@ -372,6 +386,23 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 		g.admitLocked(now)
 	}
 	return ev
+}
+
+// spreadResumeLocked, at now at the end of a pause, moves the gate's first
+// admission to a random point of its first pace interval after the pause:
+// never before the pause's end, at most one interval (1/pace) after it. Gates
+// of independent processes paused by the same Retry-After (a registrar
+// answering their attempts in the same second) would otherwise all come back
+// at the same instant, and pace on from there in step; a lone gate loses at
+// most one interval per pause. A gate that admits through its fleet needs
+// none: the fleet's queue spaces the members.
+func (g *Gate) spreadResumeLocked(now time.Time) {
+	pace := g.localPace()
+	if g.fleet.on(now) || g.pacer.unlimited() || !(pace > 0) {
+		return
+	}
+	earned := now.Sub(g.pausedUntil).Seconds() * pace // the timer may fire late
+	g.bucket.tokens = math.Min(g.bucket.tokens, 1-uniform(g.cfg.rand)+earned)
 }
 
 // scoutLocked reports whether a scout may go at now, and takes its turn;

@@ -156,6 +156,68 @@ func TestGatePushBackPausesEveryone(t *testing.T) {
 	})
 }
 
+// Independent gates (no Fleet) paused by the same Retry-After at the same
+// instant come back at different instants, each at a random point of its
+// first pace interval after the pause: never before it, at most one
+// interval (1/pace) after it. Before, every gate resumed at exactly +R and
+// paced on from there in step with the others.
+func TestGatePausedGatesResumeSpread(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var gates, rate = 8, 10.0 // paced at 9.5/s: an interval of 105 ms
+		interval := time.Duration(float64(time.Second)/(cruiseGain*rate) + 1)
+		var gs []*Gate
+		for range gates {
+			g := NewGate(GateConfig{Rate: rate})
+			p, err := g.Acquire(t.Context()) // spend the first token
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Done(Success)
+			gs = append(gs, g)
+		}
+		time.Sleep(time.Second) // each bucket full again
+		r := time.Now().Add(2 * time.Second)
+		for _, g := range gs {
+			g.PushBack(2 * time.Second) // one registrar's Retry-After: 2, told to every process
+		}
+		ats := make([]time.Duration, gates)
+		var wg sync.WaitGroup
+		for i, g := range gs {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+				defer cancel()
+				p, err := g.Acquire(ctx)
+				if err != nil {
+					t.Errorf("gate %d: %v 5 s after a 2 s pause", i, err)
+					return
+				}
+				ats[i] = time.Since(r)
+				p.Done(Success)
+			})
+		}
+		wg.Wait()
+		seen := map[time.Duration]bool{}
+		first, last := ats[0], ats[0]
+		for i, at := range ats {
+			if at < 0 {
+				t.Fatalf("gate %d admitted %v before the pause's end", i, -at)
+			}
+			if at > interval {
+				t.Fatalf("gate %d admitted %v after the pause's end, want within one interval (%v)", i, at, interval)
+			}
+			first, last = min(first, at), max(last, at)
+			seen[at] = true
+		}
+		if len(seen) < gates {
+			t.Fatalf("%d gates resumed at %d distinct instants, want %d", gates, len(seen), gates)
+		}
+		t.Logf("%d gates resumed between +%v and +%v after the pause", gates, first, last)
+		for _, g := range gs {
+			g.Close()
+		}
+	})
+}
+
 // simServer is the shared token-bucket model (ratelimit.Bucket) for a herd
 // of clients: it serves at most rate attempts per second (full at the
 // start), rejects the rest at once and counts the rejections.
