@@ -211,7 +211,7 @@ func main() {
 	}
 	if method == "netns" && serverNS == "" {
 		// Re-run in the client namespace; this process holds the namespaces.
-		os.Exit(parent())
+		os.Exit(parent(os.Args[1:], nil))
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -279,10 +279,10 @@ func (o *options) validate() error {
 }
 
 // parent creates the two namespaces, runs this program again in the client
-// namespace, and black-holes or restores the SIP port when it asks (one
-// line per request on fd 3, one reply per line on fd 4). It returns the
-// exit status.
-func parent() int {
+// namespace with args (and extraEnv), and black-holes or restores the SIP
+// port when it asks (one line per request on fd 3, one reply per line on
+// fd 4). It returns the exit status.
+func parent(args, extraEnv []string) int {
 	p, err := netns.New()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "siprecovery:", err)
@@ -304,9 +304,10 @@ func parent() int {
 		fmt.Fprintln(os.Stderr, "siprecovery:", err)
 		return 2
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", p.Client().Name(), exe}, os.Args[1:]...)...)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", p.Client().Name(), exe}, args...)...)
 	cmd.Env = append(os.Environ(), workerEnv+"="+p.Server().Name(),
 		workerEnv+"_WHY="+"running as root with ip and nft")
+	cmd.Env = append(cmd.Env, extraEnv...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{reqW, repR} // fd 3: requests; fd 4: replies
 	// The child gets ^C from the terminal as we do; we wait for it to
@@ -320,10 +321,17 @@ func parent() int {
 	}
 	reqW.Close()
 	repR.Close()
+	exited := make(chan struct{})
+	defer close(exited)
 	go func() {
-		for s := range sigs {
-			if s == syscall.SIGTERM {
-				_ = cmd.Process.Signal(s)
+		for {
+			select {
+			case s := <-sigs:
+				if s == syscall.SIGTERM {
+					_ = cmd.Process.Signal(s)
+				}
+			case <-exited:
+				return
 			}
 		}
 	}()
