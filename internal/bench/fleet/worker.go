@@ -269,8 +269,14 @@ type countingMember struct {
 	f *countingFleet
 }
 
-func (m countingMember) took(start time.Time) {
+// took counts a call that started at start; one over backoff.FleetCallBound
+// is printed to stderr (what, when, and its error).
+func (m countingMember) took(start time.Time, what string, err error) {
 	m.f.calls.Add(1)
+	if d := time.Since(start); d > backoff.FleetCallBound {
+		fmt.Fprintf(os.Stderr, "fleet: %s %s took %v (bound %v): %v\n", start.Format("15:04:05.000"), what, d,
+			backoff.FleetCallBound, err)
+	}
 	for d := int64(time.Since(start)); ; {
 		old := m.f.slowest.Load()
 		if d <= old || m.f.slowest.CompareAndSwap(old, d) {
@@ -280,8 +286,9 @@ func (m countingMember) took(start time.Time) {
 }
 
 func (m countingMember) Admit(ctx context.Context, req backoff.FleetRequest) (backoff.FleetReply, error) {
-	defer m.took(time.Now())
+	start := time.Now()
 	rep, err := m.FleetMember.Admit(ctx, req)
+	m.took(start, "Admit", err)
 	if os.Getenv("RELINK_FLEET_LOG") != "" && (req.Propose || rep.Pace.Version != req.Pace.Version) {
 		fmt.Fprintf(os.Stderr, "%s req %+v rep %+v err %v\n", time.Now().Format("05.000"), req, rep, err)
 	}
@@ -289,6 +296,8 @@ func (m countingMember) Admit(ctx context.Context, req backoff.FleetRequest) (ba
 }
 
 func (m countingMember) Scout(ctx context.Context, lease time.Duration, reopened bool) (backoff.FleetScout, error) {
-	defer m.took(time.Now())
-	return m.FleetMember.Scout(ctx, lease, reopened)
+	start := time.Now()
+	rep, err := m.FleetMember.Scout(ctx, lease, reopened)
+	m.took(start, "Scout", err)
+	return rep, err
 }
