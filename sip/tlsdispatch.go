@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -29,18 +30,59 @@ import (
 // with it); sipgo's WSS handshake has no context, so a WSS trunk's client
 // certificate is the UA's (UAConfig.TLSConfig) while its verification is
 // its own.
+//
+// A handshake with an IP address sends no SNI, so VerifyConnection cannot
+// read the address: relink records each TLS and WSS dial to an IP address
+// (TLS: in the dialer; WSS: before a trunk's connect) and accepts a
+// certificate only if it is valid for one of those addresses under that
+// dial's configuration. The application's own WSS requests to an IP
+// address (dialled by sipgo without relink) therefore fail verification:
+// give such peers a host name.
 type tlsDispatch struct {
 	base *tls.Config // UAConfig.TLSConfig, or an empty config
 
 	mu     sync.RWMutex
 	byHost map[string]*tls.Config
+	// dialling holds the IP addresses TLS and WSS connections are being
+	// dialled to: a handshake with an IP address sends no SNI, so
+	// VerifyConnection learns the address only from here (see verify).
+	dialling map[netip.Addr]dialEntry
 }
+
+// dialEntry is a connection being dialled to an IP address, with the
+// configuration that governs it, until the handshake has had time to end.
+type dialEntry struct {
+	cfg   *tls.Config
+	until time.Time
+}
+
+// dialGrace is how long a dial to an IP address is remembered for its
+// handshake.
+const dialGrace = 30 * time.Second
 
 func newTLSDispatch(base *tls.Config) *tlsDispatch {
 	if base == nil {
 		base = &tls.Config{}
 	}
-	return &tlsDispatch{base: base, byHost: make(map[string]*tls.Config)}
+	return &tlsDispatch{base: base, byHost: make(map[string]*tls.Config),
+		dialling: make(map[netip.Addr]dialEntry)}
+}
+
+// dialIP records a TLS or WSS dial to ip, governed by cfg (nil: the
+// configuration of ip's host, else the UA's).
+func (d *tlsDispatch) dialIP(ip netip.Addr, cfg *tls.Config) {
+	if cfg == nil {
+		cfg = d.forHost(ip.String())
+	}
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for a, e := range d.dialling {
+		if now.After(e.until) {
+			delete(d.dialling, a)
+		}
+	}
+	d.dialling[ip.Unmap()] = dialEntry{cfg: cfg, until: now.Add(dialGrace)}
 }
 
 // config is the configuration for sipgo (WithUserAgenTLSConfig).
@@ -86,11 +128,17 @@ func withTLSConfig(ctx context.Context, cfg *tls.Config) context.Context {
 
 // verify is VerifyConnection: the checks crypto/tls makes without
 // InsecureSkipVerify, with the host's configuration, then its own
-// VerifyPeerCertificate and VerifyConnection.
+// VerifyPeerCertificate and VerifyConnection. A handshake with an IP
+// address carries no server name: the certificate must then be valid for
+// an address a TLS or WSS connection is being dialled to (each checked
+// with its own configuration), as crypto/tls checks the dialled address.
 func (d *tlsDispatch) verify(cs tls.ConnectionState) error {
-	cfg := d.forHost(cs.ServerName)
+	cfg, name := d.forHost(cs.ServerName), cs.ServerName
+	if name == "" {
+		cfg, name = d.byAddress(cs)
+	}
 	if !cfg.InsecureSkipVerify { // the user's own choice; relink never sets it
-		chains, err := verifyChain(cfg, cs)
+		chains, err := verifyChain(cfg, name, cs)
 		if err != nil {
 			return err
 		}
@@ -110,13 +158,39 @@ func (d *tlsDispatch) verify(cs tls.ConnectionState) error {
 	return nil
 }
 
-func verifyChain(cfg *tls.Config, cs tls.ConnectionState) ([][]*x509.Certificate, error) {
+// byAddress returns the configuration and address of the dial, among
+// those in progress to IP addresses, that the server's certificate names.
+// None: the UA's configuration and no name, which fails verification
+// ("certificate is not valid for any names"): never skipped.
+func (d *tlsDispatch) byAddress(cs tls.ConnectionState) (*tls.Config, string) {
+	if len(cs.PeerCertificates) == 0 {
+		return d.base, ""
+	}
+	now := time.Now()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, ip := range cs.PeerCertificates[0].IPAddresses {
+		a, ok := netip.AddrFromSlice(ip)
+		if !ok {
+			continue
+		}
+		if e, ok := d.dialling[a.Unmap()]; ok && now.Before(e.until) {
+			return e.cfg, a.Unmap().String()
+		}
+	}
+	return d.base, ""
+}
+
+func verifyChain(cfg *tls.Config, name string, cs tls.ConnectionState) ([][]*x509.Certificate, error) {
 	if len(cs.PeerCertificates) == 0 {
 		return nil, errors.New("tls: server sent no certificate")
 	}
-	name := cfg.ServerName
+	if cfg.ServerName != "" {
+		name = cfg.ServerName
+	}
 	if name == "" {
-		name = cs.ServerName
+		return nil, &tls.CertificateVerificationError{UnverifiedCertificates: cs.PeerCertificates,
+			Err: errors.New("x509: certificate is not valid for any address being dialled (a TLS connection to an IP address that relink did not dial)")}
 	}
 	now := time.Now()
 	if cfg.Time != nil {

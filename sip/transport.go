@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"syscall"
 	"time"
 
 	sipmsg "github.com/emiago/sipgo/sip"
@@ -31,6 +33,7 @@ const maxConnectTimeout = 8 * time.Second
 // every TCP connection gets the UA's kernel options.
 type dialKit struct {
 	kernel conn.Config
+	tls    *tlsDispatch
 }
 
 // netDialer is TransportTCP.DialerCreate (TCP and TLS).
@@ -38,6 +41,25 @@ func (k *dialKit) netDialer(laddr net.Addr) net.Dialer {
 	d := k.kernel.NetDialer()
 	if a, ok := laddr.(*net.TCPAddr); ok && a != nil {
 		d.LocalAddr = a
+	}
+	return d
+}
+
+// tlsDialer is the TLS transport's DialerCreate: netDialer that records
+// each dial to an IP address for the TLS verification (tlsDispatch.verify)
+// with the configuration in the dial's context (a trunk's), if any.
+func (k *dialKit) tlsDialer(laddr net.Addr) net.Dialer {
+	d := k.netDialer(laddr)
+	next := d.ControlContext
+	d.ControlContext = func(ctx context.Context, network, address string, rc syscall.RawConn) error {
+		if ap, err := netip.ParseAddrPort(address); err == nil && k.tls != nil {
+			cfg, _ := ctx.Value(tlsCtxKey{}).(*tls.Config)
+			k.tls.dialIP(ap.Addr(), cfg)
+		}
+		if next != nil {
+			return next(ctx, network, address, rc)
+		}
+		return nil
 	}
 	return d
 }
@@ -56,7 +78,7 @@ func (k *dialKit) wsDialer(laddr net.Addr) ws.Dialer {
 func (k *dialKit) transports() sipmsg.TransportsConfig {
 	return sipmsg.TransportsConfig{
 		TCP: &sipmsg.TransportTCP{DialerCreate: k.netDialer},
-		TLS: &sipmsg.TransportTLS{TransportTCP: &sipmsg.TransportTCP{DialerCreate: k.netDialer}},
+		TLS: &sipmsg.TransportTLS{TransportTCP: &sipmsg.TransportTCP{DialerCreate: k.tlsDialer}},
 		WS:  &sipmsg.TransportWS{DialerCreate: k.wsDialer},
 	}
 }
@@ -124,6 +146,13 @@ func (m *flowMonitor) connect(ctx context.Context, req *sipmsg.Request, tlsCfg *
 			return nil, err
 		}
 		ctx = withTLSConfig(ctx, tlsCfg)
+	}
+	if network == "wss" && m.tls != nil {
+		// sipgo dials WSS with a dialer of its own: record an IP
+		// destination here for the verification of its handshake.
+		if ap, err := netip.ParseAddrPort(req.Destination()); err == nil {
+			m.tls.dialIP(ap.Addr(), tlsCfg)
+		}
 	}
 	bound := m.connectTimeout
 	if bound <= 0 || network == "udp" {

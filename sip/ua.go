@@ -137,8 +137,8 @@ func NewUA(cfg UAConfig) (*UA, error) {
 	mon := &flowMonitor{watchReads: true, userFilter: cfg.ReadFilter, onDeath: cfg.OnFlowDeath,
 		watchCalls: cfg.WatchCalls, connectTimeout: orOff(cfg.ConnectTimeout, DefaultConnectTimeout, 0)}
 	mon.init()
-	mon.kit = &dialKit{kernel: conn.Config{KeepAlive: cfg.KeepAlive, UserTimeout: cfg.UserTimeout}}
 	mon.tls = newTLSDispatch(cfg.TLSConfig)
+	mon.kit = &dialKit{kernel: conn.Config{KeepAlive: cfg.KeepAlive, UserTimeout: cfg.UserTimeout}, tls: mon.tls}
 	// The read filter must come before WithTransportLayerTransports: that
 	// option copies the layer's filter into the transports it installs,
 	// and a filter set afterwards never reaches them (sipgo v1.7.3,
