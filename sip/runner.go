@@ -28,13 +28,14 @@ type result struct {
 // it is shared, so nothing in it is locked. Flow deaths reach it as events
 // (Trunk.deaths) that it takes when it looks.
 type runner struct {
-	t     *Trunk
-	bo    backoff.BackOff
-	timer *time.Timer
-	cur   int       // index of the target in use
-	on    int       // index of the target holding our binding, -1 if none
-	lost  bool      // a registration was lost and not yet regained
-	until time.Time // the end of the binding held at on
+	t      *Trunk
+	bo     backoff.BackOff
+	timer  *time.Timer
+	cur    int       // index of the target in use
+	on     int       // index of the target holding our binding, -1 if none
+	lost   bool      // a registration was lost and not yet regained
+	until  time.Time // the end of the binding held at on
+	looked time.Time // the last lookup of registrars given by name
 
 	bound    *flow // the flow holding the binding (TCP/TLS), subscribed
 	boundErr error // bound died: the binding is lost
@@ -162,16 +163,30 @@ func (r *runner) sleep(ctx context.Context, d time.Duration) bool {
 	return ctxtime.Sleep(ctx, d)
 }
 
-func (r *runner) next() {
+// next moves on to the next target, wrapping around. Having gone through
+// them all without a registration, it looks the registrars given by name up
+// again (at most every minLookupInterval).
+func (r *runner) next(ctx context.Context) {
 	if len(r.t.tgts) > 1 {
 		r.t.tgts[r.cur].redirect = nil
 		r.cur = (r.cur + 1) % len(r.t.tgts)
 	}
+	if r.cur == 0 && r.on < 0 && time.Since(r.looked) >= minLookupInterval {
+		r.lookup(ctx)
+	}
+}
+
+// lookup (re)resolves the registrars given by name (RFC 3263).
+func (r *runner) lookup(ctx context.Context) {
+	r.looked = time.Now()
+	r.t.expand(ctx)
+	r.cur = 0
 }
 
 func (r *runner) loop(ctx context.Context) {
 	t := r.t
 	var delay time.Duration
+	r.lookup(ctx)
 	for {
 		if !r.sleep(ctx, delay) {
 			return
@@ -213,11 +228,11 @@ func (r *runner) failedAttempt(ctx context.Context, tg *regTarget, res result) t
 		// The gate closes and scouts: no private backoff, so that the
 		// trunk is back as soon as the path is.
 		t.setState(ctx, Backoff, tg, res.err, 0)
-		r.next()
+		r.next(ctx)
 		return 0
 	case pushedBack:
 		t.setState(ctx, Backoff, tg, res.err, 0)
-		r.next()
+		r.next(ctx)
 		if res.retryAfter > 0 {
 			return 0 // the gate is paused for everyone
 		}
@@ -376,7 +391,7 @@ func (r *runner) flowLost(ctx context.Context, tg *regTarget, err error) {
 	r.on = -1
 	r.lost = true
 	t.setState(ctx, Registering, tg, err, 0)
-	r.next()
+	r.next(ctx)
 }
 
 // failback tries the first registrar while registered with another. On
@@ -437,7 +452,7 @@ func (r *runner) unregisterFrom(ctx context.Context, tg *regTarget) {
 func (r *runner) shutdown(ctx context.Context) {
 	t := r.t
 	now := time.Now()
-	for _, tg := range t.tgts {
+	for _, tg := range t.everyTarget() {
 		if tg.held.After(now) {
 			r.unregisterFrom(ctx, tg)
 		}

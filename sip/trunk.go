@@ -32,7 +32,10 @@ type Trunk struct {
 	mon     *flowMonitor
 	inst    *instruments
 	log     *slog.Logger
-	tgts    []*regTarget
+	tgts    []*regTarget          // the targets in order: conf, each looked-up name replaced by what it resolves to
+	conf    []*regTarget          // one per configured registrar
+	known   map[string]*regTarget // targets found by lookups, by key; Run's goroutine only
+	gateFor func(key string) *backoff.Gate
 
 	box     statebox.Box[TrunkState]
 	running atomic.Bool
@@ -117,25 +120,44 @@ func newTrunk(ua *UA, cfg TrunkConfig, inst *instruments, gateFor func(key strin
 		instance: ua.InstanceID(),
 	}
 	t.log = rc.Logger.With(slog.String("aor", rc.aor.Addr()))
-	for i, tg := range rc.targets {
-		rt := &regTarget{target: tg, expires: rc.Expires, index: i,
-			attrs:   newTargetAttrs(strings.TrimPrefix(tg.key, tg.transport+"/"), tg.transport),
-			callID:  rand.Text(),
-			fromTag: rand.Text()[:16],
-		}
+	t.gateFor = func(key string) *backoff.Gate {
 		switch {
 		case rc.Gate != nil:
-			rt.gate = rc.Gate
+			return rc.Gate
 		case gateFor != nil:
-			rt.gate = gateFor(tg.key)
-		default:
-			rt.gate = backoff.NewGate(backoff.GateConfig{Destination: tg.key,
-				MeterProvider: rc.MeterProvider, MaxPushBack: MaxRetryAfter})
+			return gateFor(key)
 		}
-		t.tgts = append(t.tgts, rt)
+		return backoff.NewGate(backoff.GateConfig{Destination: key,
+			MeterProvider: rc.MeterProvider, MaxPushBack: MaxRetryAfter})
 	}
+	t.known = make(map[string]*regTarget)
+	for i, tg := range rc.targets {
+		t.conf = append(t.conf, t.newRegTarget(tg, i))
+	}
+	t.tgts = t.conf
 	t.current = t.tgts[0].raw
 	return t, nil
+}
+
+// newRegTarget makes the state of one target: the i-th configured
+// registrar, or one of the addresses its lookup found.
+func (t *Trunk) newRegTarget(tg target, i int) *regTarget {
+	return &regTarget{target: tg, expires: t.cfg.Expires, index: i,
+		attrs:   newTargetAttrs(strings.TrimPrefix(tg.key, tg.transport+"/"), tg.transport),
+		callID:  rand.Text(),
+		fromTag: rand.Text()[:16],
+		gate:    t.gateFor(tg.key),
+	}
+}
+
+// everyTarget returns every target the trunk may hold a binding at: the
+// configured ones and those lookups found.
+func (t *Trunk) everyTarget() []*regTarget {
+	all := append([]*regTarget(nil), t.conf...)
+	for _, rt := range t.known {
+		all = append(all, rt)
+	}
+	return all
 }
 
 // State returns the trunk's current state.
