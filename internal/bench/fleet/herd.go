@@ -16,7 +16,7 @@ func sipHerd(e *env, strategy string) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	defer s.close()
+	defer e.atExit(s.close)()
 	if keeps(strategy) {
 		// The warm-up is a herd at C too: what the fleet learned stays
 		// what C is, not the pace of a registrar without a limit.
@@ -28,7 +28,7 @@ func sipHerd(e *env, strategy string) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	defer ws.kill()
+	defer e.atExit(ws.kill)()
 	if err := s.limit(o.capacity); err != nil {
 		return Result{}, err
 	}

@@ -3,6 +3,9 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/signal"
+	"sync"
+	"syscall"
 	"slices"
 	"sort"
 	"strconv"
@@ -23,6 +26,64 @@ type env struct {
 	// lastKey is the fleet of the last shared herd, which
 	// shared-second-herd and shared-redis-down recover towards again.
 	lastKey string
+
+	// undo holds what an interrupt must end: the registrar, the workers,
+	// Redis and the namespaces.
+	mu   sync.Mutex
+	undo map[int]func()
+	seq  int
+}
+
+// atExit registers fn to run at an interrupt, and returns the function that
+// runs it now instead (once).
+func (e *env) atExit(fn func()) func() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.seq++
+	id := e.seq
+	e.undo[id] = fn
+	return func() {
+		e.mu.Lock()
+		f, ok := e.undo[id]
+		delete(e.undo, id)
+		e.mu.Unlock()
+		if ok {
+			f()
+		}
+	}
+}
+
+// interrupted ends everything atExit holds, newest first.
+func (e *env) interrupted() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for id := e.seq; id > 0; id-- {
+		if f, ok := e.undo[id]; ok {
+			f()
+		}
+	}
+	e.undo = nil
+}
+
+// onInterrupt cleans up and exits at SIGINT or SIGTERM, until the returned
+// stop is called.
+func (e *env) onInterrupt() (stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-sigs:
+			fmt.Fprintln(os.Stderr, "fleet: interrupted; cleaning up")
+			e.interrupted()
+			os.Exit(130)
+		case <-done:
+		}
+	}()
+	return func() {
+		signal.Stop(sigs)
+		close(done)
+	}
 }
 
 // run is the parent: setup → one herd per strategy → report.
@@ -31,7 +92,8 @@ func run(o *options, out func(Result)) error {
 	if err != nil {
 		return err
 	}
-	defer e.close()
+	defer e.atExit(e.close)()
+	defer e.onInterrupt()()
 	for _, strategy := range o.strategies {
 		var r Result
 		if e.kind == "window" {
@@ -50,7 +112,7 @@ func run(o *options, out func(Result)) error {
 // setup picks the registrar, makes the namespaces it needs and starts Redis
 // where the workers can reach it.
 func setup(o *options) (*env, error) {
-	e := &env{o: o, kind: "window"}
+	e := &env{o: o, kind: "window", undo: make(map[int]func())}
 	if o.server == "sip" {
 		e.kind = o.registrar
 		if e.kind == "auto" {

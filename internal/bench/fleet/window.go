@@ -29,7 +29,7 @@ func windowHerd(e *env, strategy string) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	defer srv.close()
+	defer e.atExit(srv.close)()
 	exe, err := os.Executable()
 	if err != nil {
 		return Result{}, err
@@ -41,7 +41,7 @@ func windowHerd(e *env, strategy string) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	defer ws.kill()
+	defer e.atExit(ws.kill)()
 	if strategy == "shared-redis-down" {
 		if e.redis == nil {
 			return Result{}, fmt.Errorf("needs the Redis this command starts (no -redis)")
