@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"sync"
-	"syscall"
 	"slices"
 	"sort"
 	"strconv"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/relinkgo/relink/internal/kamailio"
