@@ -81,18 +81,22 @@ func writeSVG(w io.Writer, o *outcome) error {
 		left, left+pw, y2(s.Capacity), y2(s.Capacity))
 	p(`<text x="%.0f" y="%.1f" fill="#555">capacity C</text>`+"\n", left+pw+6, y2(s.Capacity)+4)
 
+	const relinkC, naiveC = "#1f77b4", "#d62728"
+	// A population's line ends with its watch.
 	line := func(vals func(tick) float64, y func(float64) float64, color, dash string, width float64) {
-		if len(tl) == 0 {
-			return
-		}
 		var pts strings.Builder
 		for _, t := range tl {
+			if (color == relinkC && t.Relink.Done) || (color == naiveC && t.Naive.Done) {
+				continue
+			}
 			fmt.Fprintf(&pts, "%.1f,%.1f ", x(t.T), y(vals(t)))
+		}
+		if pts.Len() == 0 {
+			return
 		}
 		p(`<polyline fill="none" stroke="%s" stroke-width="%.1f" stroke-dasharray="%s" points="%s"/>`+"\n",
 			color, width, dash, strings.TrimSpace(pts.String()))
 	}
-	const relinkC, naiveC = "#1f77b4", "#d62728"
 	line(func(t tick) float64 { return float64(t.Relink.Registered) }, y1, relinkC, "none", 2.5)
 	line(func(t tick) float64 { return float64(t.Naive.Registered) }, y1, naiveC, "none", 2.5)
 	line(func(t tick) float64 { return float64(t.Naive.Believed) }, y1, naiveC, "3 3", 1.2)

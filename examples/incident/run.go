@@ -184,6 +184,7 @@ type popTick struct {
 	Load       int    `json:"load"`       // REGISTERs in the second
 	Rejected   int    `json:"rejected"`   // 503s in the second
 	Gate       string `json:"gate,omitempty"`
+	Done       bool   `json:"done,omitempty"` // the population's watch is over
 }
 
 // tick is one second of the timeline.
@@ -252,6 +253,7 @@ type incident struct {
 	relM      *marks      // relink's moments: its window closes before the naive one
 	relShadow []*trunkRec // by trunk: the registrar's first binding after the restore
 	relFinal  *relinkEnd  // relink's figures when its window closed
+	relDone   atomic.Bool // relink's window closed: the timeline leaves it out
 
 	// the naive gateway's side, always embedded.
 	regN   *registrar.Registrar
@@ -511,24 +513,32 @@ func (in *incident) startTimeline(ctx context.Context) {
 // sample takes one tick of the timeline; last holds the counters at the
 // previous tick.
 func (in *incident) sample(now time.Time, last *[4]uint64) {
-	cur := [4]uint64{in.relLoad(), in.relRejected(), in.cntN.registers.Load(), in.cntN.rejected.Load()}
-	gs, _ := in.rel.gate()
 	t := tick{
 		T:     now.Sub(in.m.start).Seconds(),
 		Phase: in.m.phase(now),
-		Relink: popTick{Registered: in.relRegistered(), Believed: in.rel.believed(),
-			Load: int(cur[0] - last[0]), Rejected: int(cur[1] - last[1]), Gate: gs},
-		Naive: popTick{Registered: in.regN.Stats().AoRs, Believed: in.naive.believed(),
-			Load: int(cur[2] - last[2]), Rejected: int(cur[3] - last[3])},
+		Naive: popTick{Registered: in.regN.Stats().AoRs, Believed: in.naive.believed()},
+	}
+	cur := [4]uint64{0, 0, in.cntN.registers.Load(), in.cntN.rejected.Load()}
+	t.Naive.Load, t.Naive.Rejected = int(cur[2]-last[2]), int(cur[3]-last[3])
+	if in.relDone.Load() {
+		t.Relink.Done = true
+	} else {
+		cur[0], cur[1] = in.relLoad(), in.relRejected()
+		gs, _ := in.rel.gate()
+		t.Relink = popTick{Registered: in.relRegistered(), Believed: in.rel.believed(),
+			Load: int(cur[0] - last[0]), Rejected: int(cur[1] - last[1]), Gate: gs}
 	}
 	*last = cur
 	in.tlMu.Lock()
 	in.timeline = append(in.timeline, t)
 	in.tlMu.Unlock()
 	c := in.cfg.Capacity
-	in.printf("%5.0fs %-8s │ %13s %6d %-11s %4d %-25s │ %13s %6d %-11s %4d\n",
-		t.T, t.Phase, liveCol(t.Relink.Registered, in.external), t.Relink.Believed,
-		load(t.Relink.Load, c, !in.external), t.Relink.Rejected, t.Relink.Gate,
+	rel := fmt.Sprintf("%13s %6d %-11s %4d %-25s", liveCol(t.Relink.Registered, in.external), t.Relink.Believed,
+		load(t.Relink.Load, c, !in.external), t.Relink.Rejected, t.Relink.Gate)
+	if t.Relink.Done {
+		rel = fmt.Sprintf("%-63s", "   (watch over)")
+	}
+	in.printf("%5.0fs %-8s │ %s │ %13s %6d %-11s %4d\n", t.T, t.Phase, rel,
 		liveCol(t.Naive.Registered, false), t.Naive.Believed, load(t.Naive.Load, c, true), t.Naive.Rejected)
 }
 
@@ -661,7 +671,14 @@ func (in *incident) closeRelink(now time.Time) error {
 		return err
 	}
 	in.relFinal = f
-	in.printf("%6.1fs relink's watch ends (its figures are taken now); the naive population's goes on\n",
+	in.relDone.Store(true)
+	// Its trunks stop (and unregister): nothing of theirs weighs on the
+	// naive population's window, nor theirs on it.
+	if in.regR != nil {
+		in.regR.SetCapacity(0)
+	}
+	in.rel.shutdown()
+	in.printf("%6.1fs relink's watch ends: its figures are taken, its trunks stop; the naive population's watch goes on\n",
 		now.Sub(in.m.start).Seconds())
 	return nil
 }
