@@ -542,6 +542,7 @@ func (k *Instance) setCfg(name string, d time.Duration) error {
 type Stats struct {
 	Registers  int // REGISTERs received
 	Options    int // OPTIONS received
+	Invites    int // INVITEs received (relayed to the callee's contact, or 404)
 	Overload   int // 503s sent by the overload switch
 	Shed       int // 503s sent by the rate limit
 	Challenges int // 401s sent (stale ones included)
@@ -575,6 +576,8 @@ func (k *Instance) Stats() (Stats, error) {
 			s.Registers = n
 		case "options":
 			s.Options = n
+		case "invite":
+			s.Invites = n
 		case "overload":
 			s.Overload = n
 		case "shed":
