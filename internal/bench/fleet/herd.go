@@ -108,7 +108,7 @@ func outage(e *env, s site, strategy string) (time.Time, int, error) {
 // Result (all but the registrar's own fields).
 func tally(o *options, strategy string, start time.Time, outs []workerReport, arrivals []time.Time) Result {
 	n := o.procs * o.trunks
-	r := Result{Strategy: strategy, Procs: o.procs, Trunks: o.trunks, Capacity: o.capacity}
+	r := Result{Strategy: strategy, Procs: o.procs, Trunks: o.trunks, Capacity: o.capacity, Load1: load1()}
 	var end time.Time
 	var perAdmission []float64
 	for _, w := range outs {

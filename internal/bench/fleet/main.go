@@ -92,6 +92,10 @@ type Result struct {
 	HoleS          float64 `json:"hole_s,omitempty"`
 	Undetected     int     `json:"undetected"`                           // trunks still registered after the hole
 	ServerPerTrunk float64 `json:"server_registers_per_trunk,omitempty"` // REGISTERs at the registrar from the restore ÷ N
+	// Load1 is the machine's 1-minute load average at the end of the
+	// herd (Linux; 0 elsewhere): P processes share its cores with
+	// whatever else runs, and a loaded machine stretches every figure.
+	Load1 float64 `json:"load1"`
 }
 
 // options are the flags, shared by the parent and its workers.
