@@ -19,9 +19,10 @@
 // restore is the first segment whose payload starts a REGISTER with the
 // trunk's From user, on a connection the restarted Kamailio accepted after
 // the restore (its SYN+ACK seen): a REGISTER retransmitted on a connection
-// of the old Kamailio reaches the host but not the registrar. The clock
-// starts when the bench begins removing the nft rules (restore_ms, the time
-// that takes, is inside the figure).
+// of the old Kamailio reaches the host but not the registrar. The restore
+// lifts the client side's rule first, then the server side's: the clock
+// starts when that last removal begins (restore_ms, the time it takes, is
+// inside the figure, so the figure is an upper bound).
 //
 // With -json the program prints one JSON object per round and, when there is
 // more than one round, one with "round": 0 pooling every trunk of every

@@ -75,7 +75,7 @@ type round struct {
 	res   Result
 
 	cutAt, restoreBegin time.Time
-	restoreHole         func() error
+	hole                *hole
 }
 
 // runRound: setup (Kamailio, capture, P registered processes) → fault (cut,
@@ -105,8 +105,9 @@ func (r *round) close() {
 	for _, pr := range r.procs {
 		stopProc(pr)
 	}
-	if r.restoreHole != nil {
-		_ = r.restoreHole()
+	if r.hole != nil {
+		_ = r.hole.lift(r.hole.client)
+		_ = r.hole.lift(r.hole.server)
 	}
 	if r.cap != nil {
 		r.cap.close()
@@ -214,7 +215,7 @@ func (r *round) fault(ctx context.Context) error {
 	port, _ := strconv.Atoi(ps)
 	var err error
 	r.cutAt = time.Now()
-	if r.restoreHole, err = r.p.BlackHole(port); err != nil {
+	if r.hole, err = newHole(r.p, port); err != nil {
 		return err
 	}
 	if !ctxtime.Sleep(ctx, r.o.restartAfter) {
@@ -236,10 +237,15 @@ func (r *round) fault(ctx context.Context) error {
 // restore removes the black hole and waits until every trunk is Registered
 // again, or the cap.
 func (r *round) restore(ctx context.Context) error {
+	// The replies first (nothing can use them yet), then the requests:
+	// the clock starts as that last step begins.
+	if err := r.hole.lift(r.hole.client); err != nil {
+		return err
+	}
 	r.restoreBegin = time.Now()
-	err := r.restoreHole()
+	err := r.hole.lift(r.hole.server)
 	r.res.RestoreMs = float64(time.Since(r.restoreBegin).Microseconds()) / 1000
-	r.restoreHole = nil
+	r.hole = nil
 	if err != nil {
 		return err
 	}
