@@ -1,6 +1,7 @@
 package sip
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -153,4 +154,56 @@ func TestFlowPeerIgnoresCRLF(t *testing.T) {
 			t.Errorf("a peer that answers neither CRLF nor OPTIONS but sends a message every 2.5 s: %d closures, want 0", closures)
 		}
 	})
+}
+
+// poolChecker is a flowSub that looks at sipgo's pool when it is told of
+// a death, as a trunk's re-REGISTER would.
+type poolChecker struct {
+	pool   *sipmsg.ConnectionPool
+	pooled atomic.Bool // the dead connection was still pooled when told
+	told   atomic.Bool
+}
+
+func (p *poolChecker) flowDead(f *flow, _ error) {
+	c := p.pool.Get(f.raddr)
+	if c != nil {
+		p.pooled.Store(c == f.conn)
+		c.TryClose()
+	}
+	p.told.Store(true)
+}
+
+// TestFlowDeathEvictsBeforeTelling (issue 10 defect 9): when a flow dies,
+// its connection is out of sipgo's pool before any subscriber hears of
+// the death, so that a trunk re-registering at once is never handed the
+// dead connection again. Fails when the early pool.Delete in flow.kill is
+// removed (the connection is closed and deleted only after the
+// subscribers were told); the flake it fixed needed a re-REGISTER to
+// win that race, this test looks at the pool at the moment of telling.
+func TestFlowDeathEvictsBeforeTelling(t *testing.T) {
+	m := &flowMonitor{watchReads: true}
+	m.init()
+	m.tp = sipmsg.NewTransportLayer(net.DefaultResolver, sipmsg.NewParser(), nil,
+		sipmsg.WithTransportLayerLogger(discard))
+	for _, network := range []string{"tcp", "tls", "ws", "wss"} {
+		c := &fakePeerConn{local: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 40000},
+			remote: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 2), Port: 5060}}
+		pool := m.tp.Pool(network)
+		pool.Add(c.remote.String(), c)
+		chk := &poolChecker{pool: pool}
+		f := m.attach(c, network, chk, flowPref{interval: time.Hour, timeout: time.Hour})
+		if f == nil {
+			t.Fatalf("%s: not attached", network)
+		}
+		f.fail(errors.New("test: declared dead"))
+		if !chk.told.Load() {
+			t.Fatalf("%s: subscriber not told", network)
+		}
+		if chk.pooled.Load() {
+			t.Errorf("%s: the dead connection was still in sipgo's pool when the subscribers were told", network)
+		}
+		if !c.closed.Load() {
+			t.Errorf("%s: the dead connection was not closed", network)
+		}
+	}
 }
