@@ -244,3 +244,34 @@ func TestDecideOutcomes(t *testing.T) {
 		t.Errorf("out of range: %q", s)
 	}
 }
+
+// TestDecideOptions: for an OptionsOnly trunk any final answer is alive
+// (even 404, 405 or 500), a 503 pushes back (its Retry-After to the gate),
+// no answer is unreachable, a cancelled one abandons the permit.
+func TestDecideOptions(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		r       reply
+		act     action
+		outcome string
+		retry   time.Duration
+	}{
+		{"200", reply{resp: resp(200)}, registered, "success", 0},
+		{"404", reply{resp: resp(404)}, registered, "success", 0},
+		{"405", reply{resp: resp(405)}, registered, "success", 0},
+		{"500", reply{resp: resp(500)}, registered, "success", 0},
+		{"503 Retry-After", reply{resp: resp(503, "Retry-After", "7")}, pushedBack, "overload(retry-after 7s)", 7 * time.Second},
+		{"503", reply{resp: resp(503)}, pushedBack, "overload", 0},
+		{"timeout", reply{err: &timeoutError{err: ErrTimeout}}, unreachable, "unreachable", 0},
+		{"stopped", reply{err: errors.New("stop"), stopped: true}, stopped, "", 0},
+	} {
+		d := decideOptions("sip:carrier", tc.r)
+		if d.act != tc.act || d.retryAfter != tc.retry || (tc.act == stopped) != d.abandon {
+			t.Errorf("%s: %+v, want %v retry %v", tc.name, d, tc.act, tc.retry)
+		}
+		if tc.outcome != "" && !strings.HasPrefix(d.outcome.String(), tc.outcome) {
+			t.Errorf("%s: outcome %v, want %s", tc.name, d.outcome, tc.outcome)
+		}
+	}
+}
