@@ -35,6 +35,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/relinkgo/relink/backoff"
@@ -62,6 +63,9 @@ type Result struct {
 	// GateSucceeded and GateOverloaded are the outcomes the gate heard.
 	GateSucceeded  uint64 `json:"gate_succeeded"`
 	GateOverloaded uint64 `json:"gate_overloaded"`
+	// ReadyEvents counts the Links' changes to LinkReady: N when a Link
+	// is READY only once logged in, one per connection in the control.
+	ReadyEvents int `json:"ready_events"`
 	// Stuck counts the Links not ready at the timeout.
 	Stuck int `json:"stuck"`
 }
@@ -214,7 +218,7 @@ func tally(o *options, strategy string, srv *server, st backoff.GateStats, tr *t
 	logins, refused, peak := srv.counts()
 	ready, took := tr.result()
 	r := Result{Strategy: strategy, N: o.n, Capacity: o.capacity, Hint: o.hint, Logins: logins,
-		ReadyS: round(took.Seconds()), Stuck: o.n - ready,
+		ReadyS: round(took.Seconds()), Stuck: o.n - ready, ReadyEvents: int(tr.readyEvents.Load()),
 		PeakLoadRatio:  round(float64(peak) / (o.capacity * window.Seconds())),
 		LearnedRate:    round(st.Rate),
 		GateSucceeded:  st.Succeeded,
@@ -247,6 +251,15 @@ func traceGate(ctx context.Context, g *backoff.Gate, tr *tracker) {
 // gate); only where the login happens differs.
 func newLink(strategy string, i int, addr string, gate *backoff.Gate, tr *tracker) (*conn.Link, error) {
 	cfg := conn.LinkConfig{Addrs: []string{addr}, Gate: gate}
+	handshake := strategy != "control"
+	cfg.OnStateChange = func(e conn.LinkStateChange) {
+		if e.To == conn.LinkReady {
+			tr.readyEvents.Add(1)
+			if handshake {
+				tr.ready(i) // the Handshake, the login, returned nil
+			}
+		}
+	}
 	switch strategy {
 	case "relink", "relink-rate":
 		cfg.Handshake = func(ctx context.Context, c *conn.Conn) error {
@@ -258,11 +271,6 @@ func newLink(strategy string, i int, addr string, gate *backoff.Gate, tr *tracke
 				return nil
 			}
 			return backoff.Overloaded(errBusy, a.retryAfter) // zero: no hint
-		}
-		cfg.OnStateChange = func(e conn.LinkStateChange) {
-			if e.To == conn.LinkReady {
-				tr.ready(i)
-			}
 		}
 		cfg.Session = idle
 	case "control":
@@ -322,6 +330,8 @@ type tracker struct {
 	n     int           // Links ready
 	last  time.Duration // when the last of them was, from start
 	all   chan struct{} // closed when every Link was ready
+
+	readyEvents atomic.Int64 // changes to LinkReady
 }
 
 func newTracker(n int) *tracker {

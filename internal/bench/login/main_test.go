@@ -38,11 +38,17 @@ func TestHerdSmall(t *testing.T) {
 				t.Fatalf("ready_s %v", r.ReadyS)
 			}
 			if c.strategy == "control" {
+				if r.ReadyEvents != r.Logins {
+					t.Errorf("control: %d changes to READY for %d connections", r.ReadyEvents, r.Logins)
+				}
 				if r.GateOverloaded != 0 || r.GateSucceeded != uint64(r.Logins) {
 					t.Fatalf("control: the gate heard %d successes and %d overloads; want one success per connection (%d) and no overload",
 						r.GateSucceeded, r.GateOverloaded, r.Logins)
 				}
 				return
+			}
+			if r.ReadyEvents != o.n {
+				t.Errorf("%d changes to READY for %d Links: a Link was READY before its login", r.ReadyEvents, o.n)
 			}
 			if r.GateSucceeded != uint64(o.n) || r.GateOverloaded != uint64(refused) {
 				t.Fatalf("the gate heard %d successes and %d overloads; want %d (one per login) and %d (one per BUSY)",
