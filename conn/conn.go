@@ -2,6 +2,7 @@ package conn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -39,6 +40,7 @@ type Conn struct {
 	mon          *liveness.Monitor // nil without probing
 	prober       Prober
 	strip        Stripper // removes probe replies from inbound bytes; nil: none
+	sock         net.Conn // the connection under a *tls.Conn nc; nil otherwise
 	probeTimeout time.Duration
 	writeTimeout time.Duration
 	wsem         chan struct{} // write lock shared with probes; nil without probing
@@ -83,6 +85,9 @@ func wrap(nc net.Conn, cfg *Config, applyOpts bool) *Conn {
 		log:          cfg.Logger,
 		inst:         instrumentsFor(cfg.MeterProvider),
 		done:         make(chan struct{}),
+	}
+	if tc, ok := nc.(*tls.Conn); ok {
+		c.sock = tc.NetConn()
 	}
 	p, interval, timeout := cfg.probing()
 	if tcp := tcpConnOf(nc); tcp != nil {
@@ -357,6 +362,9 @@ func (c *Conn) probe() error {
 	c.dlmu.Lock()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.probeTimeout))
 	c.dlmu.Unlock()
+	if c.strip != nil {
+		c.strip.Probed() // before the reply can arrive
+	}
 	err := c.prober.Probe(c.nc)
 	c.dlmu.Lock()
 	_ = c.nc.SetWriteDeadline(c.wdl)
@@ -444,6 +452,11 @@ func (c *Conn) die(cause error, reason int, closeNC bool) bool {
 		info, haveInfo = tcpInfo(c.raw) // before closing the socket
 	}
 	if closeNC && c.closed.CompareAndSwap(false, true) {
+		if c.sock != nil {
+			// A dead peer gets no TLS close_notify: tls.Conn.Close would
+			// wait up to 5 s to write it.
+			_ = c.sock.Close()
+		}
 		_ = c.nc.Close()
 	}
 	var detection time.Duration

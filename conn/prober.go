@@ -24,9 +24,22 @@ func (f ProberFunc) Probe(w io.Writer) error { return f(w) }
 // CRLF is the SIP keepalive ping of RFC 5626 §4.4.1: it writes "\r\n\r\n",
 // which a SIP peer answers with "\r\n" (and otherwise ignores between
 // messages). Use it only on SIP flows (or protocols that skip blank lines).
+//
+// It is a ReplyFilter: the Conn follows the inbound SIP framing (start
+// line, headers up to the blank line, Content-Length bytes of body) and,
+// while a ping awaits its pong, removes the run of CR and LF bytes found at
+// the next message boundary (the pong, or a peer's echo of the whole ping),
+// as RFC 5626 §3.5.1 reads keepalives between messages. CR and LF bytes
+// inside a message, and those between messages when no ping awaits a pong
+// (a peer's own ping, which the reader may answer), are left alone. A
+// stream whose framing cannot be followed (a Content-Length that is not a
+// number) is passed on untouched from then on.
 var CRLF Prober = crlf{}
 
 type crlf struct{}
+
+// NewStripper returns the SIP framer that removes CRLF pongs.
+func (crlf) NewStripper() Stripper { return &sipStripper{} }
 
 var crlfPing = []byte("\r\n\r\n")
 
@@ -53,9 +66,13 @@ type ReplyFilter interface {
 }
 
 // A Stripper removes a Prober's replies from one connection's inbound
-// stream. Its state (where the protocol's message boundaries are) carries
-// over from one call to the next.
+// stream. Its state (where the protocol's message boundaries are, how many
+// probes await a reply) carries over from one call to the next.
 type Stripper interface {
+	// Probed is called just before each probe is written, from the
+	// probe's goroutine, possibly while Strip runs: a Stripper that removes
+	// only the replies it expects counts them here.
+	Probed()
 	// Strip is given the bytes just read, in stream order; it removes the
 	// probe replies among them, moving the rest to the front of p in
 	// order, and returns how many bytes are left (p[:n]). It is called
