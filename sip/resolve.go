@@ -75,7 +75,8 @@ func lookupTargets(ctx context.Context, res *net.Resolver, t target) ([]target, 
 	if svc, proto, ok := srvService(t.transport); ok {
 		_, srvs, err := res.LookupSRV(ctx, svc, proto, t.uri.Host)
 		var dnsErr *net.DNSError
-		if err != nil && !(errors.As(err, &dnsErr) && dnsErr.IsNotFound) {
+		notFound := errors.As(err, &dnsErr) && dnsErr.IsNotFound
+		if err != nil && !notFound {
 			return nil, fmt.Errorf("sip: SRV lookup for %s: %w", t.raw, err)
 		}
 		for _, s := range srvs {

@@ -223,7 +223,9 @@ func (r *runner) transact(ctx context.Context, tg *regTarget, req *sipmsg.Reques
 		return nil, nil, t.txError(ctx, tctx, tg, err, isReg)
 	}
 	defer tx.Terminate()
-	f := r.watch(tx.Connection(), network, req.Destination(), tg)
+	// Attaching sets socket options at most: nothing to cancel.
+	f := r.watch(tx.Connection(), network, req.Destination(), tg) //nolint:contextcheck // no blocking I/O
+
 	for {
 		if f != nil && r.pendErr != nil {
 			return nil, f, t.txError(ctx, tctx, tg, r.pendErr, isReg)
