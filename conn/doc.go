@@ -38,7 +38,8 @@
 //	case <-ctx.Done():
 //	}
 //
-// Accepted and TLS connections are wrapped with Wrap. Code that must hand a
+// A Dialer with TLSConfig dials TLS; accepted connections, and TLS
+// connections made elsewhere, are wrapped with Wrap. Code that must hand a
 // net.Dialer to another library (sipgo's TransportTCP.DialerCreate) gets the
 // kernel options from Config.NetDialer, and the probing from its own read
 // loop.
@@ -47,18 +48,28 @@
 //
 // A Link keeps one logical connection up: it dials (through a backoff.Gate
 // shared with everything that recovers towards the same server, if given),
-// runs the caller's Session on each connection, and redials after a backoff
+// brings each connection to readiness (TLS, then the protocol's login in
+// Handshake), runs the caller's Session on it, and redials after a backoff
 // delay when the connection dies, rotating through Addrs:
 //
+//	gate := backoff.NewGate(backoff.GateConfig{Destination: "login.example"})
 //	link, err := conn.NewLink(conn.LinkConfig{
-//		Dialer: &conn.Dialer{Config: conn.Config{Probe: conn.CRLF}},
-//		Addrs:  []string{"primary.example:5060", "backup.example:5060"},
-//		Session: func(ctx context.Context, c *conn.Conn) error {
-//			if err := login(c); errors.Is(err, errBadCredentials) {
-//				return backoff.Permanent(err) // retrying cannot help: Run returns it
+//		Dialer:    &conn.Dialer{Config: conn.Config{Probe: myPing}},
+//		Addrs:     []string{"primary.example:7000", "backup.example:7000"},
+//		TLSConfig: &tls.Config{}, // system roots; ServerName from the address
+//		Gate:      gate,
+//		Handshake: func(ctx context.Context, c *conn.Conn) error {
+//			switch reply, err := login(ctx, c); {
+//			case err != nil:
+//				return err // the connection died or the reply was garbled
+//			case reply.Busy:
+//				return backoff.Overloaded(errBusy, reply.RetryAfter) // the Gate pauses
+//			case reply.Denied:
+//				return backoff.Permanent(errDenied) // Run returns it
 //			}
-//			return serve(ctx, c) // any other return: reconnect
+//			return nil // ready: the Gate's success
 //		},
+//		Session: serve, // after readiness; its return reconnects
 //	})
 //	if err != nil {
 //		return err
@@ -67,7 +78,45 @@
 //
 // Its LinkState goes idle → connecting → ready → transient-failure →
 // connecting … → shutdown, observed through State, WaitForStateChange and
-// LinkConfig.OnStateChange (a LinkStateChange).
+// LinkConfig.OnStateChange (a LinkStateChange). The Link is ready only once
+// Handshake returned nil (or, without a Handshake, once the connection and
+// its TLS handshake are up).
+//
+// # What the Gate hears
+//
+// The Gate's permit is held from the dial to readiness and reported once:
+// Success when Handshake returns nil; Overload(d) when it returns
+// backoff.Overloaded(err, d) (the Gate pauses for d and cuts its pace);
+// Unreachable when the dial fails for the network, the connection dies
+// before readiness (the server closed or reset it, or stopped answering) or
+// HandshakeTimeout expires; ClientFailure for this client's own failures (a
+// certificate refused, ErrTLSHandshake, retried only after SlowRetry; a
+// Permanent error; any other Handshake error). After readiness, a Session
+// returning backoff.Overloaded(err, d) is reported with Gate.Observe
+// (Overload(d)), and a connection declared dead by liveness
+// (ErrUnresponsive) with Gate.Observe(backoff.UnreachableSince(its last
+// inbound byte)), as sip does for a lost flow: the Gate closes unless
+// another connection got through since.
+//
+// # TLS
+//
+// LinkConfig.TLSConfig (or Dialer.TLSConfig, for a Dialer used alone) runs
+// TLS over the dialed TCP socket: the kernel options are set on the socket,
+// the Conn watches it (SIOCINQ, TCP_INFO), probes are written through TLS and
+// only decrypted bytes count as inbound traffic. A dead peer's connection is
+// closed without waiting to send it a close_notify.
+//
+// # Probe replies
+//
+// A probe's reply arrives in the same stream as the protocol's bytes. A
+// Prober that can tell them apart implements ReplyFilter, and Conn.Read
+// removes the replies before the reader sees them: CRLF follows the inbound
+// SIP framing and removes the CRLF pong found at the next message boundary
+// after a ping (RFC 5626 §3.5.1), never a CR or LF inside a message. With
+// a Prober that does not implement it (a ProberFunc), the replies reach the
+// reader, which must skip them: choose a ping whose answer the protocol
+// ignores, or one that is itself a message of the protocol (a PING the
+// Session reads as a PONG).
 //
 // # Configuration
 //
@@ -75,7 +124,8 @@
 // field is its documented default and a negative value turns the setting off;
 // each field's doc says what off means for it (no keepalive, no
 // TCP_USER_TIMEOUT, no application probe, no write deadline, no dial bound,
-// no minimum healthy lifetime, no attempt limit).
+// no handshake bound, no minimum healthy lifetime, no slow-retry floor, no
+// attempt limit).
 //
 // # A slow reader is not a dead peer
 //

@@ -73,7 +73,7 @@ func TestLinkTLSEchoWithProbes(t *testing.T) {
 			_ = c.SetReadDeadline(time.Now().Add(time.Second))
 			n, err := c.Read(make([]byte, 64))
 			if n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
-				res <- result{err: fmt.Errorf("read %d bytes (%v) while only probe replies came, want a timeout", n, err)}
+				res <- result{err: fmt.Errorf("read %d bytes (%w) while only probe replies came, want a timeout", n, err)}
 				return nil
 			}
 			err = testkit.EchoOnce(c, sipOptions, 5*time.Second)
