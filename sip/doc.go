@@ -46,7 +46,8 @@
 // sends no Expires (the registrar chooses), KeepAlive or KeepAliveTimeout
 // < 0 no CRLF ping, Qualify < 0 no OPTIONS, UnregisterTimeout < 0 no
 // unregistration, SlowRetry < 0 no retry after a refusal, FailbackInterval
-// < 0 no failback, RequestTimeout < 0 sipgo's own timers only.
+// < 0 no failback, RequestTimeout < 0 sipgo's own timers only, RegID < 0
+// no RFC 5626 outbound.
 //
 // # Responses
 //
@@ -56,7 +57,9 @@
 // report to the gate; decide_test.go tables every class. The runner
 // (runner.go) performs the actions: Run's loop, refresh, keepalive, flow
 // loss, failback and shutdown; flow deaths reach it as events it takes on
-// its own goroutine. send.go builds and sends the REGISTERs.
+// its own goroutine. send.go builds and sends the REGISTERs, options.go the
+// OPTIONS, outbound.go adds RFC 5626's parameters, resolve.go looks
+// registrars up (RFC 3263) and binding.go keeps what the 2xx granted.
 //
 // Every REGISTER transaction is admitted by the registrar's gate and reports
 // its outcome to it (a challenge round trip is two admissions: registrars
@@ -126,8 +129,79 @@
 //
 // A UserAgent not made by NewUA still works through WrapUA: relink cannot
 // see its reads, so it probes each flow with an OPTIONS request instead
-// (any answer proves the flow alive). UDP registrations have no flow; TrunkConfig.Qualify sends
-// OPTIONS at an interval and treats a failed one as a dead flow.
+// (any answer proves the flow alive).
+//
+// A UDP registrar is qualified by default: an OPTIONS every DefaultQualify
+// (30 s) while registered, answered by anything; no answer within the
+// qualify timeout (KeepAliveTimeout, 5 s by default, not the 32 s of Timer F:
+// sipgo retransmits the OPTIONS meanwhile) declares the UDP flow dead for
+// every trunk that registered with that registrar. A silent UDP registrar is
+// thus noticed within Qualify + the qualify timeout, 35 s by default.
+//
+// # Waits nobody watches
+//
+// No REGISTER or OPTIONS waits on a connection nobody watches: each connects
+// through relink (every attempt bounded by UAConfig.ConnectTimeout and
+// redialled with a fresh SYN, so a restored path is reached within about
+// that bound rather than at the kernel's next SYN retransmission, up to 31 s
+// later), also when the Contact is configured or kept and no connection is
+// asked for before the request; the transaction's flow is subscribed to
+// while it waits (TCP, TLS, WS, WSS: pinged; UDP: killed by its trunks'
+// failed qualify), so the flow's death ends the wait at once; the qualify
+// OPTIONS waits the short qualify timeout. What is left is bounded by
+// RequestTimeout: a UDP REGISTER to a silent registrar, and a trunk whose
+// KeepAlive is off (it asked for no pings).
+//
+// # RFC 5626 outbound and the binding
+//
+// Unless TrunkConfig.RegID is negative, every REGISTER carries the UA's
+// +sip.instance (UA.InstanceID: UAConfig.InstanceID, or a URN made once per
+// UA), a reg-id per configured registrar (RegID, RegID+1, ...), ;ob in the
+// Contact URI and Supported: outbound, path. The Contact relink builds is
+// made once per transport and kept for the trunk's life: it no longer
+// changes with each reconnect's ephemeral port, the registrar replaces the
+// binding instead of adding one, and a gateway can map the Request-URI of an
+// inbound request to its trunk (Trunk.Binding().Contact). Trunk.Binding
+// reads what the registrar's last 2xx granted: the registrar, Contact,
+// instance and reg-id, the grant and when, and the Path and Service-Route
+// values. With outbound off the Contact follows the connection, and the
+// old one is removed in the same REGISTER, as before.
+//
+// # Carrier trunks without REGISTER
+//
+// TrunkConfig.OptionsOnly makes a trunk for a carrier that authenticates by
+// IP: it sends OPTIONS at Qualify (DefaultQualify by default) through the
+// same gates and flows, and has the same states: Registered while any final
+// response comes back, Backoff after a 503 (its Retry-After pauses the gate
+// for every trunk on the registrar) or no answer (the gate closes and
+// scouts; the trunk moves on to its next registrar and fails back).
+//
+// # Outbound proxy and headers
+//
+// TrunkConfig.OutboundProxy sends every REGISTER and OPTIONS to the proxy's
+// address over its transport, with a loose Route to it; the Request-URI stays
+// the registrar's, and so does the gate. TrunkConfig.Headers adds headers
+// (User-Agent, X-...) to every REGISTER and OPTIONS; NewTrunk refuses those
+// relink sets itself.
+//
+// # Registrars by name (RFC 3263)
+//
+// A registrar URI whose host is a name and that has no port is looked up
+// when Run starts, with TrunkConfig.Resolver (net.DefaultResolver when
+// nil): the SRV records of its transport (_sip._udp, _sip._tcp or
+// _sips._tcp; none for WS and WSS), in priority order and weight-shuffled
+// within a priority, then each record's A/AAAA addresses; without SRV
+// records, the name's own addresses at the transport's default port. Each
+// address becomes a target of its own, with its own gate (a Fleet's, keyed
+// transport/IP:port) and its own Call-ID, tried in that order and failed
+// over and back (FailbackInterval) exactly like the Registrars list; the
+// Request-URI stays the configured name. A TLS or WSS target keeps the SRV
+// target's host name as its destination, so that the certificate is
+// checked against it. The names are looked up again after a pass through
+// every target without a registration (at most every 30 s). NAPTR is not
+// queried: it would choose the transport, and a trunk's transport is the one
+// its URI names (UDP when absent), as a 3xx never changes it either. A
+// failed lookup leaves the URI to sipgo's own resolution.
 //
 // # Telemetry
 //
