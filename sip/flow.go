@@ -135,6 +135,7 @@ type flowMonitor struct {
 	connectTimeout time.Duration
 	onDeath        func(FlowDeath)
 	watchCalls     bool
+	callPref       flowPref // probing of the connections WatchCalls watches
 	// options sends an OPTIONS on f and reports whether it was answered
 	// (the txl path; tests replace it).
 	options func(f *flow) bool
@@ -151,6 +152,9 @@ func (m *flowMonitor) init() {
 	m.byConn = make(map[sipmsg.Connection]*flow)
 	if m.options == nil {
 		m.options = (*flow).optionsPing
+	}
+	if m.callPref == (flowPref{}) {
+		m.callPref = flowPref{interval: DefaultKeepAlive, timeout: DefaultKeepAliveTimeout}
 	}
 }
 
@@ -599,7 +603,7 @@ func (m *flowMonitor) watchCall(p sipmsg.TransportReadProps, k flowKey) {
 	if l, ok := addrPort(c.LocalAddr()); !ok || l != k.local {
 		return
 	}
-	m.attach(c, network, callWatch{}, flowPref{interval: DefaultKeepAlive, timeout: DefaultKeepAliveTimeout})
+	m.attach(c, network, callWatch{}, m.callPref)
 }
 
 // newOptions builds an out-of-dialog OPTIONS to uri.
