@@ -308,15 +308,7 @@ func TestHalfOpenLinkRecovers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			runErr := make(chan error, 1)
-			go func() { runErr <- l.Run(ctx) }()
-			defer func() {
-				cancel()
-				if err := <-runErr; !errors.Is(err, context.Canceled) {
-					t.Errorf("Run = %v, want context.Canceled", err)
-				}
-			}()
+			defer hoRunLink(t, l)()
 
 			first := hoNextSession(t, sessions)
 			at, restore := hoCut(t, p, port, kind, first.c)
@@ -356,6 +348,20 @@ func TestHalfOpenLinkRecovers(t *testing.T) {
 			t.Logf("%s: detected %v after the cut; session ran again %v after the rule was removed; states %v",
 				kind, detected.Round(time.Millisecond), recovered.Round(time.Millisecond), states)
 		})
+	}
+}
+
+// hoRunLink runs l in a goroutine and returns the function that stops it
+// and checks that Run returned context.Canceled.
+func hoRunLink(t *testing.T, l *conn.Link) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- l.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-runErr; !errors.Is(err, context.Canceled) {
+			t.Errorf("Run = %v, want context.Canceled", err)
+		}
 	}
 }
 

@@ -88,15 +88,7 @@ func TestHalfOpenTLSLinkDetects(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			runErr := make(chan error, 1)
-			go func() { runErr <- l.Run(ctx) }()
-			defer func() {
-				cancel()
-				if err := <-runErr; !errors.Is(err, context.Canceled) {
-					t.Errorf("Run = %v, want context.Canceled", err)
-				}
-			}()
+			defer hoRunLink(t, l)()
 
 			first := hoNextSession(t, sessions)
 			if _, ok := first.c.NetConn().(*tls.Conn); !ok {
