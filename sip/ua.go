@@ -16,14 +16,15 @@ import (
 // kernel options that bound a silent peer at 15 s, sipgo's defaults
 // otherwise.
 type UAConfig struct {
-	// KeepAlive configures the kernel's TCP keepalive on every TCP and TLS
-	// connection sipgo dials, as conn.Config.KeepAlive does (the same
+	// KeepAlive configures the kernel's TCP keepalive on every TCP, TLS,
+	// WS and WSS connection sipgo dials (WSS: once a trunk's flow uses it,
+	// since sipgo dials WSS with a dialer of its own), as conn.Config.KeepAlive does (the same
 	// defaults: 5 s idle, 1 s interval, 10 probes; a zero field means its
 	// default). KeepAliveConfig{Idle: -1} (or any negative field with
 	// Enable false) turns kernel keepalive off.
 	KeepAlive net.KeepAliveConfig
 	// UserTimeout is TCP_USER_TIMEOUT (Linux; ignored elsewhere) on every
-	// TCP and TLS connection sipgo dials: how long sent data may stay
+	// TCP, TLS, WS and WSS connection sipgo dials (as KeepAlive): how long sent data may stay
 	// unacknowledged before the kernel aborts the connection. Zero means
 	// conn.DefaultUserTimeout (15 s); negative leaves the OS default (about
 	// 15 minutes), i.e. off.
@@ -105,8 +106,8 @@ type FlowDeath struct {
 }
 
 // UA is a sipgo UserAgent with relink's flow monitor: the trunks and fleets
-// made on one UA share its TCP and TLS flows, one CRLF ping per connection
-// however many trunks use it. Use UserAgent for calls (a sipgo client or
+// made on one UA share its TCP, TLS, WS and WSS flows, one CRLF ping per
+// connection however many trunks use it. Use UserAgent for calls (a sipgo client or
 // server on the same UserAgent shares the flows the trunks keep alive).
 // Close it when done.
 type UA struct {
@@ -120,17 +121,22 @@ type UA struct {
 // NewUA returns a UA whose sipgo UserAgent is prepared for relink's trunks:
 //
 //   - a transport read filter that lets relink see every byte arriving on
-//     each TCP and TLS flow (the pong to its CRLF ping, or any message), so
-//     that a silent flow is detected within TrunkConfig.KeepAlive +
-//     KeepAliveTimeout;
-//   - TCP and TLS transports whose DialerCreate applies cfg.KeepAlive and
-//     cfg.UserTimeout to the connections sipgo dials;
+//     each TCP, TLS, WS and WSS flow (the pong to its CRLF ping, or any
+//     message), so that a silent flow is detected within
+//     TrunkConfig.KeepAlive + KeepAliveTimeout;
+//   - TCP, TLS and WS transports whose dialers apply cfg.KeepAlive and
+//     cfg.UserTimeout to the connections sipgo dials (WSS connections get
+//     them when a trunk's flow first uses them);
+//   - a TLS client configuration that verifies each server with the
+//     TLSConfig of the trunk registering there (else cfg.TLSConfig), so
+//     that trunks on one UA can have their own roots and client
+//     certificates;
 //   - WithTransactionLayerTerminateOnConnClose, so that the transactions
 //     pending on a flow relink declares dead fail at once instead of
 //     waiting for Timer B (32 s).
 //
 // sipgo gives no way to pass a logger to a transport created outside it, so
-// the TCP and TLS transports log to sipgo's default logger (slog.Default
+// the TCP, TLS and WS transports log to sipgo's default logger (slog.Default
 // unless the application called sipgo's SetDefaultLogger); the transport
 // layer's logger (WithTransportLayerLogger) still applies to the rest.
 func NewUA(cfg UAConfig) (*UA, error) {

@@ -50,7 +50,7 @@ func run(addr, caPath, client, pass string, noCRLF bool, debug int) error {
 	if err != nil {
 		return err
 	}
-	defer k.Stop()
+	defer func() { _ = k.Stop() }()
 	if err := os.WriteFile(caPath, k.CA().PEM(), 0o644); err != nil {
 		return err
 	}
