@@ -72,7 +72,10 @@ type FleetMember interface {
 // admission waits on the fleet's store longer than this.
 const FleetCallBound = 100 * time.Millisecond
 
-// FleetPace is the pace state a fleet shares. Version counts the changes:
+// FleetPace is the pace state a fleet shares. Ceiling, CeilingAge and
+// RetryAfter travel with Pace (stored when Pace is) but are not part of a
+// change: a proposal is made when Pace, Estimate or Startup change. Version
+// counts the changes:
 // a proposal (FleetRequest.Pace with Propose) is stored only if its Version
 // is the stored one, so that of two members changing the pace at once one
 // wins and the other adopts the winner's (one cut per overshoot, one probe
@@ -87,6 +90,15 @@ type FleetPace struct {
 	Estimate float64
 	// Startup is true while the pace is still doubling from InitialRate.
 	Startup bool
+	// Ceiling is a pace that drew a Retry-After within the last 10 s, or a
+	// capacity counted at startup's first Retry-After: no member probes
+	// within 10 % of it, and a probe towards it must be worth the pause it
+	// risks. Zero: none. CeilingAge is how long ago it was set.
+	Ceiling    float64
+	CeilingAge time.Duration
+	// RetryAfter is the last Retry-After the destination gave a member: the
+	// price of a probe that overshoots, for every member. Zero: none yet.
+	RetryAfter time.Duration
 	// Version is the stored version; in a request, the version the
 	// proposal derives from.
 	Version uint64

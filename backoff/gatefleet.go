@@ -146,7 +146,7 @@ func (g *Gate) fleetAdmitLocked(now time.Time) {
 		want = 2
 	}
 	req := FleetRequest{
-		Pace:     g.pacer.fleetPace(),
+		Pace:     g.pacer.fleetPace(now),
 		Book:     f.pushBack <= 0 && g.state == GateOpen && f.next.seq == 0 && g.queued() >= want,
 		Held:     f.slot.seq,
 		PushBack: f.pushBack,

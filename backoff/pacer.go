@@ -373,13 +373,35 @@ func (p *pacer) startupCut(s stamp) float64 {
 	period := p.startupPeriod()
 	arrived := s.at.Add(p.minRTT / 2) // at the destination
 	from := arrived.Truncate(period).Add(-p.minRTT / 2)
-	n := p.acceptedIn(from, s.at)
-	est := float64(n) / period.Seconds()
-	if cruiseGain*est <= clean || est >= s.pace || n < p.acceptedIn(from.Add(-period), from) {
+	n, before := float64(p.acceptedIn(from, s.at)), float64(p.acceptedIn(from.Add(-period), from))
+	if p.fleetGrows {
+		// A member sees only its share of the fleet's admissions; the
+		// fleet's queue, full during a herd, admitted at its pace.
+		n, before = p.fleetAdmitted(from, s.at, s.pace), p.fleetAdmitted(from.Add(-period), from, s.pace)
+	}
+	est := n / period.Seconds()
+	if cruiseGain*est <= clean || est >= s.pace || n < before {
 		return clean
 	}
 	p.hi, p.counted = est, true
 	return cruiseGain * est
+}
+
+// fleetAdmitted is what the fleet's queue admitted in [from, to) in
+// startup: at pace since the pace was set (paceSetAt), half that for the
+// period before (startup doubles once per period), a quarter before that.
+func (p *pacer) fleetAdmitted(from, to time.Time, pace float64) float64 {
+	n := 0.0
+	end := to
+	for _, start := range []time.Time{p.paceSetAt, p.paceSetAt.Add(-p.startupPeriod()), from} {
+		start = laterOf(start, from)
+		if end.After(start) {
+			n += pace * end.Sub(start).Seconds()
+			end = start
+		}
+		pace /= 2
+	}
+	return n
 }
 
 // maybeEndEpisode turns a long enough measurement into an estimate of the
@@ -514,13 +536,17 @@ func (p *pacer) next() time.Time {
 	return p.probeAt
 }
 
-// fleetPace returns the pace state a fleet shares (FleetPace); Pace is zero
-// when unlimited.
-func (p *pacer) fleetPace() FleetPace {
+// fleetPace returns at now the pace state a fleet shares (FleetPace); Pace
+// is zero when unlimited.
+func (p *pacer) fleetPace(now time.Time) FleetPace {
 	if p.unlimited() {
 		return FleetPace{}
 	}
-	return FleetPace{Pace: p.pace, Estimate: p.estimate, Startup: p.startup}
+	f := FleetPace{Pace: p.pace, Estimate: p.estimate, Startup: p.startup, RetryAfter: p.lastRA}
+	if p.hi > 0 && now.Sub(p.hiAt) < hiMemory {
+		f.Ceiling, f.CeilingAge = p.hi, max(now.Sub(p.hiAt), 0)
+	}
+	return f
 }
 
 // adopt takes at now the pace another member of the fleet set: a cut for its
@@ -559,6 +585,12 @@ func (p *pacer) adopt(now time.Time, f FleetPace, setAt time.Time) {
 	p.pace = pace
 	p.estimate = f.Estimate
 	p.startup = f.Startup
+	if f.Ceiling > 0 {
+		// The fleet's ceiling: a member that never drew a Retry-After
+		// probes no closer to it than the one that did.
+		p.hi, p.hiAt = f.Ceiling, now.Add(-f.CeilingAge)
+	}
+	p.lastRA = max(p.lastRA, f.RetryAfter)
 	p.ep = episode{}
 	p.paceSetAt = setAt
 	p.growAt = setAt.Add(p.startupPeriod())

@@ -215,3 +215,32 @@ func TestPacerCountsCapacityAtFirstRetryAfter(t *testing.T) {
 		t.Fatalf("after a 503 with 12 accepted after 16 in the window before: pace %v, want 160 (halved)", p.pace)
 	}
 }
+
+// A new member adopting the fleet's pace adopts its ceiling and Retry-After
+// too: it does not probe within 10 % of a ceiling it never drew itself, and
+// with the ceiling forgotten it probes a Retry-After destination only when
+// the work queued is worth the pause (before, every new member of a second
+// herd probed 1.1× at its first admission, from a pace set 7 s earlier).
+func TestPacerAdoptsFleetCeiling(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	run := func(f FleetPace, queued int) float64 {
+		p := newPacer(0, 20, 1, t0)
+		p.adopt(t0, f, t0.Add(-7*time.Second))
+		for i := range 30 {
+			p.control(t0.Add(time.Duration(i)*100*time.Millisecond), queued)
+		}
+		return p.pace
+	}
+	learned := FleetPace{Pace: 190, Estimate: 200, Ceiling: 200, CeilingAge: 2 * time.Second, RetryAfter: time.Second}
+	if got := run(learned, 2000); got != 190 {
+		t.Fatalf("with the fleet's ceiling 200: pace %v after 3 s, want 190 (no probe)", got)
+	}
+	old := learned
+	old.Ceiling, old.CeilingAge = 0, 0
+	if got := run(old, 200); got != 190 {
+		t.Fatalf("ceiling forgotten, 1 s of work queued: pace %v, want 190 (a probe not worth a pause)", got)
+	}
+	if got := run(old, 20000); got <= 190 {
+		t.Fatalf("ceiling forgotten, 100 s of work queued: pace %v, want a probe above 190", got)
+	}
+}

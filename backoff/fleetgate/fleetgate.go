@@ -174,7 +174,9 @@ func (m *member) Admit(ctx context.Context, req backoff.FleetRequest) (backoff.F
 		strconv.FormatUint(req.Pace.Version, 10), flag(req.Propose), flag(req.Book),
 		strconv.FormatUint(req.Held, 10), strconv.FormatInt(req.PushBack.Microseconds(), 10),
 		strconv.FormatInt(m.f.cfg.PaceTTL.Milliseconds(), 10),
-		strconv.FormatInt(req.Grow.Microseconds(), 10), fmtFloat(req.Ceiling)).StringSlice()
+		strconv.FormatInt(req.Grow.Microseconds(), 10), fmtFloat(req.Ceiling),
+		fmtFloat(req.Pace.Ceiling), strconv.FormatInt(req.Pace.CeilingAge.Microseconds(), 10),
+		strconv.FormatInt(req.Pace.RetryAfter.Microseconds(), 10)).StringSlice()
 	if err != nil {
 		return backoff.FleetReply{}, fmt.Errorf("fleetgate: admit: %w", err)
 	}
@@ -183,8 +185,8 @@ func (m *member) Admit(ctx context.Context, req backoff.FleetRequest) (backoff.F
 
 // parseAdmit reads admitScript's answer.
 func parseAdmit(v []string) (backoff.FleetReply, error) {
-	if len(v) != 10 {
-		return backoff.FleetReply{}, fmt.Errorf("fleetgate: admit: %d values, want 10", len(v))
+	if len(v) != 13 {
+		return backoff.FleetReply{}, fmt.Errorf("fleetgate: admit: %d values, want 13", len(v))
 	}
 	us := func(s string) time.Duration {
 		n, _ := strconv.ParseInt(s, 10, 64)
@@ -201,6 +203,9 @@ func parseAdmit(v []string) (backoff.FleetReply, error) {
 	rep.Due, rep.Lost = us(v[7]), v[7] == "lost"
 	rep.Opened, _ = strconv.ParseUint(v[8], 10, 64)
 	rep.PaceAge = max(us(v[9]), 0)
+	rep.Pace.Ceiling, _ = strconv.ParseFloat(v[10], 64)
+	rep.Pace.CeilingAge = max(us(v[11]), 0)
+	rep.Pace.RetryAfter = max(us(v[12]), 0)
 	return rep, nil
 }
 

@@ -45,11 +45,17 @@ type timedFleet struct {
 	*Fleet
 	calls, failed atomic.Int64
 	slowest       atomic.Int64 // ns
+	last          atomic.Pointer[timedMember]
 }
 
 func (f *timedFleet) Join(d string) backoff.FleetMember {
-	return &timedMember{FleetMember: f.Fleet.Join(d), f: f}
+	m := &timedMember{FleetMember: f.Fleet.Join(d), f: f}
+	f.last.Store(m)
+	return m
 }
+
+// members is the member count of the last member joined.
+func (f *timedFleet) members() int { return f.last.Load().Members() }
 
 type timedMember struct {
 	backoff.FleetMember
@@ -138,7 +144,7 @@ func TestTwoGatesAdmitAtOneCombinedPace(t *testing.T) {
 	start := time.Now()
 	herd(t, ga, n, at, &wg)
 	herd(t, gb, n, at, &wg)
-	wg.Wait()
+	waitWithin(t, &wg, 10*time.Second, "the herd")
 	el := time.Since(start)
 	close(at)
 	var times []time.Time
@@ -289,7 +295,7 @@ func TestRedisKilledMidHerd(t *testing.T) {
 	}
 	restarted := time.Now()
 	before := fa.calls.Load() - fa.failed.Load() + fb.calls.Load() - fb.failed.Load()
-	wg.Wait()
+	waitWithin(t, &wg, 10*time.Second, "every waiter admitted") // none stuck
 	el := time.Since(start)
 	close(at)
 	var times, after []time.Time
@@ -376,6 +382,20 @@ func TestLearnedPaceOutlivesAProcess(t *testing.T) {
 	ga.Close()
 	if learned.Rate != 10 || learned.Estimate == 0 {
 		t.Fatalf("gate A: pace %v estimate %v after a Retry-After in startup, want 10 and an estimate", learned.Rate, learned.Estimate)
+	}
+	// The ceiling (the pace that drew the Retry-After) and the Retry-After
+	// travel with the pace: a new member probes no closer to it, and
+	// weighs a probe against that pause.
+	raw, _ := newFleet(t, s, "raw", cfg)
+	m := raw.Join("registrar.test:5060")
+	rep, err := m.Admit(t.Context(), backoff.FleetRequest{})
+	_ = m.Leave()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Pace.Ceiling != 20 || rep.Pace.RetryAfter != 10*time.Millisecond || rep.Pace.CeilingAge > time.Second {
+		t.Fatalf("stored with the pace: ceiling %v (age %v), Retry-After %v; want 20 (just now) and 10ms",
+			rep.Pace.Ceiling, rep.Pace.CeilingAge, rep.Pace.RetryAfter)
 	}
 	restarted := func() backoff.GateStats {
 		t.Helper()

@@ -17,11 +17,15 @@ import "github.com/redis/go-redis/v9"
 // KEYS: queue, pace (a hash), pause, opened. ARGV: pace, estimate, startup
 // (0/1), the version the pace derives from, propose (0/1), book (0/1), the
 // place held (0: none), push-back (µs), the TTL of the pace and the queue
-// (ms, ≤ 0: none), the startup's doubling period (µs), the ceiling. It
-// returns the fleet's pace, estimate, startup and version, the pause left
-// (µs), the place booked (0: none) and its wait (µs), the held place's wait
-// (µs, negative when overdue; "lost": a place this queue never gave, lost
-// with Redis's state), the reopenings and the pace's age (µs).
+// (ms, ≤ 0: none), the startup's doubling period (µs), the ceiling of the
+// pace (95 % of a configured rate), and with the pace: the pace's Ceiling
+// (0: none), its age (µs) and the last Retry-After (µs, 0: none), which a
+// stored pace keeps when the proposal has none. It returns the fleet's
+// pace, estimate, startup and version, the pause left (µs), the place
+// booked (0: none) and its wait (µs), the held place's wait (µs, negative
+// when overdue; "lost": a place this queue never gave, lost with Redis's
+// state), the reopenings, the pace's age (µs), and the pace's Ceiling, the
+// Ceiling's age (µs) and the last Retry-After (µs).
 //
 // Times are µs and formatted with %.0f, paces with %.17g: Lua's default
 // number format would round them to 14 digits.
@@ -29,7 +33,7 @@ var admitScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function fmt(x) return string.format('%.0f', x) end
-local rec = redis.call('HMGET', KEYS[2], 'pace', 'est', 'startup', 'ver', 'at', 'cut')
+local rec = redis.call('HMGET', KEYS[2], 'pace', 'est', 'startup', 'ver', 'at', 'cut', 'hi', 'hiat', 'ra')
 local ver = tonumber(rec[4])
 local old = tonumber(rec[1] or '0') or 0
 local q = redis.call('HMGET', KEYS[1], 'v0', 't0', 'issued')
@@ -50,9 +54,17 @@ if want > 0 then
     if old > 0 and want < old then
       isCut = '1'
     end
-    rec = {ARGV[1], ARGV[2], ARGV[3], ver, now, isCut}
+    local hi, hiat = rec[7] or '0', rec[8] or fmt(now)
+    if tonumber(ARGV[12]) > 0 then
+      hi, hiat = ARGV[12], fmt(now - tonumber(ARGV[13]))
+    end
+    local ra = rec[9] or '0'
+    if tonumber(ARGV[14]) > 0 then
+      ra = ARGV[14]
+    end
+    rec = {ARGV[1], ARGV[2], ARGV[3], ver, now, isCut, hi, hiat, ra}
     redis.call('HSET', KEYS[2], 'pace', ARGV[1], 'est', ARGV[2], 'startup', ARGV[3],
-      'ver', fmt(ver), 'at', fmt(now), 'cut', isCut)
+      'ver', fmt(ver), 'at', fmt(now), 'cut', isCut, 'hi', hi, 'hiat', hiat, 'ra', ra)
   end
 end
 local pend = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -60,7 +72,8 @@ local grow = tonumber(ARGV[10])
 if ver ~= nil and book and rec[3] == '1' and grow > 0 and now - tonumber(rec[5]) >= grow and pend <= now and
     tonumber(ARGV[8]) <= 0 then
   ver = ver + 1
-  rec = {string.format('%.17g', math.min(tonumber(rec[1]) * 2, tonumber(ARGV[11]))), rec[2], rec[3], ver, now, '0'}
+  rec = {string.format('%.17g', math.min(tonumber(rec[1]) * 2, tonumber(ARGV[11]))), rec[2], rec[3], ver, now, '0',
+    rec[7], rec[8], rec[9]}
   redis.call('HSET', KEYS[2], 'pace', rec[1], 'ver', fmt(ver), 'at', fmt(now), 'cut', '0')
 end
 local pace = tonumber(rec[1] or '0') or 0
@@ -92,7 +105,8 @@ if tonumber(ARGV[9]) > 0 then
   end
 end
 return {rec[1] or '0', rec[2] or '0', rec[3] or '0', fmt(ver or 0), fmt(math.max(pend - now, 0)),
-  fmt(seq), fmt(wait), due, redis.call('GET', KEYS[4]) or '0', fmt(now - tonumber(rec[5] or now))}
+  fmt(seq), fmt(wait), due, redis.call('GET', KEYS[4]) or '0', fmt(now - tonumber(rec[5] or now)),
+  rec[7] or '0', fmt(now - tonumber(rec[8] or now)), rec[9] or '0'}
 `)
 
 // scoutScript takes or releases the scout lease (SET NX PX), and counts a
