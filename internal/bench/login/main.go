@@ -166,7 +166,7 @@ func herd(ctx context.Context, o *options, strategy string) (Result, error) {
 	return tally(o, strategy, srv, gate.Stats(), tr), nil
 }
 
-// runAll starts every Link's Run at once and waits until all are ready,
+// runAll starts every Link's Run at once (the clock starts then) and waits until all are ready,
 // the timeout, or every Run returned. The channel it returns yields, once
 // ctx is cancelled and every Run returned, the first error of a Run that
 // returned for another reason than ctx's end (nil if none).
@@ -174,9 +174,15 @@ func runAll(ctx context.Context, links []*conn.Link, tr *tracker, timeout time.D
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var first error
-	tr.begin()
+	// Every goroutine is started and parked before the clock starts, so
+	// that starting 2,000 of them is not part of the herd.
+	var parked sync.WaitGroup
+	parked.Add(len(links))
+	gun := make(chan struct{})
 	for _, l := range links {
 		wg.Go(func() {
+			parked.Done()
+			<-gun
 			if err := l.Run(ctx); ctx.Err() == nil {
 				mu.Lock()
 				first = cmp(first, fmt.Errorf("a Link stopped: %w", err))
@@ -184,6 +190,9 @@ func runAll(ctx context.Context, links []*conn.Link, tr *tracker, timeout time.D
 			}
 		})
 	}
+	parked.Wait()
+	tr.begin()
+	close(gun)
 	returned := make(chan struct{})
 	go func() { wg.Wait(); close(returned) }()
 	t := time.NewTimer(timeout)
