@@ -302,6 +302,11 @@ func (c *Conn) ioFailed(op string, err error) error {
 		return err
 	}
 	cause, reason, terminal := classifyIOError(err)
+	if !terminal && op == "write" && c.sock != nil {
+		// crypto/tls fails every later Write once one timed out: the
+		// connection is unusable, so it ends here.
+		terminal = true
+	}
 	if !terminal {
 		return err
 	}

@@ -10,7 +10,12 @@ import "io"
 // ProbeTimeout, from a timer's goroutine. w is the underlying connection:
 // Probe must write to it and return, not read from it or keep it. An error
 // declares the flow dead, with the error wrapped in Err (as ErrUnresponsive
-// when the write timed out).
+// when the write timed out). On a TLS Conn, w encrypts what Probe writes.
+//
+// The peer's reply arrives among the protocol's own bytes. A Prober that
+// also implements ReplyFilter (CRLF does) has its replies removed by
+// Conn.Read, so the reader never sees them; with any other Prober the
+// reader gets them and must skip them. See ReplyFilter.
 type Prober interface {
 	Probe(w io.Writer) error
 }

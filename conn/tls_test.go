@@ -220,3 +220,37 @@ func TestLinkTLSHandshakeCutIsUnreachable(t *testing.T) {
 		t.Errorf("gate %+v, want 1 unreachable", s)
 	}
 }
+
+// A Write through TLS that times out (WriteTimeout, a server that stopped
+// reading) ends the Conn: crypto/tls fails every later Write, so a Conn
+// left open would look alive and never write again.
+func TestTLSWriteTimeoutEndsConn(t *testing.T) {
+	e, clientTLS := tlsEcho(t, "127.0.0.1")
+	d := &Dialer{TLSConfig: clientTLS, Config: Config{WriteTimeout: 200 * time.Millisecond}}
+	c, err := d.DialContext(t.Context(), "tcp", e.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := testkit.EchoOnce(c, "hello\n", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.Freeze()
+	defer e.Resume()
+	buf := make([]byte, 64<<10)
+	deadline := time.Now().Add(10 * time.Second)
+	for err == nil && time.Now().Before(deadline) {
+		_, err = c.Write(buf)
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Write = %v, want a timeout", err)
+	}
+	select {
+	case <-c.Done():
+	default:
+		t.Fatal("Conn not done after its TLS write timed out")
+	}
+	if c.Err() == nil {
+		t.Fatal("Err = nil after the TLS write timed out")
+	}
+}
