@@ -42,7 +42,7 @@ func TestScoutLeaseNeverHeldTwice(t *testing.T) {
 		wg.Go(func() {
 			r := rand.New(rand.NewPCG(uint64(id), 1))
 			for ctx.Err() == nil {
-				rep, err := m.Scout(t.Context(), 500*time.Millisecond, false)
+				rep, err := m.Scout(ctx, 500*time.Millisecond, false)
 				if err != nil || !rep.Granted {
 					time.Sleep(time.Duration(r.IntN(2000)) * time.Microsecond)
 					continue
@@ -54,7 +54,7 @@ func TestScoutLeaseNeverHeldTwice(t *testing.T) {
 				}
 				time.Sleep(time.Duration(r.IntN(5000)) * time.Microsecond) // the scout
 				holder.Store(0)
-				if _, err := m.Scout(t.Context(), 0, false); err != nil {
+				if _, err := m.Scout(context.WithoutCancel(ctx), 0, false); err != nil {
 					t.Errorf("member %d: release: %v", id, err)
 				}
 			}
