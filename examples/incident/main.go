@@ -39,13 +39,14 @@
 // cannot go faster), REGISTERs per trunk, 503s, and the trunks still stuck
 // at the end: the ones that would need a manual restart.
 //
-// Each population is watched until its own timers have fired: the naive
-// gateway's REGISTER sent into the silence waits for sipgo's Timer F (32 s)
-// before it fails and is retried, so the run goes on until relink is back
-// and every naive trunk has recovered or failed and retried, then until
-// the naive population is back or has had 1.5 × N/C more (-after bounds
-// it). The closing table says where the naive gateway ends with the far
-// end chosen, and why.
+// Each population is watched until its own timers have fired. Relink's
+// watch ends 2 s after its last trunk is back: its figures are taken and
+// its trunks stop. The naive gateway's REGISTER sent into the silence waits
+// for sipgo's Timer F (32 s) before it fails and is retried, so its watch
+// goes on until every naive trunk has recovered or failed and retried,
+// then until the population is back or has had 1.5 × N/C more (-after
+// bounds both). The closing table says where the naive gateway ends with
+// the far end chosen, and why.
 //
 // With -procs P the relink population runs in P operating-system processes
 // (this program re-executed as workers), each a sip.Fleet with its share of
@@ -62,11 +63,11 @@
 // the longest binding the embedded registrars grant), -keepalive (relink's
 // TrunkConfig.KeepAlive; 0 keeps its 10 s default, so the detection bound is
 // 15 s), -after (the longest watch after the restore; 0: Timer F + 2.5 ×
-// N/C within 5–25 s, ending early as above), -farend, -procs, -redis, -json
-// (the closing table as
-// one JSON object on stdout, the timeline on stderr), -plot FILE.svg (a
-// chart of the timeline), -v (every relink state change on stderr), and
-// -registrar, -user, -pass.
+// N/C within 5–25 s, ending earlier as above), -farend (rst), -procs (0:
+// one process), -redis, -json (the closing table as one JSON object on
+// stdout, the timeline on stderr), -plot FILE.svg (a chart of the
+// timeline), -v (every relink state change on stderr), and -registrar,
+// -user, -pass.
 //
 // Before the outage the registrars admit everything, so that the warm-up
 // (2 N registrations, each with a challenge) takes a second instead of
