@@ -54,7 +54,16 @@
 //	}
 //
 // With no Rate configured the Gate learns the rate the destination accepts
-// (see Gate); with one, it never exceeds it. Its state (GateOpen, GateClosed,
+// (see Gate); with one, it never exceeds it. Against a destination whose
+// 503s carry a Retry-After, every overshoot pauses every client, so the gate
+// learns from the first one as much as it can: a registrar that counts per
+// fixed window aligned on the clock (Kamailio's htable counters, most
+// fixed-window limiters) has told its capacity by how many it accepted in
+// the window of its first 503, and the gate paces at 95 % of that count per
+// window from then on (one pause instead of two or three). A paused gate
+// resumes at a random point of its first pace interval after the pause,
+// never before it, so that processes told the same Retry-After do not come
+// back in step. Its state (GateOpen, GateClosed,
 // GatePaused) is reported by State, WaitForStateChange and the OnStateChange
 // callback, in the shape packages conn and sip use for their own states.
 // Packages conn and sip use a Gate for every redial and re-registration.
@@ -63,7 +72,10 @@
 // process of a fleet that admits towards the same destination (package
 // backoff/fleetgate keeps the shared state on Redis): one pace, one pause for
 // a Retry-After, one scout for a dead destination, one learned pace that
-// outlives the herd. Admission never waits on the shared store longer than
+// outlives the herd, with the ceiling the fleet last overshot and the
+// destination's Retry-After, so that a process joining later (a second herd,
+// a restart) starts at the learned pace and probes above it no more eagerly
+// than the process that drew the Retry-After. Admission never waits on the shared store longer than
 // FleetCallBound; without it each process admits at its share of the last
 // known fleet pace.
 package backoff

@@ -22,7 +22,11 @@
 //
 // Per destination it keeps six keys in one hash slot (Prefix +
 // "{destination}:"): queue (the fleet's queue of admissions: a virtual clock
-// and the next place), pace (the learned pace: a hash with a version), pause
+// and the next place), pace (the learned pace: a hash with a version, the
+// ceiling the fleet last overshot or counted, when, and the destination's
+// last Retry-After, so that a member joining later, a second herd or a
+// restarted process, neither probes near that ceiling nor probes at all
+// unless the work queued is worth a pause), pause
 // (until when, server clock), lease (the scout lease, SET NX PX with the
 // holder's ID), opened (the count of reopenings) and members (a sorted set
 // of live members scored by their expiry). queue, pace and opened expire
