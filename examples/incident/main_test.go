@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,8 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/relinkgo/relink/backoff"
+	"github.com/relinkgo/relink/backoff/fleetgate"
 	"github.com/relinkgo/relink/internal/kamailio"
 )
 
@@ -374,5 +379,51 @@ func TestIncidentKamailio(t *testing.T) {
 	t.Logf("kamailio: %+v", st)
 	if t.Failed() {
 		t.Logf("timeline:\n%s", stderr.String())
+	}
+}
+
+// TestEmbeddedRedisRunsFleetgate: fleetgate's admission script runs on the
+// embedded server through luaSafe (the gate's ceiling, 1e6, would otherwise
+// reach its Lua as "1e+06", which it reads as nil), and the fleet's pace
+// doubles during startup as on Redis.
+func TestEmbeddedRedisRunsFleetgate(t *testing.T) {
+	mini := miniredis.NewMiniRedis()
+	if err := mini.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer mini.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mini.Addr(), ContextTimeoutEnabled: true})
+	defer rdb.Close()
+	f, err := fleetgate.New(rdb, fleetgate.Config{Heartbeat: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := luaSafe{f}.Join("registrar")
+	defer m.Leave()
+	req := backoff.FleetRequest{Book: true, Propose: true, Grow: time.Millisecond, Ceiling: 1e6,
+		Pace: backoff.FleetPace{Pace: 20, Startup: true}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for range 20 {
+		rep, err := m.Admit(ctx, req)
+		if err != nil {
+			t.Fatalf("admit: %v", err)
+		}
+		if rep.Pace.Pace > 20 {
+			return // doubled
+		}
+		req.Pace, req.Propose = rep.Pace, false
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("the fleet's pace never doubled on the embedded server")
+}
+
+func TestLuaNumber(t *testing.T) {
+	for _, c := range []struct{ in, want float64 }{
+		{1e6, math.Nextafter(1e6, 0)}, {20, 20}, {1.5e7, 1.5e7}, {0, 0}, {2.5, 2.5},
+	} {
+		if got := luaNumber(c.in); got != c.want {
+			t.Errorf("luaNumber(%v) = %v, want %v", c.in, got, c.want)
+		}
 	}
 }
