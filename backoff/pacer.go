@@ -350,6 +350,10 @@ func (p *pacer) forgive(now time.Time) bool {
 		return p.pace >= 0.9*p.ceiling()
 	case p.counted:
 		return p.pace >= 0.9*p.hi
+	case p.hi > 0 && now.Sub(p.hiAt) < hiMemory && now.Sub(p.paceSetAt) >= defaultProbePeriod:
+		// Under a ceiling it overshot (or the fleet did), proven clean
+		// for a probe period.
+		return p.pace >= 0.9*p.hi
 	}
 	return false
 }

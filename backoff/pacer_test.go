@@ -244,3 +244,23 @@ func TestPacerAdoptsFleetCeiling(t *testing.T) {
 		t.Fatalf("ceiling forgotten, 100 s of work queued: pace %v, want a probe above 190", got)
 	}
 }
+
+// Under a ceiling it (or its fleet) overshot, a pace within 10 % of it that
+// ran clean for a probe period forgives one lone Retry-After in 10 s (timing
+// jitter: a process late on its slot, a burst across the destination's
+// window); a second within 10 s cuts.
+func TestPacerForgivesJitterUnderCeiling(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := newPacer(0, 20, 1, t0)
+	p.adopt(t0, FleetPace{Pace: 190, Estimate: 200, Ceiling: 210, RetryAfter: time.Second}, t0)
+	now := t0.Add(2 * time.Second)
+	p.rejected(now, time.Second, p.stamp(now))
+	if p.pace != 190 {
+		t.Fatalf("a lone 503 at 190 under the ceiling 210, clean for 2 s: pace %v, want 190", p.pace)
+	}
+	now = now.Add(3 * time.Second)
+	p.rejected(now, time.Second, p.stamp(now))
+	if p.pace >= 190 {
+		t.Fatalf("a second 503 within 10 s: pace %v, want a cut", p.pace)
+	}
+}
