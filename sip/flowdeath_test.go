@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,31 +14,29 @@ import (
 	"github.com/relinkgo/relink/internal/registrar"
 )
 
-// deathEvents records OnFlowDeath events.
-type deathEvents struct {
-	mu sync.Mutex
-	ev []FlowDeath
+// deathEvents receives OnFlowDeath events (at most 64 are kept).
+type deathEvents chan FlowDeath
+
+func (d deathEvents) add(fd FlowDeath) {
+	select {
+	case d <- fd:
+	default:
+	}
 }
 
-func (d *deathEvents) add(fd FlowDeath) {
-	d.mu.Lock()
-	d.ev = append(d.ev, fd)
-	d.mu.Unlock()
-}
-
-func (d *deathEvents) all() []FlowDeath {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]FlowDeath(nil), d.ev...)
-}
-
-func (d *deathEvents) wait(t *testing.T, n int, within time.Duration) []FlowDeath {
+// first waits for the first event, failing after within.
+func (d deathEvents) first(t *testing.T, within time.Duration) FlowDeath {
 	t.Helper()
-	eventually(t, within, fmt.Sprintf("%d flow deaths reported", n), func() bool { return len(d.all()) >= n })
-	return d.all()
+	select {
+	case fd := <-d:
+		return fd
+	case <-time.After(within):
+		t.Fatalf("no flow death reported within %v", within)
+		return FlowDeath{}
+	}
 }
 
-func deathUA(t *testing.T, ev *deathEvents, watchCalls bool) *UA {
+func deathUA(t *testing.T, ev deathEvents, watchCalls bool) *UA {
 	t.Helper()
 	return plainUA(t, UAConfig{OnFlowDeath: ev.add, WatchCalls: watchCalls})
 }
@@ -49,8 +46,8 @@ func deathUA(t *testing.T, ev *deathEvents, watchCalls bool) *UA {
 // error matching ErrFlowDead and both trunks.
 func TestOnFlowDeath(t *testing.T) {
 	reg := newRegistrar(t, registrar.Config{Password: testPassword, MinExpires: -1})
-	var ev deathEvents
-	ua := deathUA(t, &ev, false)
+	ev := make(deathEvents, 64)
+	ua := deathUA(t, ev, false)
 	var trunks []*Trunk
 	for i := range 2 {
 		tr, err := NewTrunk(ua, TrunkConfig{Registrars: []string{reg.URI()}, AOR: fmt.Sprintf("sip:d%d@relink.test", i),
@@ -65,7 +62,7 @@ func TestOnFlowDeath(t *testing.T) {
 		waitState(t, tr, Registered, 5*time.Second)
 	}
 	reg.SetSilent(true)
-	got := ev.wait(t, 1, 3*time.Second)[0]
+	got := ev.first(t, 3*time.Second)
 	if got.Network != "tcp" || got.Remote != reg.Addr() || got.Local == "" || !errors.Is(got.Err, ErrFlowDead) ||
 		len(got.Trunks) != 2 || got.At.IsZero() {
 		t.Errorf("FlowDeath %+v, want tcp to %s with both trunks and ErrFlowDead", got, reg.Addr())
@@ -75,7 +72,7 @@ func TestOnFlowDeath(t *testing.T) {
 		waitState(t, tr, Registered, 5*time.Second)
 	}
 	time.Sleep(100 * time.Millisecond) // the last event's goroutine
-	if n, d := len(ev.all()), ua.mon.deaths.Load(); uint64(n) != d {
+	if n, d := len(ev)+1, ua.mon.deaths.Load(); uint64(n) != d {
 		t.Errorf("%d events for %d flow deaths: want one per flow relink declared dead", n, d)
 	}
 }
@@ -85,8 +82,8 @@ func TestOnFlowDeath(t *testing.T) {
 // address, the trunk.
 func TestOnFlowDeathUDP(t *testing.T) {
 	reg := newRegistrar(t, registrar.Config{Password: testPassword, MinExpires: -1})
-	var ev deathEvents
-	ua := deathUA(t, &ev, false)
+	ev := make(deathEvents, 64)
+	ua := deathUA(t, ev, false)
 	tr, err := NewTrunk(ua, TrunkConfig{Registrars: []string{reg.UDPURI()}, AOR: "sip:u@relink.test",
 		Password: testPassword, Qualify: 200 * time.Millisecond, RequestTimeout: 300 * time.Millisecond})
 	if err != nil {
@@ -95,7 +92,7 @@ func TestOnFlowDeathUDP(t *testing.T) {
 	running(t, tr)
 	waitState(t, tr, Registered, 5*time.Second)
 	reg.SetSilent(true)
-	got := ev.wait(t, 1, 3*time.Second)[0]
+	got := ev.first(t, 3*time.Second)
 	if got.Network != "udp" || !strings.Contains(reg.UDPURI(), got.Remote) ||
 		!errors.Is(got.Err, ErrFlowDead) || len(got.Trunks) != 1 || got.Trunks[0] != tr {
 		t.Errorf("FlowDeath %+v, want udp to the registrar with the trunk", got)
@@ -109,8 +106,8 @@ func TestOnFlowDeathUDP(t *testing.T) {
 func TestWatchCalls(t *testing.T) {
 	for _, watch := range []bool{false, true} {
 		reg := newRegistrar(t, registrar.Config{Password: testPassword, MinExpires: -1})
-		var ev deathEvents
-		ua := deathUA(t, &ev, watch)
+		ev := make(deathEvents, 64)
+		ua := deathUA(t, ev, watch)
 		ua.mon.callPref = flowPref{interval: 300 * time.Millisecond, timeout: 300 * time.Millisecond}
 		cli, err := sipgo.NewClient(ua.UserAgent())
 		if err != nil {
@@ -134,7 +131,7 @@ func TestWatchCalls(t *testing.T) {
 		}
 		pool := ua.UserAgent().TransportLayer().Pool("tcp")
 		reg.SetSilent(true)
-		got := ev.wait(t, 1, 3*time.Second)[0]
+		got := ev.first(t, 3*time.Second)
 		if got.Network != "tcp" || got.Remote != reg.Addr() || len(got.Trunks) != 0 || !errors.Is(got.Err, ErrFlowDead) {
 			t.Errorf("FlowDeath %+v, want the call's tcp connection, no trunks", got)
 		}
