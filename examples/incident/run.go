@@ -672,14 +672,14 @@ func (in *incident) closeRelink(now time.Time) error {
 	}
 	in.relFinal = f
 	in.relDone.Store(true)
+	in.printf("%6.1fs relink's watch ends: its figures are taken, its trunks stop; the naive population's watch goes on\n",
+		now.Sub(in.m.start).Seconds())
 	// Its trunks stop (and unregister): nothing of theirs weighs on the
 	// naive population's window, nor theirs on it.
 	if in.regR != nil {
 		in.regR.SetCapacity(0)
 	}
 	in.rel.shutdown()
-	in.printf("%6.1fs relink's watch ends: its figures are taken, its trunks stop; the naive population's watch goes on\n",
-		now.Sub(in.m.start).Seconds())
 	return nil
 }
 
