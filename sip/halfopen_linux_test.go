@@ -14,7 +14,10 @@ import (
 
 	sipmsg "github.com/emiago/sipgo/sip"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/relinkgo/relink/backoff"
+	"github.com/relinkgo/relink/conn"
 	"github.com/relinkgo/relink/internal/kamailio"
 	"github.com/relinkgo/relink/internal/netns"
 )
@@ -91,6 +94,7 @@ func testHalfOpen(t *testing.T, tp string) {
 		t.Fatalf("no pooled %s connection to Kamailio", tp)
 	}
 	old.TryClose()
+	checkKernelOptions(t, old, tp)
 	time.Sleep(2500 * time.Millisecond) // pings and pongs flow
 
 	restore, err := p.BlackHole(port)
@@ -157,4 +161,29 @@ func newSecureUA(t testing.TB, k *kamailio.Instance) *UA {
 	}
 	t.Cleanup(func() { ua.Close() })
 	return ua
+}
+
+// checkKernelOptions fails the test unless the TCP connection under c has
+// the UA's default kernel options: keepalive on, TCP_USER_TIMEOUT 15 s.
+func checkKernelOptions(t *testing.T, c any, tp string) {
+	t.Helper()
+	tcp := tcpUnder(c)
+	if tcp == nil {
+		t.Fatalf("%s: no TCP connection under %T", tp, c)
+	}
+	rc, err := tcp.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ka, ut int
+	var kaErr, utErr error
+	if err := rc.Control(func(fd uintptr) {
+		ka, kaErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+		ut, utErr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT)
+	}); err != nil || kaErr != nil || utErr != nil {
+		t.Fatal(err, kaErr, utErr)
+	}
+	if ka != 1 || time.Duration(ut)*time.Millisecond != conn.DefaultUserTimeout {
+		t.Errorf("%s: SO_KEEPALIVE %d, TCP_USER_TIMEOUT %d ms; want 1 and %v", tp, ka, ut, conn.DefaultUserTimeout)
+	}
 }
