@@ -39,8 +39,9 @@ type Conn struct {
 	raw          syscall.RawConn   // the TCP socket underneath, for SIOCINQ/TCP_INFO; may be nil
 	mon          *liveness.Monitor // nil without probing
 	prober       Prober
-	strip        Stripper // removes probe replies from inbound bytes; nil: none
-	sock         net.Conn // the connection under a *tls.Conn nc; nil otherwise
+	strip        Stripper   // removes probe replies from inbound bytes; nil: none
+	rmu          sync.Mutex // serialises Reads when strip is set
+	sock         net.Conn   // the connection under a *tls.Conn nc; nil otherwise
 	probeTimeout time.Duration
 	writeTimeout time.Duration
 	wsem         chan struct{} // write lock shared with probes; nil without probing
@@ -164,6 +165,12 @@ func applySockopts(tcp *net.TCPConn, cfg *Config) error {
 // whose bytes were all replies reads again, so Read returns 0 bytes only
 // with an error.
 func (c *Conn) Read(b []byte) (int, error) {
+	if c.strip != nil {
+		// The Stripper follows the stream in order: concurrent Reads take
+		// turns (the socket serialises them anyway).
+		c.rmu.Lock()
+		defer c.rmu.Unlock()
+	}
 	for {
 		n, err := c.nc.Read(b)
 		if n > 0 && c.mon != nil {

@@ -34,64 +34,72 @@ const sipLineMax = 64
 
 func (s *sipStripper) Probed() { s.pending.Add(1) }
 
-// Strip implements Stripper.
+// Strip implements Stripper. It works a run of bytes at a time (a header
+// line up to its LF, a body), so that it costs little more than a copy.
 func (s *sipStripper) Strip(p []byte) int {
 	if s.lost {
 		return len(p)
 	}
 	w := 0
-	for i := 0; i < len(p); i++ {
-		b := p[i]
+	for i := 0; i < len(p); {
+		var n int // bytes of p[i:] taken, all kept
 		switch s.state {
 		case sipBoundary:
-			if b == '\r' || b == '\n' {
+			if b := p[i]; b == '\r' || b == '\n' {
 				if s.removing || s.pending.Load() > 0 {
 					s.removing = true
 					s.pending.Store(0) // every ping sent so far is answered
+					i++
 					continue
 				}
+				n = 1
 				break
 			}
 			s.removing = false
 			s.state, s.lineLen, s.clen = sipHeaders, 0, 0
-			s.header(b)
+			continue
 		case sipHeaders:
-			s.header(b)
+			n = s.headers(p[i:])
 		case sipBody:
-			// Skip the rest of the body at once.
-			n := int64(len(p) - i)
-			if n > s.body {
-				n = s.body
-			}
-			copy(p[w:], p[i:i+int(n)])
-			w += int(n)
-			i += int(n) - 1
-			s.body -= n
+			n = int(min(int64(len(p)-i), s.body))
+			s.body -= int64(n)
 			if s.body == 0 {
 				s.state = sipBoundary
 			}
-			continue
 		}
 		if s.lost {
-			// Framing lost at this byte: keep it and all that follows.
-			w += copy(p[w:], p[i:])
-			return w
+			n = len(p) - i // framing lost: keep all that follows
 		}
-		p[w] = b
-		w++
+		if w != i {
+			copy(p[w:], p[i:i+n])
+		}
+		w += n
+		i += n
 	}
 	return w
 }
 
-// header takes one byte of the start line or a header line.
-func (s *sipStripper) header(b byte) {
-	if b != '\n' {
-		if s.lineLen < sipLineMax {
-			s.line[s.lineLen] = b
-		}
-		s.lineLen++
-		return
+// headers takes the bytes of the start line and headers at the front of q,
+// up to and including the end of one line, and returns how many it took.
+func (s *sipStripper) headers(q []byte) int {
+	j := bytes.IndexByte(q, '\n')
+	if j < 0 {
+		j = len(q)
 	}
+	if s.lineLen < sipLineMax {
+		copy(s.line[s.lineLen:], q[:j])
+	}
+	s.lineLen += j
+	if j == len(q) {
+		return j
+	}
+	s.endLine()
+	return j + 1
+}
+
+// endLine handles the end of a start line or header line: the blank line
+// ends the headers; a Content-Length header gives the body's size.
+func (s *sipStripper) endLine() {
 	cut := s.lineLen > sipLineMax
 	line := bytes.TrimSuffix(s.line[:min(s.lineLen, sipLineMax)], []byte("\r"))
 	s.lineLen = 0
