@@ -24,11 +24,11 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// smallArgs is a small herd: 2 processes of 4 trunks, C = 40/s, a 1.5 s
+// smallArgs is a small herd: 2 processes of 4 trunks, C = 40/s, a 2 s
 // black hole (the trunks notice a silent flow within 0.8 s).
 func smallArgs(registrar string, strategies []string) []string {
 	return []string{"-registrar", registrar, "-procs", "2", "-trunks", "4", "-capacity", "40",
-		"-hole", "1500ms", "-keepalive", "300ms", "-keepalive-timeout", "500ms", "-timeout", "20s",
+		"-hole", "2s", "-keepalive", "300ms", "-keepalive-timeout", "500ms", "-timeout", "20s",
 		"-strategies", strings.Join(strategies, ",")}
 }
 
@@ -65,7 +65,7 @@ func runSmall(t *testing.T, registrar string) {
 	for i, r := range got {
 		t.Logf("%+v", r)
 		if r.Strategy != strategies[i] || r.Procs != 2 || r.Trunks != 4 || r.Capacity != 40 ||
-			r.Registrar != registrar || r.HoleS != 1.5 {
+			r.Registrar != registrar || r.HoleS != 2 {
 			t.Errorf("%s: header fields %+v", strategies[i], r)
 		}
 		if r.Stuck != 0 || r.Undetected != 0 {
