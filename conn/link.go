@@ -151,11 +151,16 @@ type LinkConfig struct {
 	// delay of backoff.Stop makes Run give up (see ErrLinkGaveUp).
 	Backoff backoff.Factory
 	// Gate, if set, admits every dial, redials included: the Link calls
-	// Gate.Acquire after the backoff delay and reports the dial's outcome
-	// through Permit.Done — Success when the connection is established,
-	// Unreachable when the dial timed out or was refused, reset or found no
-	// route, ClientFailure for other errors (an unknown host, a bad
-	// address). Share one Gate among all the Links (and trunks) that
+	// Gate.Acquire after the backoff delay, holds the permit across the
+	// dial, the TLS handshake and Handshake, and reports the attempt's
+	// outcome through Permit.Done — Success when the Link became ready;
+	// Overload(d) for a Handshake's backoff.Overloaded(err, d); Unreachable
+	// when the dial timed out or was refused, reset or found no route, or
+	// the connection died (or HandshakeTimeout expired) before readiness;
+	// ClientFailure for other errors (an unknown host, a bad address, a
+	// certificate refused, another Handshake error). After readiness it
+	// reports what the connection's end says with Gate.Observe (see
+	// Session). Share one Gate among all the Links (and trunks) that
 	// recover towards the same server. Nil means no gate. Closing the Gate
 	// (Gate.Close) stops the Link: Run returns backoff.ErrClosed.
 	Gate *backoff.Gate
@@ -210,8 +215,8 @@ type LinkConfig struct {
 // first.
 //
 // States follow grpc-go's vocabulary: LinkIdle until Run, then
-// LinkConnecting (the Gate's wait and the dial), LinkReady (the Session
-// runs), LinkTransientFailure (waiting to try again), and LinkShutdown when
+// LinkConnecting (the Gate's wait, the dial, the TLS handshake and
+// Handshake), LinkReady (Handshake returned nil; the Session runs), LinkTransientFailure (waiting to try again), and LinkShutdown when
 // Run returns. State, WaitForStateChange and LinkConfig.OnStateChange
 // observe them.
 //

@@ -9,8 +9,9 @@ import (
 // (google.golang.org/grpc/connectivity).
 //
 // A Link starts in LinkIdle. Run moves it to LinkConnecting for each attempt
-// (waiting for the Gate, then dialing), to LinkReady while a connection is
-// up and its Session runs, and to LinkTransientFailure after a failed dial
+// (waiting for the Gate, dialing, the TLS handshake and
+// LinkConfig.Handshake), to LinkReady once Handshake returned nil, while its
+// Session runs, and to LinkTransientFailure after a failed dial
 // or a lost connection, while it waits to try again. When Run returns the
 // Link is in LinkShutdown.
 type LinkState int
@@ -19,9 +20,10 @@ const (
 	// LinkIdle means that Run has not been called yet.
 	LinkIdle LinkState = iota
 	// LinkConnecting means that an attempt is in progress — waiting for the Gate's
-	// admission, then dialing.
+	// admission, dialing, then the TLS handshake and LinkConfig.Handshake.
 	LinkConnecting
-	// LinkReady means that a connection is up and the Session runs on it.
+	// LinkReady means that a connection is up, its Handshake returned nil
+	// (the server accepted the login), and the Session runs on it.
 	LinkReady
 	// LinkTransientFailure means that the last attempt failed or the connection was
 	// lost; the Link waits (backoff, then the Gate) before trying again.
