@@ -109,10 +109,13 @@ func outage(e *env, s site, strategy string) (time.Time, int, error) {
 func tally(o *options, strategy string, start time.Time, outs []workerReport, arrivals []time.Time) Result {
 	n := o.procs * o.trunks
 	r := Result{Strategy: strategy, Procs: o.procs, Trunks: o.trunks, Capacity: o.capacity, Load1: load1()}
-	var end time.Time
+	var end, first time.Time
 	var perAdmission []float64
 	for _, w := range outs {
 		end = laterOf(end, time.Unix(0, w.DoneUnixNano))
+		if f := time.Unix(0, w.FirstUnixNano); w.FirstUnixNano != 0 && (first.IsZero() || f.Before(first)) {
+			first = f
+		}
 		r.Stuck += w.Stuck
 		r.Undetected += w.Undetected
 		r.MaxRedisWaitMs = max(r.MaxRedisWaitMs, float64(w.MaxWaitNs)/1e6)
@@ -123,6 +126,9 @@ func tally(o *options, strategy string, start time.Time, outs []workerReport, ar
 	r.Stuck += (o.procs - len(outs)) * o.trunks // workers that never reported
 	if end.After(start) {
 		r.RecoverS = end.Sub(start).Seconds()
+	}
+	if first.After(start) {
+		r.FirstS = first.Sub(start).Seconds()
 	}
 	r.RatioToLimit = r.RecoverS / (float64(n) / o.capacity)
 	r.RedisOpsPerAdmission = median(perAdmission)

@@ -90,6 +90,7 @@ type Result struct {
 
 	// Details.
 	HoleS          float64 `json:"hole_s,omitempty"`
+	FirstS         float64 `json:"first_s,omitempty"`                    // the first trunk registered again, from the restore
 	Undetected     int     `json:"undetected"`                           // trunks still registered after the hole
 	ServerPerTrunk float64 `json:"server_registers_per_trunk,omitempty"` // REGISTERs at the registrar from the restore ÷ N
 	// Load1 is the machine's 1-minute load average at the end of the

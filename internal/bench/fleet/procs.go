@@ -14,13 +14,14 @@ import (
 
 // workerReport is what a worker prints when its trunks (clients) are done.
 type workerReport struct {
-	DoneUnixNano int64 `json:"done_unix_nano"` // the last trunk back (client admitted)
-	Attempts     int   `json:"attempts"`       // admissions by the gate (window: attempts)
-	Rejected     int   `json:"rejected"`       // window: rejections
-	Calls        int   `json:"calls"`          // calls to Redis
-	MaxWaitNs    int64 `json:"max_wait_ns"`    // the slowest call
-	Stuck        int   `json:"stuck"`
-	Undetected   int   `json:"undetected"` // SIP: trunks that never lost their registration
+	DoneUnixNano  int64 `json:"done_unix_nano"`  // the last trunk back (client admitted)
+	FirstUnixNano int64 `json:"first_unix_nano"` // SIP: the first trunk back
+	Attempts      int   `json:"attempts"`        // admissions by the gate (window: attempts)
+	Rejected      int   `json:"rejected"`        // window: rejections
+	Calls         int   `json:"calls"`           // calls to Redis
+	MaxWaitNs     int64 `json:"max_wait_ns"`     // the slowest call
+	Stuck         int   `json:"stuck"`
+	Undetected    int   `json:"undetected"` // SIP: trunks that never lost their registration
 }
 
 // workers are the worker processes of one herd, spoken to one line at a time

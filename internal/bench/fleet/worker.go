@@ -242,7 +242,11 @@ func (tr *tracker) tally() (rep workerReport, waiting int) {
 		case tr.back[i].IsZero():
 			waiting++
 		default:
-			rep.DoneUnixNano = max(rep.DoneUnixNano, tr.back[i].UnixNano())
+			at := tr.back[i].UnixNano()
+			rep.DoneUnixNano = max(rep.DoneUnixNano, at)
+			if rep.FirstUnixNano == 0 || at < rep.FirstUnixNano {
+				rep.FirstUnixNano = at
+			}
 		}
 	}
 	return rep, waiting
