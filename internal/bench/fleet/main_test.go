@@ -72,8 +72,9 @@ func runSmall(t *testing.T, registrar string) {
 			t.Errorf("%s: %d stuck, %d undetected; want every trunk to lose its flow and register again",
 				r.Strategy, r.Stuck, r.Undetected)
 		}
-		if r.RecoverS <= 0 || r.RecoverS > 20 || r.RatioToLimit != r.RecoverS/(n/o.capacity) {
-			t.Errorf("%s: recovered in %v s, ratio %v", r.Strategy, r.RecoverS, r.RatioToLimit)
+		if r.RecoverS <= 0 || r.RecoverS > 20 || r.RatioToLimit != r.RecoverS/(n/o.capacity) ||
+			r.FirstS <= 0 || r.FirstS > r.RecoverS {
+			t.Errorf("%s: first back %v s, all %v s, ratio %v", r.Strategy, r.FirstS, r.RecoverS, r.RatioToLimit)
 		}
 		// Every trunk registered again at the registrar after the restore.
 		if r.ServerPerTrunk < 1 || r.PeakLoadRatio <= 0 || r.RejectedFrac < 0 {
