@@ -50,7 +50,10 @@
 // 100 ms sliding window of REGISTER arrivals at the registrar ÷ C/10),
 // redis_ops_per_admission (median over the processes of Redis calls ÷ gate
 // admissions), max_redis_wait_ms (the slowest Redis call), stuck (trunks not
-// registered again by -timeout), and details.
+// registered again by -timeout), and details: hole_s, first_s (the first
+// trunk back), undetected (trunks that never lost their registration),
+// server_registers_per_trunk (REGISTERs at the registrar from the restore ÷
+// N) and load1 (the machine's load average: P processes share its cores).
 //
 // RELINK_FLEET_DEBUG=1 prints each worker's gate at the end;
 // RELINK_FLEET_LOG=1 prints every Redis call that proposes or learns a pace.
