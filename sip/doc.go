@@ -201,7 +201,8 @@
 // every target without a registration (at most every 30 s). NAPTR is not
 // queried: it would choose the transport, and a trunk's transport is the one
 // its URI names (UDP when absent), as a 3xx never changes it either. A
-// failed lookup leaves the URI to sipgo's own resolution.
+// failed lookup leaves the URI to sipgo's own resolution, and so does an
+// OutboundProxy (requests go to the proxy; no lookup of the registrar).
 //
 // # Telemetry
 //

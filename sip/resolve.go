@@ -139,6 +139,9 @@ func expanded(t target, host string, ip netip.Addr, port int) target {
 // (Call-ID, CSeq, digest, gate). A registrar whose lookup fails stays as
 // configured: sipgo resolves its name when it sends.
 func (t *Trunk) expand(ctx context.Context) {
+	if t.lookup == nil || t.cfg.proxy != nil {
+		return // requests go to the outbound proxy, whatever the registrar's name
+	}
 	var out []*regTarget
 	changed := false
 	for _, c := range t.conf {
@@ -146,7 +149,7 @@ func (t *Trunk) expand(ctx context.Context) {
 			out = append(out, c)
 			continue
 		}
-		found, err := lookupTargets(ctx, t.cfg.Resolver, c.target)
+		found, err := t.lookup(ctx, c.target)
 		if err != nil {
 			t.log.LogAttrs(ctx, slog.LevelWarn, "sip registrar lookup failed",
 				slog.String("registrar", c.raw), slog.String("error", err.Error()))

@@ -115,6 +115,7 @@ func virtualTrunk(t *testing.T, ua *UA, reg *fakeRegistrar, cfg TrunkConfig) *Tr
 		t.Fatal(err)
 	}
 	tr.request = reg.request
+	tr.lookup = nil // no DNS in a synctest bubble: names stay as configured
 	reg.start = time.Now()
 	return tr
 }

@@ -36,6 +36,9 @@ type Trunk struct {
 	conf    []*regTarget          // one per configured registrar
 	known   map[string]*regTarget // targets found by lookups, by key; Run's goroutine only
 	gateFor func(key string) *backoff.Gate
+	// lookup resolves a registrar given by name (RFC 3263): lookupTargets
+	// with TrunkConfig.Resolver; nil (tests in a synctest bubble) skips it.
+	lookup func(ctx context.Context, tg target) ([]target, error)
 
 	box     statebox.Box[TrunkState]
 	running atomic.Bool
@@ -131,6 +134,9 @@ func newTrunk(ua *UA, cfg TrunkConfig, inst *instruments, gateFor func(key strin
 			MeterProvider: rc.MeterProvider, MaxPushBack: MaxRetryAfter})
 	}
 	t.known = make(map[string]*regTarget)
+	t.lookup = func(ctx context.Context, tg target) ([]target, error) {
+		return lookupTargets(ctx, rc.Resolver, tg)
+	}
 	for i, tg := range rc.targets {
 		t.conf = append(t.conf, t.newRegTarget(tg, i))
 	}
