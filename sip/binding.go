@@ -16,8 +16,17 @@ type Binding struct {
 	// Contact is the Contact URI registered. With RFC 5626 outbound on (the
 	// default, TrunkConfig.RegID ≥ 0) a Contact relink builds stays the
 	// same for the trunk's life, across reconnects: a gateway can map the
-	// Request-URI of an inbound request to the trunk by it.
+	// Request-URI of an inbound request to the trunk by it. A registrar
+	// that supports outbound (its 2xx says Require: outbound, or an edge
+	// proxy adds a Path with ;ob) sends inbound requests through the flow;
+	// one that does not sends them to the Contact's address, which after a
+	// reconnect is no longer the connection's: give such a registrar a
+	// Contact the gateway listens on (TrunkConfig.Contact), or RegID < 0
+	// (the Contact follows the connection).
 	Contact string
+	// Outbound reports whether the registrar's 2xx said Require: outbound
+	// (RFC 5626 §4.2.1: it routes inbound requests through the flow).
+	Outbound bool
 	// InstanceID and RegID are the RFC 5626 +sip.instance and reg-id sent
 	// with it; empty and zero when outbound is off.
 	InstanceID string
@@ -55,7 +64,7 @@ func (t *Trunk) publishBinding(tg *regTarget, d time.Duration) {
 		return
 	}
 	b := &Binding{Registrar: tg.raw, Contact: tg.bound.String(), Expires: d, At: time.Now(),
-		Path: tg.path, ServiceRoute: tg.svcRoute}
+		Path: tg.path, ServiceRoute: tg.svcRoute, Outbound: tg.obOK}
 	if t.outboundOn() {
 		b.InstanceID, b.RegID = t.instance, t.cfg.regID+tg.index
 	}

@@ -95,6 +95,7 @@ type decision struct {
 	flowTimer  time.Duration     // registered: a Flow-Timer header, if any
 	path       []string          // registered: the 2xx's Path values
 	svcRoute   []string          // registered: the 2xx's Service-Route values
+	outbound   bool              // registered: the 2xx's Require lists outbound
 	chal       *digest.Challenge // resendAuth: the challenge to answer
 	proxy      bool              // resendAuth: it came in a 407
 	redirect   *sipmsg.Uri       // resendRedirect: where to
@@ -207,6 +208,9 @@ func decideOK(x exchange, r reply) decision {
 	}
 	d.contact = r.contact
 	d.path, d.svcRoute = headerValues(r.resp, "Path"), headerValues(r.resp, "Service-Route")
+	for _, v := range headerValues(r.resp, "Require") {
+		d.outbound = d.outbound || strings.EqualFold(v, "outbound")
+	}
 	return d
 }
 

@@ -65,6 +65,7 @@ func TestOutboundContactStable(t *testing.T) {
 		if req.Method == sipmsg.REGISTER && res.StatusCode == 200 {
 			res.AppendHeader(sipmsg.NewHeader("Path", "<sip:edge1.test;lr>, <sip:edge2.test;lr;ob>"))
 			res.AppendHeader(sipmsg.NewHeader("Service-Route", "<sip:sr.test;lr>"))
+			res.AppendHeader(sipmsg.NewHeader("Require", "outbound"))
 		}
 	}}
 	reg := newRegistrar(t, registrar.Config{MinExpires: -1, ModifyResponse: w.see})
@@ -82,7 +83,7 @@ func TestOutboundContactStable(t *testing.T) {
 		t.Fatal("Registered without a Binding")
 	}
 	if !strings.HasPrefix(b1.InstanceID, "urn:uuid:") || b1.InstanceID != ua.InstanceID() || b1.RegID != 1 ||
-		!strings.Contains(b1.Contact, ";ob") || b1.Registrar != reg.URI() {
+		!strings.Contains(b1.Contact, ";ob") || b1.Registrar != reg.URI() || !b1.Outbound {
 		t.Errorf("binding %+v", b1)
 	}
 	if want := []string{"<sip:edge1.test;lr>", "<sip:edge2.test;lr;ob>"}; !slices.Equal(b1.Path, want) ||
@@ -144,7 +145,7 @@ func TestOutboundOff(t *testing.T) {
 			t.Errorf("outbound off, REGISTER has Contact %q, Supported %q", c, r.headers["supported"])
 		}
 	}
-	if b1.Contact == b2.Contact || b2.InstanceID != "" || b2.RegID != 0 {
+	if b1.Contact == b2.Contact || b2.InstanceID != "" || b2.RegID != 0 || b2.Outbound {
 		t.Errorf("bindings %+v then %+v: want the Contact of the new connection, no instance", b1, b2)
 	}
 	if bs := reg.Bindings("sip:alice@relink.test"); len(bs) != 1 {

@@ -92,7 +92,7 @@ func (r *runner) apply(ctx context.Context, tg *regTarget, x exchange, d decisio
 		}
 		tg.grant = d.granted
 		tg.bound = d.contact // nil: unregistered
-		tg.path, tg.svcRoute = d.path, d.svcRoute
+		tg.path, tg.svcRoute, tg.obOK = d.path, d.svcRoute, d.outbound
 		tg.held = time.Time{}
 		if x.expires != 0 {
 			tg.held = time.Now().Add(d.granted)

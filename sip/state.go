@@ -53,7 +53,8 @@ type TrunkStateChange struct {
 	// Destination is the URI of the registrar the trunk is using (the one
 	// that answered, for Registered; the one it failed on, for Backoff and
 	// Failed), as configured in TrunkConfig.Registrars but without any
-	// password.
+	// password; for a registrar looked up by name (RFC 3263), the target
+	// used: "sip:HOST:PORT;transport=T" with the SRV record's host and port.
 	Destination string
 	// From and To are the states before and after.
 	From, To TrunkState
@@ -65,6 +66,8 @@ type TrunkStateChange struct {
 	At time.Time
 	// Trunk is the trunk whose state changed.
 	Trunk *Trunk
-	// Expires is the granted binding lifetime when To is Registered.
+	// Expires is the granted binding lifetime when To is Registered (for an
+	// OptionsOnly trunk, how long the answered OPTIONS counts: 1.25 ×
+	// Qualify).
 	Expires time.Duration
 }

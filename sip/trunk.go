@@ -81,6 +81,7 @@ type regTarget struct {
 	index    int      // of the configured registrar it comes from: reg-id = RegID + index
 	path     []string // Path of the last 200 OK
 	svcRoute []string // Service-Route of the last 200 OK
+	obOK     bool     // the last 200 OK said Require: outbound
 }
 
 // NewTrunk returns a Trunk that registers cfg.AOR on ua (see NewUA and
@@ -178,7 +179,8 @@ func (t *Trunk) WaitForStateChange(ctx context.Context, from TrunkState) bool {
 // AOR returns the address-of-record the trunk registers.
 func (t *Trunk) AOR() string { return t.cfg.AOR }
 
-// Registrar returns the URI of the registrar the trunk uses now.
+// Registrar returns the URI of the registrar the trunk uses now (for a
+// registrar looked up by name, the target: see TrunkStateChange.Destination).
 func (t *Trunk) Registrar() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
