@@ -360,3 +360,35 @@ func TestLinkDeadConnClosesGate(t *testing.T) {
 		srv.wg.Wait()
 	})
 }
+
+// Without a Gate, a Handshake's backoff.Overloaded(err, d) makes the Link
+// wait at least d before it redials, whatever its backoff says.
+func TestLinkOverloadedWithoutGateWaits(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := &pipeServer{serve: func(n int, c net.Conn) {
+			if n == 1 {
+				_, _ = io.WriteString(c, "BUSY\n") // readGreeting: retry after 1 s
+				return
+			}
+			greet(0)(n, c)
+		}}
+		l := mustLink(t, LinkConfig{Dialer: srv.dialer(), Addrs: []string{"srv:1"},
+			Backoff:   backoff.NewFactory(backoff.Exponential{Base: time.Millisecond, Jitter: backoff.NoJitter}),
+			Handshake: readGreeting,
+			Session:   func(ctx context.Context, c *Conn) error { <-ctx.Done(); return nil }})
+		start := time.Now()
+		ctx, cancel := context.WithCancel(t.Context())
+		wait := startRun(ctx, t, l)
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		wantState(t, l, LinkReady)
+		if dials := srv.dialTimes(); len(dials) != 2 || dials[1].Sub(start) != time.Second {
+			t.Errorf("%d dials, the last at start+%v; want 2, the second at 1s", len(dials), dials[len(dials)-1].Sub(start))
+		}
+		cancel()
+		if err := wait(); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Run = %v", err)
+		}
+		srv.wg.Wait()
+	})
+}
