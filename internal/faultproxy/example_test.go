@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/relinkgo/relink/internal/faultproxy"
@@ -47,4 +48,34 @@ func ExampleNew() {
 	// forwarding: ping
 	// frozen, read times out: true
 	// resumed: pong
+}
+
+func ExampleProxy_ForgetReset() {
+	srv, err := testkit.ListenEcho("")
+	if err != nil {
+		panic(err)
+	}
+	defer srv.Close()
+	p, err := faultproxy.New(srv.Addr())
+	if err != nil {
+		panic(err)
+	}
+	defer p.Close()
+	old, _ := net.Dial("tcp", p.Addr())
+	defer old.Close()
+
+	p.Freeze()
+	old.Write([]byte("REGISTER")) // sent into the silence
+	time.Sleep(50 * time.Millisecond)
+	p.ForgetReset() // the far end restarted: it answers the old connection with an RST
+	old.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = old.Read(make([]byte, 8))
+	fmt.Println("old connection reset:", errors.Is(err, syscall.ECONNRESET))
+
+	fresh, _ := net.Dial("tcp", p.Addr()) // a redial works
+	defer fresh.Close()
+	fmt.Println("new connection echoes:", testkit.EchoOnce(fresh, "ping", 5*time.Second) == nil)
+	// Output:
+	// old connection reset: true
+	// new connection echoes: true
 }
