@@ -51,8 +51,8 @@ var farEnds = map[string]farEnd{
 		restore: "the old connections stay in a black hole (dropped, no answer), new ones are served",
 		note: "blackhole: the old connections stay in a black hole (a firewall or NAT that lost their state drops " +
 			"their packets); on loopback without root the proxy emulates it by reading and dropping everything, so " +
-			"the client's kernel sees its bytes acknowledged and never gives up (relink's probe declares the flow dead "+
-			"within its bound whatever the kernel sees; in a real one TCP_USER_TIMEOUT would fire too); new connections "+
+			"the client's kernel sees its bytes acknowledged and never gives up (relink's probe declares the flow dead " +
+			"within its bound whatever the kernel sees; in a real one TCP_USER_TIMEOUT would fire too); new connections " +
 			"are served",
 		naiveEnds: func(n popSummary) string {
 			return fmt.Sprintf("Timer F (32 s) fails the REGISTER, and the retry goes out at once on the same pooled "+
