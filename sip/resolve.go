@@ -130,7 +130,8 @@ func expanded(t target, host string, ip netip.Addr, port int) target {
 	e := t
 	e.dest = dest
 	e.key = t.transport + "/" + dest
-	e.raw = "sip:" + net.JoinHostPort(host, strconv.Itoa(port)) + ";transport=" + t.transport
+	// Named as its gate is keyed, so that Fleet.Gate(Destination) finds it.
+	e.raw = "sip:" + dest + ";transport=" + t.transport
 	return e
 }
 

@@ -54,7 +54,8 @@ type TrunkStateChange struct {
 	// that answered, for Registered; the one it failed on, for Backoff and
 	// Failed), as configured in TrunkConfig.Registrars but without any
 	// password; for a registrar looked up by name (RFC 3263), the target
-	// used: "sip:HOST:PORT;transport=T" with the SRV record's host and port.
+	// used: "sip:IP:PORT;transport=T" (the SRV target's host name instead of
+	// its address for TLS and WSS), which Fleet.Gate takes.
 	Destination string
 	// From and To are the states before and after.
 	From, To TrunkState
