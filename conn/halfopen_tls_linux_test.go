@@ -141,3 +141,45 @@ func hoTLSTCPInfo(t *testing.T, c *conn.Conn) *unix.TCPInfo {
 	tcp := c.NetConn().(*tls.Conn).NetConn()
 	return hoTCPInfo(t, tcp)
 }
+
+// The kernel options alone (keepalive 1 s/1 s/3, TCP_USER_TIMEOUT 3 s, no
+// application probe) bound a TLS connection from a Dialer with TLSConfig as
+// they bound a plain one: set on the socket under TLS, they abort it within
+// 4.5 s of the cut, idle or busy, and the Conn reports ErrUnresponsive.
+func TestHalfOpenTLSKernelOptionsDetect(t *testing.T) {
+	t.Parallel()
+	for _, kind := range hoFlowKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			p := netns.ForTest(t)
+			port, clientTLS := hoTLSEchoServer(t, p)
+			d := conn.Dialer{
+				Config: conn.Config{
+					KeepAlive:   net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 3},
+					UserTimeout: 3 * time.Second,
+				},
+				Dial:      p.DialContext,
+				TLSConfig: clientTLS,
+			}
+			c, err := d.DialContext(context.Background(), "tcp", p.ServerAddr(port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := hoStartReader(t, c)
+			hoExchange(t, c, r)
+			at, _ := hoCut(t, p, port, kind, c)
+			if kind == "busy" {
+				time.Sleep(100 * time.Millisecond)
+				if info := hoTLSTCPInfo(t, c); info.Unacked == 0 {
+					t.Fatal("busy flow has no unacknowledged segment (tcpi_unacked 0)")
+				}
+			}
+			detected := hoAwaitDeath(t, c, at, 4500*time.Millisecond)
+			if !errors.Is(c.Err(), conn.ErrUnresponsive) {
+				t.Fatalf("Err = %v, want ErrUnresponsive", c.Err())
+			}
+			t.Logf("%s: TLS, kernel options alone: detected %v after the cut (bound 4.5 s)",
+				kind, detected.Round(time.Millisecond))
+		})
+	}
+}

@@ -224,13 +224,14 @@ type LinkConfig struct {
 //   - relink.link.connections, an UpDownCounter in {connection}: running
 //     links by relink.link.state (connecting, ready, transient-failure) and
 //     network.transport; a Link counts from Run's start to its return;
-//   - relink.link.attempts, a Counter in {attempt}: dials, first ones and
-//     reconnects, by server.address, network.transport and relink.outcome
-//     (success, unreachable, client_failure, canceled);
+//   - relink.link.attempts, a Counter in {attempt}: attempts (dial to
+//     readiness), first ones and reconnects, by server.address,
+//     network.transport and relink.outcome (success, unreachable,
+//     client_failure, overload, canceled);
 //   - one span per attempt, relink.link.connect (the Gate's wait, marked by
 //     a "gate admitted" event, then the dial, whose conn.Dial span is its
-//     child), with server.address, relink.link.attempt and, on failure,
-//     error.type.
+//     child, the TLS handshake and Handshake), with server.address,
+//     relink.link.attempt and, on failure, error.type.
 //
 // The methods of a Link are safe for concurrent use.
 type Link struct {
