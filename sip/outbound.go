@@ -7,6 +7,7 @@ package sip
 import (
 	"crypto/rand"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,7 +58,11 @@ func (u *UA) InstanceID() string {
 		return v.(string)
 	}
 	id, _ := newInstanceID("")
-	v, _ := instances.LoadOrStore(u.mon, id)
+	v, loaded := instances.LoadOrStore(u.mon, id)
+	if !loaded {
+		// The entry goes with the UA.
+		runtime.AddCleanup(u, func(m *flowMonitor) { instances.Delete(m) }, u.mon)
+	}
 	return v.(string)
 }
 
