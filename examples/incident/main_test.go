@@ -427,3 +427,24 @@ func TestLuaNumber(t *testing.T) {
 		}
 	}
 }
+
+// TestCatchUp: a trunk back after the restore but before its worker heard of
+// the restore counts as recovered, from when it was; one back before the
+// restore does not.
+func TestCatchUp(t *testing.T) {
+	m := &marks{start: time.Unix(100, 0)}
+	m.freeze.Store(time.Unix(110, 0).UnixNano())
+	early, late := &trunkRec{}, &trunkRec{}
+	early.up.Store(time.Unix(111, 0).UnixNano()) // during the outage
+	late.up.Store(time.Unix(121, 0).UnixNano())  // after the restore at 120
+	late.registered(time.Unix(121, 0), m)        // the mark has not arrived: missed
+	if late.recover.Load() != 0 {
+		t.Fatal("recovery recorded before the restore mark")
+	}
+	m.restore.Store(time.Unix(120, 0).UnixNano())
+	early.catchUp(m)
+	late.catchUp(m)
+	if early.recover.Load() != 0 || late.recover.Load() != time.Unix(121, 0).UnixNano() {
+		t.Errorf("recover: early %d, late %d; want 0 and the time it was back", early.recover.Load(), late.recover.Load())
+	}
+}

@@ -181,6 +181,7 @@ func (p *relinkPop) onStateChange(sc sip.TrunkStateChange) {
 		r.lost(sc.At, m)
 	}
 	if sc.To == sip.Registered {
+		r.up.Store(sc.At.UnixNano())
 		r.registered(sc.At, m)
 	}
 }
@@ -242,6 +243,19 @@ func (p *relinkPop) mark(kind markKind, at int64) {
 		_, p.rej = p.gate()
 	}
 	kind.set(p.m, at)
+	if kind == markRestore {
+		for _, r := range p.recs {
+			r.catchUp(p.m)
+		}
+	}
+}
+
+// catchUp records r's recovery if it became registered after the restore
+// but before m had the restore: a worker hears of it through a pipe.
+func (r *trunkRec) catchUp(m *marks) {
+	if up := r.up.Load(); up != 0 && up >= m.restore.Load() {
+		r.registered(time.Unix(0, up), m)
+	}
 }
 
 func (p *relinkPop) end() ([]recSnap, []procEnd, error) {

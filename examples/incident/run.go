@@ -114,6 +114,10 @@ type trunkRec struct {
 	name            string
 	detect, recover atomic.Int64           // Unix nanoseconds, 0: not yet
 	last            atomic.Pointer[string] // the last state change, for stuck trunks
+	// up is when the trunk last became registered (Unix ns), whatever the
+	// marks: a worker of -procs may hear of the restore after its first
+	// trunks are back.
+	up atomic.Int64
 	// REGISTER transactions the trunk sent: its counter, and its value at
 	// the freeze, at its recovery and at the end.
 	tx              func() uint64
