@@ -12,18 +12,68 @@ import (
 	"time"
 
 	"github.com/relinkgo/relink/internal/dnstest"
+	"github.com/relinkgo/relink/internal/kamailio"
 	"github.com/relinkgo/relink/internal/netns"
 	"github.com/relinkgo/relink/internal/registrar"
 )
 
+// srvRegistrar is a registrar the SRV test starts at one target's port in
+// the server namespace, and asks for the bindings of a user.
+type srvRegistrar interface {
+	bindings(t *testing.T, user string) int
+}
+
+type embeddedSRV struct{ r *registrar.Registrar }
+
+func (e embeddedSRV) bindings(_ *testing.T, user string) int {
+	return len(e.r.Bindings("sip:" + user + "@relink.test"))
+}
+
+type kamailioSRV struct{ k *kamailio.Instance }
+
+func (k kamailioSRV) bindings(t *testing.T, user string) int {
+	c, err := k.k.Contacts(user)
+	if err != nil {
+		t.Error(err)
+	}
+	return len(c)
+}
+
 // TestSRVFailover: a registrar given by name, its SRV records (a real
-// dnsmasq in the server's network namespace) naming two targets. Every trunk
-// registers on the first; the first is black-holed (nft DROP: no FIN, no
-// RST) and every trunk is registered on the second within the detection
-// bound + 1 s; the first returns and every trunk is back on it once
-// FailbackInterval has passed, its binding on the second removed.
+// dnsmasq in the server's network namespace) naming two targets, each a
+// registrar (the embedded one, and a real Kamailio). Every trunk registers
+// on the first; the first is black-holed (nft DROP: no FIN, no RST) and
+// every trunk is registered on the second within the detection bound + 1 s;
+// the first returns and every trunk is back on it once FailbackInterval has
+// passed, its binding on the second removed.
 func TestSRVFailover(t *testing.T) {
 	dnstest.Require(t)
+	for _, kind := range []string{"embedded", "kamailio"} {
+		t.Run(kind, func(t *testing.T) { testSRVFailover(t, kind) })
+	}
+}
+
+func startSRVRegistrar(t *testing.T, p *netns.Pair, kind string, port int) srvRegistrar {
+	addr := fmt.Sprintf("%s:%d", netns.ServerIP, port)
+	if kind == "kamailio" {
+		return kamailioSRV{kamailio.Start(t, kamailio.Options{Netns: p.Server().Name(), Addr: addr,
+			MinExpires: -1, Password: testPassword})}
+	}
+	var r *registrar.Registrar
+	if err := p.Server().Do(func() (err error) {
+		r, err = registrar.New(registrar.Config{Addr: addr, Logger: discard, MinExpires: -1, Password: testPassword})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return embeddedSRV{r}
+}
+
+func testSRVFailover(t *testing.T, kind string) {
+	if kind == "kamailio" {
+		kamailio.Require(t)
+	}
 	p := netns.ForTest(t)
 	ip := netns.ServerIP.String()
 	dns := dnstest.Start(t, dnstest.Options{Netns: p.Server().Name(), Addr: ip, Domain: "test",
@@ -33,18 +83,7 @@ func TestSRVFailover(t *testing.T) {
 		},
 		Hosts: []dnstest.Host{{Name: "a.registrar.test", IP: ip}, {Name: "b.registrar.test", IP: ip}},
 	})
-	regs := make([]*registrar.Registrar, 2)
-	for i, port := range []int{5071, 5072} {
-		if err := p.Server().Do(func() error {
-			r, err := registrar.New(registrar.Config{Addr: fmt.Sprintf("%s:%d", ip, port), Logger: discard,
-				MinExpires: -1})
-			regs[i] = r
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { regs[i].Close() })
-	}
+	regs := []srvRegistrar{startSRVRegistrar(t, p, kind, 5071), startSRVRegistrar(t, p, kind, 5072)}
 	resolver := dns.Resolver(func(ctx context.Context, network, addr string) (c net.Conn, err error) {
 		err = p.Client().Do(func() error {
 			var d net.Dialer
@@ -65,7 +104,7 @@ func TestSRVFailover(t *testing.T) {
 	for i := range n {
 		chs[i] = &changes{}
 		tr, err := NewTrunk(ua, TrunkConfig{Registrars: []string{"sip:registrar.test;transport=tcp"},
-			AOR: fmt.Sprintf("sip:s%d@relink.test", i), Resolver: resolver,
+			AOR: fmt.Sprintf("sip:s%d@relink.test", i), Password: testPassword, Resolver: resolver,
 			KeepAlive: ka, KeepAliveTimeout: kto, RequestTimeout: 2 * time.Second,
 			FailbackInterval: failback, OnStateChange: chs[i].add})
 		if err != nil {
@@ -132,12 +171,12 @@ func TestSRVFailover(t *testing.T) {
 	t.Logf("every trunk back on the first target %v after the path returned (FailbackInterval %v)",
 		time.Since(back), failback)
 	for i := range n {
-		aor := fmt.Sprintf("sip:s%d@relink.test", i)
-		if b := regs[1].Bindings(aor); len(b) != 0 {
-			t.Errorf("%s: %d bindings left on the second target after failback", aor, len(b))
+		user := fmt.Sprintf("s%d", i)
+		if b := regs[1].bindings(t, user); b != 0 {
+			t.Errorf("%s: %d bindings left on the second target after failback", user, b)
 		}
-		if b := regs[0].Bindings(aor); len(b) != 1 {
-			t.Errorf("%s: %d bindings on the first target, want 1", aor, len(b))
+		if b := regs[0].bindings(t, user); b != 1 {
+			t.Errorf("%s: %d bindings on the first target, want 1", user, b)
 		}
 	}
 }
