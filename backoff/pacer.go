@@ -388,6 +388,14 @@ func (p *pacer) startupCut(s stamp) float64 {
 		return clean
 	}
 	p.hi, p.counted = est, true
+	if p.fleetGrows {
+		// The fleet's count is its schedule, not what arrived: members
+		// late on their places (a loaded host) make it too high, and an
+		// overshoot from here costs a pause and a hard cut. Trust it up
+		// to 1.25 × the clean pace; the probes may go on up to the count.
+		p.counted = false
+		est = math.Min(est, 1.25*clean)
+	}
 	return cruiseGain * est
 }
 
