@@ -63,10 +63,13 @@ type UAConfig struct {
 	// within about this long instead of at the kernel's next SYN
 	// retransmission (1, 3, 7, 15 ... s after the first). An attempt whose
 	// connect succeeded but whose handshake ran out of time gets twice the
-	// bound next time, up to 8 s. Zero means DefaultConnectTimeout (1 s);
-	// negative turns the bound off (the kernel's SYN schedule, within the
-	// trunk's RequestTimeout). The application's own requests are dialled
-	// by sipgo without it.
+	// bound next time, up to 8 s. A TCP connect is not given more: on a
+	// path whose round trip exceeds the bound no connection is made, so
+	// raise it there (1 s is several times most round trips, and the
+	// kernel's own first SYN retransmission is at 1 s). Zero means
+	// DefaultConnectTimeout (1 s); negative turns the bound off (the
+	// kernel's SYN schedule, within the trunk's RequestTimeout). The
+	// application's own requests are dialled by sipgo without it.
 	ConnectTimeout time.Duration
 	// WatchCalls also watches the connections the application's own
 	// requests and calls use (every TCP, TLS, WS and WSS connection of
