@@ -26,6 +26,11 @@ import (
 // second; it ignores Retry-After.
 const baresipHorizon = 200 * time.Second
 
+// baresipModel describes the baresip row.
+const baresipModel = "baresip 1.0.0 (Debian baresip-core) as a real client: one process, N accounts (regint 3600) " +
+	"over TCP; libre's sipreg retries a failure after 30–60 s, doubling, Retry-After ignored; " +
+	"told of the loss: SIGKILL and a new baresip with the same accounts"
+
 // baresipClients is baresip 1.0 (Debian baresip-core) as a real client: one
 // process with the N trunks as accounts of one accounts file, in a config
 // directory the bench writes, run in the client namespace (the process

@@ -708,6 +708,7 @@ func (t *trial) setup(ctx context.Context, e *env) error {
 	}
 	switch t.strategy {
 	case "baresip":
+		t.res.Model = baresipModel
 		t.cl, err = newBaresip(o, t.s, t.rec)
 	case naiveWorst, "diago", "pjsip-like":
 		pol := o.policy(t.strategy)
