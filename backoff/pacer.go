@@ -574,6 +574,7 @@ func (p *pacer) adopt(now time.Time, f FleetPace, setAt time.Time) {
 		return
 	}
 	pace := math.Max(math.Min(f.Pace, p.ceiling()), p.minRate)
+	joining := p.startup && !f.Startup // a new member, onto a learned pace
 	switch {
 	case pace < p.pace:
 		if p.probeFrom > 0 && now.Sub(p.probedAt) < p.probeEvery {
@@ -607,4 +608,10 @@ func (p *pacer) adopt(now time.Time, f FleetPace, setAt time.Time) {
 	p.paceSetAt = setAt
 	p.growAt = setAt.Add(p.startupPeriod())
 	p.probeAt = setAt.Add(p.probeEvery)
+	if joining {
+		// A learned pace, however old, runs a probe period of this herd
+		// before anyone of it probes above it: otherwise every member of
+		// a second herd would find a probe due at its first admission.
+		p.probeAt = laterOf(p.probeAt, now.Add(p.probeEvery))
+	}
 }
