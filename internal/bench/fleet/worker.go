@@ -184,7 +184,7 @@ func expectRestore(in *bufio.Reader) (time.Time, error) {
 	return time.Unix(0, n), nil
 }
 
-// tracker follows the trunks from the cut: when each first left Registered,
+// tracker follows the trunks from the cut: when each last left Registered,
 // and when it was registered again after that.
 type tracker struct {
 	idx map[*sip.Trunk]int // written before the fleet runs
@@ -205,8 +205,10 @@ func (tr *tracker) change(sc sip.TrunkStateChange) {
 		return
 	}
 	switch {
-	case sc.From == sip.Registered && tr.left[i].IsZero():
-		tr.left[i] = sc.At
+	case sc.From == sip.Registered:
+		// The last loss counts: a trunk that lost its registration and
+		// got it back before the black hole lost it again in the hole.
+		tr.left[i], tr.back[i] = sc.At, time.Time{}
 	case sc.To == sip.Registered && !tr.left[i].IsZero() && tr.back[i].IsZero():
 		tr.back[i] = sc.At
 	}
