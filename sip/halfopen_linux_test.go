@@ -59,7 +59,8 @@ func testHalfOpen(t *testing.T, tp string) {
 
 	const n = 10
 	const ka, kto = time.Second, 2 * time.Second
-	ua := newSecureUA(t, k)
+	ev := make(deathEvents, 64)
+	ua := newSecureUA(t, k, UAConfig{OnFlowDeath: ev.add})
 	gate := backoff.NewGate(backoff.GateConfig{Destination: addr})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -117,6 +118,9 @@ func testHalfOpen(t *testing.T, tp string) {
 	} else if c != nil {
 		c.TryClose()
 	}
+	if fd := ev.first(t, time.Second); fd.Network != tp || fd.Remote != addr || len(fd.Trunks) != n {
+		t.Errorf("OnFlowDeath %s to %s with %d trunks, want %s to %s with %d", fd.Network, fd.Remote, len(fd.Trunks), tp, addr, n)
+	}
 	time.Sleep(3 * time.Second) // the gate closes and scouts into the hole
 	if s := gate.State(); s != backoff.GateClosed {
 		t.Errorf("gate %v during the black hole, want closed", s)
@@ -145,13 +149,16 @@ func testHalfOpen(t *testing.T, tp string) {
 	}
 }
 
-// newSecureUA is newTestUA trusting k's CA.
-func newSecureUA(t testing.TB, k *kamailio.Instance) *UA {
+// newSecureUA is newTestUA trusting k's CA, with the fields of cfg if
+// given.
+func newSecureUA(t testing.TB, k *kamailio.Instance, cfgs ...UAConfig) *UA {
 	t.Helper()
-	cfg := UAConfig{
-		TransportLayerOptions:   []sipmsg.TransportLayerOption{sipmsg.WithTransportLayerLogger(discard)},
-		TransactionLayerOptions: []sipmsg.TransactionLayerOption{sipmsg.WithTransactionLayerLogger(discard)},
+	var cfg UAConfig
+	if len(cfgs) > 0 {
+		cfg = cfgs[0]
 	}
+	cfg.TransportLayerOptions = []sipmsg.TransportLayerOption{sipmsg.WithTransportLayerLogger(discard)}
+	cfg.TransactionLayerOptions = []sipmsg.TransactionLayerOption{sipmsg.WithTransactionLayerLogger(discard)}
 	if ca := k.CA(); ca != nil {
 		cfg.TLSConfig = &tls.Config{RootCAs: ca.Pool()}
 	}
