@@ -1,0 +1,120 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
+	"time"
+
+	"github.com/relinkgo/relink/internal/testkit"
+)
+
+// mem is what the process holds after a GC.
+type mem struct {
+	heap       uint64 // HeapInuse + StackInuse, bytes
+	heapInuse  uint64
+	stackInuse uint64
+	goroutines int
+}
+
+// snapshot collects garbage (twice, so that finalizers' leftovers go too,
+// and returns freed memory to the OS) and reads what is left.
+func snapshot() mem {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return mem{heap: ms.HeapInuse + ms.StackInuse, heapInuse: ms.HeapInuse, stackInuse: ms.StackInuse,
+		goroutines: runtime.NumGoroutine()}
+}
+
+// minus returns m's growth over base (zero where it shrank).
+func (m mem) minus(base mem) mem {
+	sub := func(a, b uint64) uint64 {
+		if a < b {
+			return 0
+		}
+		return a - b
+	}
+	return mem{heap: sub(m.heap, base.heap), heapInuse: sub(m.heapInuse, base.heapInuse),
+		stackInuse: sub(m.stackInuse, base.stackInuse), goroutines: m.goroutines - base.goroutines}
+}
+
+// cpuMeter measures the process's CPU (user + system) and wall time over a
+// window, optionally with a CPU profile.
+type cpuMeter struct {
+	cpu0  time.Duration
+	wall0 time.Time
+	prof  *os.File
+}
+
+func startCPU(pprofDir, name string) (*cpuMeter, error) {
+	m := &cpuMeter{}
+	if pprofDir != "" {
+		f, err := os.Create(filepath.Join(pprofDir, name+"-cpu.pb.gz"))
+		if err != nil {
+			return nil, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			_ = f.Close()
+			return nil, err
+		}
+		m.prof = f
+	}
+	m.cpu0, m.wall0 = processCPU(), time.Now()
+	return m, nil
+}
+
+// stop returns the CPU time and the wall time since start.
+func (m *cpuMeter) stop() (cpu, wall time.Duration) {
+	cpu, wall = processCPU()-m.cpu0, time.Since(m.wall0)
+	if m.prof != nil {
+		pprof.StopCPUProfile()
+		_ = m.prof.Close()
+	}
+	return cpu, wall
+}
+
+// writeProfiles writes the heap (after a GC) and goroutine profiles into
+// dir as NAME-heap.pb.gz and NAME-goroutine.txt; no-op without a dir.
+func writeProfiles(dir, name string) error {
+	if dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	runtime.GC()
+	for _, p := range []struct {
+		profile, file string
+		debug         int
+	}{{"heap", name + "-heap.pb.gz", 0}, {"goroutine", name + "-goroutine.txt", 1}} {
+		f, err := os.Create(filepath.Join(dir, p.file))
+		if err != nil {
+			return err
+		}
+		err = pprof.Lookup(p.profile).WriteTo(f, p.debug)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("%s profile: %w", p.profile, err)
+		}
+	}
+	return nil
+}
+
+// raiseFDs raises the file limit towards need: as root the hard limit too
+// (up to the kernel's nr_open), then the soft limit as far as the hard one
+// allows (testkit.RaiseFileLimit). It returns the soft limit in force.
+func raiseFDs(need uint64) (uint64, error) {
+	raiseHardLimit(need)
+	got, err := testkit.RaiseFileLimit(need)
+	if err == nil && got < need {
+		err = fmt.Errorf("file limit %d, below the %d descriptors asked for (run as root, or ulimit -n)", got, need)
+	}
+	return got, err
+}
