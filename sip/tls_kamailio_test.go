@@ -101,3 +101,23 @@ func TestKamailioTrunkTLSConfig(t *testing.T) {
 		t.Errorf("carrier a contacts %+v, want 1", c)
 	}
 }
+
+// TestKamailioTrunkWSSClientCert: a WSS trunk's client certificate comes
+// from its own TLSConfig too (sipgo's WSS handshake has no context: relink
+// picks the one trunk configuration whose certificate's CA Kamailio asks
+// for), on a UA with no certificate of its own.
+func TestKamailioTrunkWSSClientCert(t *testing.T) {
+	k := kamailio.Start(t, kamailio.Options{TLS: true, WebSocket: true, RequireClientCert: true})
+	cert, err := k.CA().Issue("carrier-wss-trunk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri, _ := kamTarget(k, "wss")
+	tr, err := NewTrunk(plainUA(t, UAConfig{}), TrunkConfig{Registrars: []string{uri}, AOR: "sip:wss-cert@relink.test",
+		Password: k.Password(), TLSConfig: &tls.Config{RootCAs: k.CA().Pool(), Certificates: []tls.Certificate{cert}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running(t, tr)
+	waitState(t, tr, Registered, 5*time.Second)
+}

@@ -28,8 +28,9 @@ import (
 // VerifyConnection; it is never skipped). The client certificate comes
 // from the configuration in the handshake's context (TLS: relink dials
 // with it); sipgo's WSS handshake has no context, so a WSS trunk's client
-// certificate is the UA's (UAConfig.TLSConfig) while its verification is
-// its own.
+// certificate is chosen by the CAs the server asks for: the one trunk
+// configuration with a certificate of such a CA, else the UA's
+// (UAConfig.TLSConfig). Its verification is its own either way.
 //
 // A handshake with an IP address sends no SNI, so VerifyConnection cannot
 // read the address: relink records each TLS and WSS dial to an IP address
@@ -209,12 +210,47 @@ func verifyChain(cfg *tls.Config, name string, cs tls.ConnectionState) ([][]*x50
 }
 
 // clientCert is GetClientCertificate: the certificate of the dialling
-// trunk's configuration (from the handshake's context), else the UA's.
+// trunk's configuration (from the handshake's context: TLS). A handshake
+// without one (sipgo's WSS) gets the certificate of the one trunk
+// configuration whose certificate is issued by a CA the server named in its
+// request, if exactly one is; else the UA's.
 func (d *tlsDispatch) clientCert(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
 	cfg := d.base
 	if c, ok := cri.Context().Value(tlsCtxKey{}).(*tls.Config); ok && c != nil {
 		cfg = c
+	} else if c := d.byRequest(cri); c != nil {
+		cfg = c
 	}
+	return certOf(cfg, cri)
+}
+
+// byRequest returns the trunk configuration whose client certificate the
+// server's request names (by its acceptable CAs), if exactly one does.
+func (d *tlsDispatch) byRequest(cri *tls.CertificateRequestInfo) *tls.Config {
+	if len(cri.AcceptableCAs) == 0 {
+		return nil // any CA: nothing to choose by
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	var found *tls.Config
+	for _, c := range d.byHost {
+		if c == found || c.GetClientCertificate != nil {
+			continue
+		}
+		for i := range c.Certificates {
+			if cri.SupportsCertificate(&c.Certificates[i]) == nil {
+				if found != nil {
+					return nil // two carriers' CAs: ambiguous
+				}
+				found = c
+				break
+			}
+		}
+	}
+	return found
+}
+
+func certOf(cfg *tls.Config, cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
 	if cfg.GetClientCertificate != nil {
 		return cfg.GetClientCertificate(cri)
 	}
