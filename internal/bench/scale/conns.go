@@ -34,14 +34,13 @@ type ConnsResult struct {
 	GoroutinesPerConn float64 `json:"goroutines_per_conn"` // relink's: wrapped − plain
 	// ProbeCPUPctCore is the wrapped run's CPU less the plain run's, in %
 	// of one core.
-	ProbeCPUPctCore  float64 `json:"probe_cpu_pct_core"`
-	WrappedCPUPct    float64 `json:"wrapped_cpu_pct_core"`
-	PlainCPUPct      float64 `json:"plain_cpu_pct_core"`
-	ProbesPerS       float64 `json:"probes_per_s"`        // writes by the wrapped run (its probes) per second
-	CPUUsPerProbe    float64 `json:"cpu_us_per_probe"`    // ProbeCPUPctCore's CPU per probe
-	Dead             int     `json:"dead"`                // connections that died in either run (0 expected)
-	DialS            float64 `json:"dial_s"`              // time to dial the wrapped run's connections
-	ServerGoroutines int     `json:"server_conns_at_end"` // the echo server's connections before it stopped
+	ProbeCPUPctCore float64 `json:"probe_cpu_pct_core"`
+	WrappedCPUPct   float64 `json:"wrapped_cpu_pct_core"`
+	PlainCPUPct     float64 `json:"plain_cpu_pct_core"`
+	ProbesPerS      float64 `json:"probes_per_s"`     // writes by the wrapped run (its probes) per second
+	CPUUsPerProbe   float64 `json:"cpu_us_per_probe"` // ProbeCPUPctCore's CPU per probe
+	Dead            int     `json:"dead"`             // connections that died in either run (0 expected)
+	DialS           float64 `json:"dial_s"`           // time to dial the wrapped run's connections
 }
 
 // connsChild is what one conns child (one mode) measured.
@@ -80,11 +79,8 @@ func connsRow(o *options) (*ConnsResult, error) {
 			return nil, err
 		}
 	}
-	var end struct{ Conns int }
-	if l := echo.stop(); l != "" {
-		_ = json.Unmarshal([]byte(l), &end)
-	}
-	return connsResult(o, runs[0], runs[1], end.Conns), nil
+	echo.stop()
+	return connsResult(o, runs[0], runs[1]), nil
 }
 
 func connsChildRun(o *options, mode string, addrs []string, res *connsChild) error {
@@ -98,7 +94,7 @@ func connsChildRun(o *options, mode string, addrs []string, res *connsChild) err
 	return c.result(res, o.timeout+o.connWindow+time.Minute)
 }
 
-func connsResult(o *options, plain, wrapped connsChild, serverConns int) *ConnsResult {
+func connsResult(o *options, plain, wrapped connsChild) *ConnsResult {
 	n := float64(o.conns)
 	pi := o.probeInterval
 	if pi == 0 {
@@ -117,7 +113,6 @@ func connsResult(o *options, plain, wrapped connsChild, serverConns int) *ConnsR
 		ProbesPerS:        float64(wrapped.Writes) / wrapped.WallS,
 		Dead:              int(plain.Dead + wrapped.Dead),
 		DialS:             wrapped.DialS,
-		ServerGoroutines:  serverConns,
 	}
 	r.ProbeCPUPctCore = r.WrappedCPUPct - r.PlainCPUPct
 	if r.ProbesPerS > 0 {
@@ -127,7 +122,7 @@ func connsResult(o *options, plain, wrapped connsChild, serverConns int) *ConnsR
 }
 
 // serveEcho is the echo role: an echo server on o.ports loopback ports
-// until stdin closes; then it prints how many connections it had.
+// until stdin closes.
 func serveEcho(o *options, in io.Reader, out io.Writer) error {
 	if _, err := raiseFDs(uint64(o.conns + 1024)); err != nil {
 		fmt.Fprintln(os.Stderr, "scale:", err)
@@ -150,11 +145,6 @@ func serveEcho(o *options, in io.Reader, out io.Writer) error {
 	b, _ := json.Marshal(rd)
 	fmt.Fprintln(out, string(b))
 	waitStdin(in)
-	n := 0
-	for _, e := range echos {
-		n += e.Conns()
-	}
-	fmt.Fprintf(out, "{\"Conns\":%d}\n", n)
 	return nil
 }
 
