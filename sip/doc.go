@@ -131,6 +131,18 @@
 // see its reads, so it probes each flow with an OPTIONS request instead
 // (any answer proves the flow alive).
 //
+// # Every transport is a flow
+//
+// Every stream transport is a flow: TCP, TLS, WS and WSS connections are
+// dialled by relink (WSS: kernel options set once a trunk uses it), probed
+// with a CRLF ping (an OPTIONS goes with it until the peer has answered one;
+// a peer that never answers CRLF is probed with OPTIONS only), and evicted
+// from sipgo's pool when they die; UDP registrations are qualified with
+// OPTIONS and their failure is a flow death too. UAConfig.OnFlowDeath
+// reports each death; UAConfig.WatchCalls extends the watch to the
+// application's own connections. TLS: UAConfig.TLSConfig for the UA,
+// TrunkConfig.TLSConfig per trunk; verification is never turned off.
+//
 // A UDP registrar is qualified by default: an OPTIONS every DefaultQualify
 // (30 s) while registered, answered by anything; no answer within the
 // qualify timeout (KeepAliveTimeout, 5 s by default, not the 32 s of Timer F:
