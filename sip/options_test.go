@@ -163,3 +163,30 @@ func TestUDPQualifyByDefault(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPSilentRegistrarBound (real sockets): a UDP registrar that stops
+// answering is noticed within Qualify + the qualify timeout
+// (KeepAliveTimeout, 5 s by default), every other field at its default: the
+// qualify OPTIONS no longer waits RequestTimeout (32 s), and the trunk
+// leaves Registered with ErrFlowDead.
+func TestUDPSilentRegistrarBound(t *testing.T) {
+	t.Parallel()
+	reg := newSiptest(t, siptest.Config{Password: testPassword})
+	const q = time.Second
+	tr, ch := trunkOn(t, TrunkConfig{Qualify: q, UnregisterTimeout: -1}, reg.UDPURI())
+	running(t, tr)
+	waitState(t, tr, Registered, 5*time.Second)
+	eventually(t, 3*time.Second, "a qualify answered", func() bool { return reg.Stats().Options >= 1 })
+	reg.SetSilent(true)
+	silent := time.Now()
+	bound := q + DefaultKeepAliveTimeout
+	waitState(t, tr, Registering, bound+2*time.Second)
+	d := time.Since(silent)
+	t.Logf("silent UDP registrar noticed after %v (bound Qualify %v + %v)", d, q, DefaultKeepAliveTimeout)
+	if sc := ch.nth(t, Registering, 2); !errors.Is(sc.Err, ErrFlowDead) {
+		t.Errorf("left Registered with %v, want ErrFlowDead", sc.Err)
+	}
+	if d > bound+500*time.Millisecond {
+		t.Errorf("noticed after %v, want ≤ %v", d, bound)
+	}
+}
