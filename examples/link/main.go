@@ -110,27 +110,16 @@ func run(ctx context.Context, o options) error {
 		defer cancel()
 	}
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
+	var err error
 	if builtin {
-		srv, err := newServer(time.Second)
-		if err != nil {
+		var stop func()
+		if o.addr, tlsConfig.RootCAs, stop, err = startServer(ctx); err != nil {
 			return err
 		}
-		o.addr, tlsConfig.RootCAs = srv.addr, srv.roots()
-		logf("server: TLS login server on %s (self-signed certificate), refusing logins for 1s", o.addr)
-		sctx, cancel := context.WithCancel(ctx)
-		var wg sync.WaitGroup
-		defer wg.Wait()
-		defer cancel() // the schedule ends with run
-		defer srv.closeAll(true)
-		wg.Go(func() { misbehave(sctx, srv) })
+		defer stop()
 	} else if o.ca != "" {
-		pem, err := os.ReadFile(o.ca)
-		if err != nil {
+		if tlsConfig.RootCAs, err = readCA(o.ca); err != nil {
 			return err
-		}
-		tlsConfig.RootCAs = x509.NewCertPool()
-		if !tlsConfig.RootCAs.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("-ca %s: no certificate in it", o.ca)
 		}
 	}
 	gate := newGate(o.addr)
@@ -146,6 +135,38 @@ func run(ctx context.Context, o options) error {
 		return nil // stopped as asked
 	}
 	return err
+}
+
+// startServer starts the built-in server and its schedule: its address,
+// the pool that trusts its certificate, and the function that stops both.
+func startServer(ctx context.Context) (addr string, roots *x509.CertPool, stop func(), err error) {
+	srv, err := newServer(time.Second)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	logf("server: TLS login server on %s (self-signed certificate), refusing logins for 1s", srv.addr)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { misbehave(ctx, srv) })
+	stop = func() {
+		srv.closeAll(true)
+		cancel() // the schedule ends with run
+		wg.Wait()
+	}
+	return srv.addr, srv.roots(), stop, nil
+}
+
+// readCA reads the PEM file of a CA to trust.
+func readCA(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("-ca %s: no certificate in it", path)
+	}
+	return pool, nil
 }
 
 // newGate is the Gate that admits the Link's attempts; in a gateway, every
