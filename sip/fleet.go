@@ -126,7 +126,9 @@ func (f *Fleet) gateFor(key string) *backoff.Gate {
 }
 
 // Gate returns the gate the fleet uses for a registrar URI, or nil if no
-// trunk of the fleet uses its address.
+// trunk of the fleet uses its address. A registrar given by name (RFC 3263)
+// has a gate per address its lookup found: pass the target a trunk uses
+// (TrunkStateChange.Destination, Trunk.Registrar).
 func (f *Fleet) Gate(registrar string) *backoff.Gate {
 	t, err := parseTarget(registrar)
 	if err != nil {
