@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -21,7 +22,8 @@ import (
 type ConnsResult struct {
 	Row             string  `json:"row"` // "conns"
 	Conns           int     `json:"conns"`
-	Ports           int     `json:"ports"`            // echo server ports dialed, round robin
+	Procs           int     `json:"procs"`            // client processes (and echo servers) per run
+	Ports           int     `json:"ports"`            // ports per echo server, dialed round robin
 	ProbeIntervalS  float64 `json:"probe_interval_s"` // the wrapped connections' ProbeInterval
 	WindowS         float64 `json:"window_s"`         // the CPU window of each run
 	HeapPerConnB    float64 `json:"heap_per_conn_b"`  // relink's: wrapped − plain, HeapInuse + StackInuse
@@ -56,63 +58,124 @@ type connsChild struct {
 	DialS      float64 `json:"dial_s"`
 }
 
-// connsRow runs the echo server, then a plain and a wrapped client, each in
-// a process of its own.
+// connsRow runs the echo servers, then the plain and the wrapped clients,
+// each in processes of their own: procs pairs of an echo server and a
+// client, each client with its share of the connections (a process may
+// hold no more descriptors than the file limit, which only a process with
+// CAP_SYS_RESOURCE may raise above the hard limit). The clients of one mode
+// run at once; their heaps, goroutines and CPU add up.
 func connsRow(o *options) (*ConnsResult, error) {
-	echo, err := startChild("-role", "echo", "-ports", strconv.Itoa(o.ports), "-conns", strconv.Itoa(o.conns))
-	if err != nil {
-		return nil, err
+	procs := o.procs
+	if procs == 0 {
+		limit, _ := raiseFDs(uint64(o.conns + 1024))
+		procs = (o.conns + int(limit) - 1024 - 1) / max(1, int(limit)-1024)
 	}
-	var rd ready
-	if err := echo.result(&rd, 30*time.Second); err != nil {
-		echo.stop()
-		return nil, err
+	procs = max(1, min(procs, o.conns))
+	var echos []*child
+	defer func() {
+		for _, e := range echos {
+			e.stop()
+		}
+	}()
+	var addrs [][]string
+	for range procs {
+		e, err := startChild("-role", "echo", "-ports", strconv.Itoa(o.ports),
+			"-conns", strconv.Itoa(o.conns/procs+1))
+		if err != nil {
+			return nil, err
+		}
+		echos = append(echos, e)
+		var rd ready
+		if err := e.result(&rd, 30*time.Second); err != nil {
+			return nil, err
+		}
+		if len(rd.Addrs) == 0 {
+			return nil, errNoAddrs
+		}
+		addrs = append(addrs, rd.Addrs)
 	}
-	if len(rd.Addrs) == 0 {
-		echo.stop()
-		return nil, errNoAddrs
-	}
-	var runs [2]connsChild
+	var runs [2]connsSum
 	for i, mode := range []string{"plain", "wrapped"} {
-		if err := connsChildRun(o, mode, rd.Addrs, &runs[i]); err != nil {
-			echo.stop()
+		if err := connsRun(o, mode, addrs, &runs[i]); err != nil {
 			return nil, err
 		}
 	}
-	echo.stop()
-	return connsResult(o, runs[0], runs[1]), nil
+	r := connsResult(o, runs[0], runs[1])
+	r.Procs = procs
+	return r, nil
 }
 
-func connsChildRun(o *options, mode string, addrs []string, res *connsChild) error {
-	c, err := startChild("-role", "conns", "-mode", mode, "-addrs", strings.Join(addrs, ","),
-		"-conns", strconv.Itoa(o.conns), "-conn-window", o.connWindow.String(),
-		"-probe-interval", o.probeInterval.String(), "-timeout", o.timeout.String(), "-pprof", o.pprof)
-	if err != nil {
-		return err
+// connsSum adds up the clients of one mode.
+type connsSum struct {
+	heap, heapInuse   float64
+	goroutines        int
+	cpuPct, probesPer float64 // % of one core; writes per second
+	wallS, dialS      float64 // the shortest window; the slowest dial
+	dead              int64
+}
+
+// connsRun runs one client per echo server (addrs[i]), at once, each with
+// its share of o.conns, and adds up their figures into sum.
+func connsRun(o *options, mode string, addrs [][]string, sum *connsSum) error {
+	cs := make([]*child, 0, len(addrs))
+	defer func() {
+		for _, c := range cs {
+			c.stop()
+		}
+	}()
+	for i, a := range addrs {
+		n := o.conns/len(addrs) + btoi(i < o.conns%len(addrs))
+		c, err := startChild("-role", "conns", "-mode", mode, "-addrs", strings.Join(a, ","),
+			"-conns", strconv.Itoa(n), "-conn-window", o.connWindow.String(),
+			"-probe-interval", o.probeInterval.String(), "-timeout", o.timeout.String(),
+			"-pprof", o.pprof, "-id", strconv.Itoa(i))
+		if err != nil {
+			return err
+		}
+		cs = append(cs, c)
 	}
-	defer c.stop()
-	return c.result(res, o.timeout+o.connWindow+time.Minute)
+	sum.wallS = math.Inf(1)
+	for _, c := range cs {
+		var res connsChild
+		if err := c.result(&res, o.timeout+o.connWindow+time.Minute); err != nil {
+			return err
+		}
+		sum.heap += float64(res.Heap)
+		sum.heapInuse += float64(res.HeapInuse)
+		sum.goroutines += res.Goroutines
+		sum.cpuPct += 100 * res.CPUS / res.WallS
+		sum.probesPer += float64(res.Writes) / res.WallS
+		sum.wallS, sum.dialS = min(sum.wallS, res.WallS), max(sum.dialS, res.DialS)
+		sum.dead += res.Dead
+	}
+	return nil
 }
 
-func connsResult(o *options, plain, wrapped connsChild) *ConnsResult {
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func connsResult(o *options, plain, wrapped connsSum) *ConnsResult {
 	n := float64(o.conns)
 	pi := o.probeInterval
 	if pi == 0 {
 		pi = conn.DefaultProbeInterval
 	}
-	pct := func(c connsChild) float64 { return 100 * c.CPUS / c.WallS }
 	r := &ConnsResult{Row: "conns", Conns: o.conns, Ports: o.ports, ProbeIntervalS: pi.Seconds(),
-		WindowS:           wrapped.WallS,
-		HeapPerConnB:      (float64(wrapped.Heap) - float64(plain.Heap)) / n,
-		HeapObjPerConnB:   (float64(wrapped.HeapInuse) - float64(plain.HeapInuse)) / n,
-		HeapPerConnTotalB: float64(wrapped.Heap) / n,
-		HeapPerConnPlainB: float64(plain.Heap) / n,
-		GoroutinesPerConn: float64(wrapped.Goroutines-plain.Goroutines) / n,
-		WrappedCPUPct:     pct(wrapped),
-		PlainCPUPct:       pct(plain),
-		ProbesPerS:        float64(wrapped.Writes) / wrapped.WallS,
-		Dead:              int(plain.Dead + wrapped.Dead),
-		DialS:             wrapped.DialS,
+		WindowS:           wrapped.wallS,
+		HeapPerConnB:      (wrapped.heap - plain.heap) / n,
+		HeapObjPerConnB:   (wrapped.heapInuse - plain.heapInuse) / n,
+		HeapPerConnTotalB: wrapped.heap / n,
+		HeapPerConnPlainB: plain.heap / n,
+		GoroutinesPerConn: float64(wrapped.goroutines-plain.goroutines) / n,
+		WrappedCPUPct:     wrapped.cpuPct,
+		PlainCPUPct:       plain.cpuPct,
+		ProbesPerS:        wrapped.probesPer,
+		Dead:              int(plain.dead + wrapped.dead),
+		DialS:             wrapped.dialS,
 	}
 	r.ProbeCPUPctCore = r.WrappedCPUPct - r.PlainCPUPct
 	if r.ProbesPerS > 0 {
@@ -185,12 +248,12 @@ func runConns(o *options, out io.Writer) error {
 	res := connsChild{Mode: o.mode, DialS: time.Since(start).Seconds()}
 	time.Sleep(2 * time.Second) // let the readers block and the first probes settle
 	held := snapshot().minus(base)
-	if err := writeProfiles(o.pprof, "conns-"+o.mode); err != nil {
+	if err := writeProfiles(o.pprof, "conns-"+o.mode+o.id); err != nil {
 		return err
 	}
 	res.Heap, res.HeapInuse, res.Goroutines = held.heap, held.heapInuse, held.goroutines
 	w0 := cc.writes.Load()
-	m, err := startCPU(o.pprof, "conns-"+o.mode)
+	m, err := startCPU(o.pprof, "conns-"+o.mode+o.id)
 	if err != nil {
 		return err
 	}

@@ -19,15 +19,18 @@
 // of the grant) at the refresh window's cost per refresh (its CPU less the
 // idle rate over its length, ÷ the REGISTER transactions in it).
 //
-// The conns row dials -conns connections to an echo server on several
-// loopback ports (-ports; each port gives the 4-tuple space of one
-// ephemeral port range), each with a reader goroutine as an application
-// has: once as plain TCP connections with the same kernel options, once
-// wrapped by conn.Dialer with the CRLF probe at the default interval (10 s,
-// or -probe-interval). Relink's cost per connection is the difference of
-// the two runs' heap (HeapInuse + StackInuse after a GC), and its probing
-// CPU the difference of their CPU over -conn-window (at least two probe
-// intervals), as a percentage of one core.
+// The conns row dials -conns connections to echo servers on loopback ports
+// (-ports per server; each port gives the 4-tuple space of one ephemeral
+// port range), each with a reader goroutine as an application has: once as
+// plain TCP connections with the same kernel options, once wrapped by
+// conn.Dialer with the CRLF probe at the default interval (10 s, or
+// -probe-interval). Relink's cost per connection is the difference of the
+// two runs' heap (HeapInuse + StackInuse after a GC), and its probing CPU
+// the difference of their CPU over -conn-window (at least two probe
+// intervals), as a percentage of one core. When the file limit (which only
+// CAP_SYS_RESOURCE raises above the hard limit) is below -conns, the
+// connections are shared by -procs client processes, each with an echo
+// server of its own, run at once; their heaps, goroutines and CPU add up.
 //
 // Every server (registrar, echo) and every measured client runs in a
 // process of its own (this program, re-executed with -role), so that each
@@ -65,6 +68,8 @@ type options struct {
 
 	conns         int
 	ports         int
+	procs         int
+	id            string // conns role: its number among the clients, for profile names
 	connWindow    time.Duration
 	probeInterval time.Duration
 	mode          string // conns role: plain or wrapped
@@ -86,7 +91,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up on a row after this long")
 	fs.StringVar(&o.registrar, "registrar", "", "internal: the registrar's URI (trunks role)")
 	fs.IntVar(&o.conns, "conns", 100000, "probed connections (0: no conns row)")
-	fs.IntVar(&o.ports, "ports", 8, "echo server ports (each gives the 4-tuples of one ephemeral port range)")
+	fs.IntVar(&o.ports, "ports", 2, "ports per echo server (each gives the 4-tuples of one ephemeral port range)")
+	fs.IntVar(&o.procs, "procs", 0, "client processes (each with its echo server) sharing -conns (0: as the file limit requires)")
+	fs.StringVar(&o.id, "id", "", "internal: the client's number (conns role)")
 	fs.DurationVar(&o.connWindow, "conn-window", 30*time.Second, "CPU window of the conns row (at least two probe intervals)")
 	fs.DurationVar(&o.probeInterval, "probe-interval", 0, "ProbeInterval of the wrapped connections (0: the default, 10 s)")
 	fs.StringVar(&o.mode, "mode", "", "internal: plain or wrapped (conns role)")
@@ -97,8 +104,8 @@ func parseFlags(args []string) (*options, error) {
 		return nil, err
 	}
 	switch {
-	case o.trunks < 0 || o.conns < 0 || o.ports <= 0:
-		return nil, errors.New("-trunks and -conns must not be negative, -ports must be positive")
+	case o.trunks < 0 || o.conns < 0 || o.procs < 0 || o.ports <= 0:
+		return nil, errors.New("-trunks, -conns and -procs must not be negative, -ports must be positive")
 	case o.gate != "told" && o.gate != "learn":
 		return nil, fmt.Errorf("-gate %q: want told or learn", o.gate)
 	case !(o.capacity > 0) || o.expires <= 0 || o.connWindow <= 0 || o.timeout <= 0:
@@ -134,9 +141,6 @@ func main() {
 
 // run measures the rows asked for, calling out with each row's result.
 func run(o *options, out func(any)) error {
-	if _, err := raiseFDs(uint64(2*o.conns + o.trunks + 4096)); err != nil {
-		fmt.Fprintln(os.Stderr, "scale:", err)
-	}
 	if o.trunks > 0 {
 		r, err := trunksRow(o)
 		if err != nil {
