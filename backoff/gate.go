@@ -47,8 +47,10 @@ import (
 // half-way), only while the faster pace over the work still queued outweighs
 // the risk of another pause; while its probes draw Retry-Afters it probes
 // half as often, down to every 16 s; once the ceiling is forgotten, a probe
-// against such a server is an even bet, made only with the work queued to
-// win it back. With a configured Rate, a lone
+// against such a server steps 5 % and is taken for an even bet, made only
+// with the work queued to win it back. A pace within 10 % under a recent
+// ceiling that ran clean for a second forgives one lone Retry-After in 10 s
+// (timing jitter), as a configured Rate does. With a configured Rate, a lone
 // Retry-After at a pace within 10 % of the ceiling pauses without a cut
 // (timing jitter at a server limited to exactly Rate); a second within 10 s
 // cuts. Outcomes of attempts admitted before the gate last reopened do not

@@ -508,11 +508,14 @@ func (p *pacer) probeTarget(now time.Time, queued int) (float64, bool) {
 		if !p.probeWorthIt(target, queued, (target-p.pace)/(p.hi-p.pace)) {
 			return 0, false
 		}
-	} else if p.lastRA > 0 && !p.probeWorthIt(target, queued, 0.5) {
+	} else if p.lastRA > 0 {
 		// The ceiling is forgotten, but this destination pauses everyone
-		// at an overshoot: a probe is an even bet, worth it only with
-		// work enough queued.
-		return 0, false
+		// at an overshoot: probe by 5 %, and take it for an even bet,
+		// worth it only with work enough queued (some 20 s).
+		target = p.pace * 1.05
+		if !p.probeWorthIt(target, queued, 0.5) {
+			return 0, false
+		}
 	}
 	return target, true
 }
