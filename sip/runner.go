@@ -105,7 +105,9 @@ func (r *runner) watch(c flowConn, network, remote string, tg *regTarget) *flow 
 	var f *flow
 	switch {
 	case network == "udp":
-		f = t.mon.attachUDP(c, remote, t)
+		if remote = t.udpRemote(remote); remote != "" {
+			f = t.mon.attachUDP(c, remote, t)
+		}
 	case t.cfg.keepAlive > 0:
 		f = t.mon.attach(c, network, t, t.pref(tg))
 	}

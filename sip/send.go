@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -448,6 +449,27 @@ func (t *Trunk) localContact(ctx context.Context, tg *regTarget, req *sipmsg.Req
 		u.UriParams = sipmsg.HeaderParams{{K: "transport", V: network}}
 	}
 	return u, nil
+}
+
+// udpRemote returns dest (host:port) with its host resolved to an address,
+// once per destination for the trunk's life: a UDP flow is keyed by the
+// address, and a DNS query per transaction would cost more than the
+// transaction. "" when it does not resolve (tried again next time).
+func (t *Trunk) udpRemote(dest string) string {
+	if a, ok := t.udpAddrs[dest]; ok {
+		return a
+	}
+	ua, err := net.ResolveUDPAddr("udp", dest)
+	if err != nil {
+		return "" // not kept: the next transaction tries again
+	}
+	ap := ua.AddrPort()
+	a := netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+	if t.udpAddrs == nil {
+		t.udpAddrs = make(map[string]string)
+	}
+	t.udpAddrs[dest] = a
+	return a
 }
 
 // outboundIP returns (and caches) the local address that routes to dest.

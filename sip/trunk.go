@@ -50,6 +50,7 @@ type Trunk struct {
 
 	instance string                  // the UA's RFC 5626 +sip.instance
 	contacts map[string]*sipmsg.Uri  // by transport: the Contact kept (outbound); Run's goroutine only
+	udpAddrs map[string]string       // UDP destinations resolved (udpRemote); Run's goroutine only
 	binding  atomic.Pointer[Binding] // the binding held, nil if none
 
 	mu      sync.Mutex
