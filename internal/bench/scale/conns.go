@@ -235,6 +235,7 @@ type connsClient struct {
 // runConns is the conns role: it dials o.conns connections (plain or
 // wrapped), each with a reader, and prints one connsChild.
 func runConns(o *options, out io.Writer) error {
+	profileAllocs(o.pprof)
 	if _, err := raiseFDs(uint64(o.conns + 1024)); err != nil {
 		fmt.Fprintln(os.Stderr, "scale:", err)
 	}

@@ -112,6 +112,7 @@ type fleetRun struct {
 
 // runTrunks is the trunks role: it prints one TrunksResult.
 func runTrunks(o *options, out io.Writer) error {
+	profileAllocs(o.pprof)
 	if _, err := raiseFDs(uint64(o.trunks + 1024)); err != nil {
 		fmt.Fprintln(os.Stderr, "scale:", err)
 	}
