@@ -68,6 +68,12 @@ type Result struct {
 	ReadyEvents int `json:"ready_events"`
 	// Stuck counts the Links not ready at the timeout.
 	Stuck int `json:"stuck"`
+	// LateMeanMs and LateMaxMs say how late a 10 ms timer fired, on
+	// average and at most, during the herd: the machine's scheduling
+	// delay, which the gate's timer and every Link suffer too. On a loaded
+	// machine (a mean above ~1 ms) the figures are the machine's.
+	LateMeanMs float64 `json:"late_mean_ms"`
+	LateMaxMs  float64 `json:"late_max_ms"`
 }
 
 // options are the flags.
@@ -121,9 +127,9 @@ func report(o *options, r Result) {
 		fmt.Println(string(b))
 		return
 	}
-	fmt.Printf("%-11s N=%d C=%v hint=%v: all ready in %.2f s = %.2f × N/C, %.1f %% of %d logins refused, peak %.2f, pace %.0f/s, stuck %d\n",
+	fmt.Printf("%-11s N=%d C=%v hint=%v: all ready in %.2f s = %.2f × N/C, %.1f %% of %d logins refused, peak %.2f, pace %.0f/s, stuck %d, timers late %.1f ms (max %.0f)\n",
 		r.Strategy, r.N, r.Capacity, r.Hint, r.ReadyS, r.RatioToLimit, 100*r.RefusedFrac, r.Logins,
-		r.PeakLoadRatio, r.LearnedRate, r.Stuck)
+		r.PeakLoadRatio, r.LearnedRate, r.Stuck, r.LateMeanMs, r.LateMaxMs)
 }
 
 // herd runs one strategy: a fresh server and gate, N Links started at once,
@@ -156,6 +162,7 @@ func herd(ctx context.Context, o *options, strategy string) (Result, error) {
 	if o.trace {
 		go traceGate(ctx, gate, tr)
 	}
+	late := watchTimers(ctx)
 	failed := runAll(ctx, links, tr, o.timeout)
 	cancel()
 	if err := <-failed; err != nil {
@@ -163,7 +170,9 @@ func herd(ctx context.Context, o *options, strategy string) (Result, error) {
 	}
 	// Nothing was in flight when the last Link became ready, and nothing
 	// since: the gate's figures are those of the herd.
-	return tally(o, strategy, srv, gate.Stats(), tr), nil
+	r := tally(o, strategy, srv, gate.Stats(), tr)
+	r.LateMeanMs, r.LateMaxMs = late.result()
+	return r, nil
 }
 
 // runAll starts every Link's Run at once (the clock starts then) and waits until all are ready,
@@ -386,4 +395,42 @@ func (t *tracker) result() (int, time.Duration) {
 		return t.n, time.Since(t.start)
 	}
 	return t.n, t.stop.Sub(t.start)
+}
+
+// lateness is what watchTimers measured.
+type lateness struct {
+	done      chan struct{}
+	sum, most time.Duration
+	n         int
+}
+
+// watchTimers sleeps 10 ms at a time until ctx ends, recording how late
+// each sleep ends.
+func watchTimers(ctx context.Context) *lateness {
+	l := &lateness{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		const tick = 10 * time.Millisecond
+		for {
+			t0 := time.Now()
+			if !ctxtime.Sleep(ctx, tick) {
+				return
+			}
+			late := max(time.Since(t0)-tick, 0)
+			l.sum += late
+			l.most = max(l.most, late)
+			l.n++
+		}
+	}()
+	return l
+}
+
+// result waits for the watch to end (its ctx) and returns the mean and the
+// largest lateness in milliseconds.
+func (l *lateness) result() (mean, most float64) {
+	<-l.done
+	if l.n == 0 {
+		return 0, 0
+	}
+	return round(float64(l.sum) / float64(l.n) / 1e6), round(float64(l.most) / 1e6)
 }
