@@ -54,6 +54,9 @@ type cpuMeter struct {
 func startCPU(pprofDir, name string) (*cpuMeter, error) {
 	m := &cpuMeter{}
 	if pprofDir != "" {
+		if err := os.MkdirAll(pprofDir, 0o755); err != nil {
+			return nil, err
+		}
 		f, err := os.Create(filepath.Join(pprofDir, name+"-cpu.pb.gz"))
 		if err != nil {
 			return nil, err
