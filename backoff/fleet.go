@@ -127,6 +127,15 @@ type FleetRequest struct {
 	Grow time.Duration
 	// Ceiling is the highest pace (95 % of a configured Rate).
 	Ceiling float64
+	// Reopened reports that the gate reopened (the destination answers
+	// again after it was unreachable) and Pace is its fresh start: it
+	// replaces a stored pace that is still in startup and has not changed
+	// for two Grow periods, whatever its Version. A startup pace is not a
+	// measurement: doubled while nothing rejected (a warm-up against a
+	// healthy destination doubles it to the Ceiling), it must not greet the
+	// herd of the next outage; a learned pace (not in startup) is kept,
+	// and the gate adopts it.
+	Reopened bool
 }
 
 // FleetReply is the fleet's state after an Admit call.

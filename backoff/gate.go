@@ -322,6 +322,7 @@ func (g *Gate) reachableLocked(now time.Time) []GateStateChange {
 	g.pacer.reopen(now)
 	g.bucket.clamp(g.pacer.pace)
 	if g.fleet.m != nil {
+		g.fleet.reopened = true
 		g.fleetScoutEndLocked(true)
 	}
 	return g.setStateLocked(now, GateOpen, time.Time{})

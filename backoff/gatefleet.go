@@ -28,6 +28,7 @@ type fleetLink struct {
 	opened    uint64        // the fleet's reopenings, last seen
 	closedAt  uint64        // opened when this gate last closed
 	pushBack  time.Duration // a pause to tell the fleet with the next call
+	reopened  bool          // the gate reopened: tell the fleet with the next call
 }
 
 // fleetSlot is a place in the fleet's queue (FleetReply.Seq, zero: none) and
@@ -156,9 +157,11 @@ func (g *Gate) fleetAdmitLocked(now time.Time) {
 	req.Pace.Version = f.synced.Version
 	// A gate that has not heard from the fleet yet proposes nothing: its
 	// pace is a fresh start, and the fleet's, if any, is learned. (A store
-	// with no pace takes the first member's all the same.)
-	req.Propose = f.synced.Version != 0 && !req.Pace.sameAs(f.synced)
-	f.pushBack = 0
+	// with no pace takes the first member's all the same.) A gate that
+	// reopened proposes its fresh start (see FleetRequest.Reopened).
+	req.Reopened = f.reopened
+	req.Propose = f.reopened || f.synced.Version != 0 && !req.Pace.sameAs(f.synced)
+	f.pushBack, f.reopened = 0, false
 	f.admitting = true
 	f.calledAt = now
 	g.fleetGo(func(ctx context.Context) func(time.Time) []GateStateChange {
@@ -191,7 +194,7 @@ func (g *Gate) fleetAdmittedLocked(now time.Time, req FleetRequest, rep FleetRep
 	}
 	f.downUntil = time.Time{}
 	f.opened = max(f.opened, rep.Opened)
-	g.fleetPaceLocked(now, req.Pace, rep.Pace, rep.PaceAge)
+	g.fleetPaceLocked(now, req, rep.Pace, rep.PaceAge)
 	if req.Held != 0 && req.Held == f.slot.seq {
 		f.slot.at = now.Add(rep.Due)
 		if rep.Lost || rep.Due < -f.lead() {
@@ -261,10 +264,11 @@ func (g *Gate) closedLocked(now time.Time) (time.Time, bool) {
 }
 
 // fleetPaceLocked reconciles the pacer with the fleet's pace: ours stored,
-// or another member's adopted.
-func (g *Gate) fleetPaceLocked(now time.Time, sent, got FleetPace, age time.Duration) {
+// or another member's adopted (after a reopening, whatever its version:
+// the pacer restarted, and the fleet's pace may be a learned one).
+func (g *Gate) fleetPaceLocked(now time.Time, req FleetRequest, got FleetPace, age time.Duration) {
 	f := &g.fleet
-	if got.sameAs(sent) || got.Version == f.synced.Version {
+	if got.sameAs(req.Pace) || !req.Reopened && got.Version == f.synced.Version {
 		f.synced = got
 		return
 	}
@@ -291,6 +295,7 @@ func (g *Gate) fleetScoutedLocked(now time.Time, rep FleetScout, err error) []Ga
 		g.scoutFails = 0
 		g.pacer.reopen(now)
 		g.bucket.clamp(g.pacer.pace)
+		f.reopened = true
 		ev := g.setStateLocked(now, GateOpen, time.Time{})
 		return append(ev, g.dispatchLocked(now)...)
 	}

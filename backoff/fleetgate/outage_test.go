@@ -181,3 +181,58 @@ func admitOne(t *testing.T, g *backoff.Gate) {
 	}
 	p.Done(backoff.Success)
 }
+
+// A warm-up against a healthy destination doubles the fleet's startup pace
+// to the ceiling; a gate that reopens after an outage resets it to its fresh
+// start (InitialRate), as a lone gate does, instead of adopting a pace that
+// was never measured. A learned pace (a Retry-After cut it) is kept.
+func TestReopenResetsAStartupPace(t *testing.T) {
+	s := redistest.Start(t)
+	f, _ := newFleet(t, s, "a", Config{})
+	g := newGate(t, f, backoff.GateConfig{ScoutBase: time.Millisecond, ScoutMax: 50 * time.Millisecond})
+	fb, _ := newFleet(t, s, "b", Config{})
+	other := newGate(t, fb, backoff.GateConfig{})
+	deadline := time.Now().Add(3 * time.Second)
+	for g.Stats().Rate < 1000 { // the warm-up: nothing rejected, startup doubles
+		if time.Now().After(deadline) {
+			t.Fatalf("pace %v after 3 s of warm-up, want ≥ 1000", g.Stats().Rate)
+		}
+		admitOne(t, g)
+	}
+	warm := g.Stats().Rate
+	reopen := func() float64 {
+		t.Helper()
+		// Another member books after a's last call: the store doubles
+		// twice more, and a's version is stale (its proposal alone would
+		// lose, even as a cut).
+		for range 2 {
+			time.Sleep(150 * time.Millisecond)
+			admitOne(t, other)
+		}
+		time.Sleep(300 * time.Millisecond) // the outage (a startup pace unchanged for two doublings)
+		g.Observe(backoff.Unreachable)     // found: the gate closes
+		if g.State() != backoff.GateClosed {
+			t.Fatalf("state %v after Observe(Unreachable), want closed", g.State())
+		}
+		admitOne(t, g) // the scout, answered: it reopens
+		if g.State() != backoff.GateOpen {
+			t.Fatalf("state %v after a scout's success, want open", g.State())
+		}
+		admitOne(t, g) // the first admission after: tells the fleet
+		admitOne(t, g)
+		return g.Stats().Rate
+	}
+	if got := reopen(); got > 2*backoff.DefaultInitialRate {
+		t.Fatalf("after reopening, pace %v (the warm-up's was %v), want a fresh start at %v", got, warm, backoff.DefaultInitialRate)
+	}
+	p, err := g.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Done(backoff.Overload(10 * time.Millisecond)) // learned: startup ends
+	time.Sleep(20 * time.Millisecond)
+	learned := g.Stats().Rate
+	if got := reopen(); got != learned {
+		t.Fatalf("after reopening, pace %v, want the learned %v kept", got, learned)
+	}
+}

@@ -20,7 +20,10 @@ import "github.com/redis/go-redis/v9"
 // (ms, ≤ 0: none), the startup's doubling period (µs), the ceiling of the
 // pace (95 % of a configured rate), and with the pace: the pace's Ceiling
 // (0: none), its age (µs) and the last Retry-After (µs, 0: none), which a
-// stored pace keeps when the proposal has none. It returns the fleet's
+// stored pace keeps when the proposal has none, and reopened (0/1: the
+// proposal replaces a pace still in startup and unchanged for two doubling
+// periods, whatever its version, and never a learned one). It returns the
+// fleet's
 // pace, estimate, startup and version, the pause left (µs), the place
 // booked (0: none) and its wait (µs), the held place's wait (µs, negative
 // when overdue; "lost": a place this queue never gave, lost with Redis's
@@ -48,7 +51,9 @@ local want = tonumber(ARGV[1])
 local book = ARGV[6] == '1'
 if want > 0 then
   local cut = ver ~= nil and want < old and rec[6] ~= '1' and tonumber(ARGV[4]) == ver - 1
-  if ver == nil or (ARGV[5] == '1' and (tonumber(ARGV[4]) == ver or cut)) then
+  local reset = ARGV[15] == '1' and rec[3] == '1' and now - tonumber(rec[5] or now) > 2 * tonumber(ARGV[10])
+  local cas = ARGV[5] == '1' and ARGV[15] ~= '1' and (tonumber(ARGV[4]) == ver or cut)
+  if ver == nil or cas or reset then
     ver = math.max(ver or 0, tonumber(ARGV[4])) + 1
     local isCut = '0'
     if old > 0 and want < old then
