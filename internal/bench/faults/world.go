@@ -1,0 +1,456 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/relinkgo/relink/internal/faultproxy"
+	"github.com/relinkgo/relink/internal/registrar"
+	"github.com/relinkgo/relink/sip"
+)
+
+const password = "secret"
+
+// regSlot is one registrar, restartable on the same address.
+type regSlot struct {
+	cfg   registrar.Config
+	r     *registrar.Registrar
+	proxy *faultproxy.Proxy
+	// Counters of the registrars this slot closed (restarts).
+	past503, pastRegisters uint64
+}
+
+// uri is the trunks' URI of the registrar: its proxy's address.
+func (s *regSlot) uri() string { return "sip:" + s.proxy.Addr() + ";transport=tcp" }
+
+func (s *regSlot) counts() (n503, registers uint64) {
+	st := s.r.Stats()
+	return s.past503 + st.ByStatus[503], s.pastRegisters + st.Registers
+}
+
+// restart stops the registrar and starts a new one on the same address after
+// down: bindings, nonces and their secret are lost. cfg, when non-nil,
+// changes its configuration.
+func (s *regSlot) restart(ctx context.Context, down time.Duration, cfg func(*registrar.Config)) error {
+	n503, regs := s.counts()
+	s.past503, s.pastRegisters = n503, regs
+	s.cfg.Addr = s.r.Addr()
+	_ = s.r.Close()
+	if err := sleep(ctx, down); err != nil {
+		return err
+	}
+	if cfg != nil {
+		cfg(&s.cfg)
+	}
+	r, err := registrar.New(s.cfg)
+	if err != nil {
+		return fmt.Errorf("restart registrar: %w", err)
+	}
+	s.r = r
+	return nil
+}
+
+// world is what one row runs: registrars behind fault proxies with a Fleet,
+// and Links to an echo server behind a proxy, plus what was observed.
+type world struct {
+	o     *options
+	regs  []*regSlot
+	ua    *sip.UA
+	fleet *sip.Fleet
+	aors  []string
+	stopF context.CancelFunc
+	doneF chan error
+	links *linkSet
+
+	mu         sync.Mutex
+	cut        time.Time
+	restored   time.Time
+	stopping   time.Time
+	bound      time.Duration // detection bound; 0: the row has none
+	detect     bool          // the row's fault must be noticed
+	fineAfter  time.Duration // after the restore, deaths count as false past this
+	deaths     []time.Time
+	trunkLost  map[*sip.Trunk]time.Time
+	trunkBack  map[*sip.Trunk]time.Time
+	at503, atR uint64
+
+	recovered  int
+	recoverAt  time.Time
+	stale      int
+	orphans    int
+	stuck      int
+	capacity   float64
+	note       string
+	recoveredF func() int // overrides the default recovery check
+}
+
+func newWorld(o *options) *world {
+	return &world{o: o, trunkLost: map[*sip.Trunk]time.Time{}, trunkBack: map[*sip.Trunk]time.Time{}, fineAfter: time.Second}
+}
+
+// addRegistrar starts a registrar and its proxy.
+func (w *world) addRegistrar(cfg registrar.Config) (*regSlot, error) {
+	cfg.DisableUDP = true
+	if cfg.Password == "" && cfg.Users == nil {
+		cfg.Password = password
+	}
+	r, err := registrar.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p, err := faultproxy.New(r.Addr())
+	if err != nil {
+		_ = r.Close()
+		return nil, err
+	}
+	s := &regSlot{cfg: cfg, r: r, proxy: p}
+	w.regs = append(w.regs, s)
+	return s, nil
+}
+
+// startFleet runs o.trunks trunks on one Fleet towards the registrars (in
+// order), tweaked by tc and fc, and waits for all of them to register when
+// wait is set.
+func (w *world) startFleet(ctx context.Context, wait bool, tc func(*sip.TrunkConfig), fc func(*sip.FleetConfig)) error {
+	ua, err := sip.NewUA(sip.UAConfig{OnFlowDeath: w.onFlowDeath})
+	if err != nil {
+		return err
+	}
+	w.ua = ua
+	fcfg := sip.FleetConfig{Logger: w.o.logger, OnStateChange: w.onTrunk}
+	if fc != nil {
+		fc(&fcfg)
+	}
+	w.fleet = sip.NewFleet(ua, fcfg)
+	var uris []string
+	for _, s := range w.regs {
+		uris = append(uris, s.uri())
+	}
+	for i := range w.o.trunks {
+		aor := fmt.Sprintf("sip:t%05d@relink.test", i)
+		c := sip.TrunkConfig{
+			Registrars: uris, AOR: aor, Password: password, Expires: 60 * time.Second,
+			KeepAlive: w.o.keepAlive, KeepAliveTimeout: w.o.timeout, RequestTimeout: 5 * time.Second,
+		}
+		if tc != nil {
+			tc(&c)
+		}
+		if _, err := w.fleet.Add(c); err != nil {
+			return err
+		}
+		w.aors = append(w.aors, aor)
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	w.stopF, w.doneF = cancel, make(chan error, 1)
+	go func() { w.doneF <- w.fleet.Run(fctx) }()
+	if !wait {
+		return nil
+	}
+	return waitFor(ctx, 30*time.Second, "trunks registered", func() bool {
+		return w.fleet.Stats().Registered == w.o.trunks
+	})
+}
+
+func (w *world) onFlowDeath(d sip.FlowDeath) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopping.IsZero() {
+		w.deaths = append(w.deaths, d.At)
+	}
+}
+
+func (w *world) onTrunk(ch sip.TrunkStateChange) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopping.IsZero() {
+		return
+	}
+	if ch.From == sip.Registered && ch.To != sip.Registered && !w.cut.IsZero() && !ch.At.Before(w.cut) {
+		if _, ok := w.trunkLost[ch.Trunk]; !ok {
+			w.trunkLost[ch.Trunk] = ch.At
+		}
+	}
+	if ch.To == sip.Registered {
+		w.trunkBack[ch.Trunk] = ch.At
+	}
+}
+
+// markCut records the fault's start, with the registrars' counters.
+func (w *world) markCut() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.cut = time.Now()
+	w.at503, w.atR = w.counts()
+	if w.links != nil {
+		w.links.setCut(w.cut)
+	}
+}
+
+// markRestore records the path's return.
+func (w *world) markRestore() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.restored = time.Now()
+	if w.links != nil {
+		w.links.setRestore(w.restored, w.fineAfter)
+	}
+}
+
+func (w *world) counts() (n503, registers uint64) {
+	for _, s := range w.regs {
+		a, b := s.counts()
+		n503 += a
+		registers += b
+	}
+	return n503, registers
+}
+
+// bindings counts the live bindings of aor at registrar i.
+func (w *world) bindings(i int, aor string) int { return len(w.regs[i].r.Bindings(aor)) }
+
+// trunkOK reports the default recovery of a trunk: registered, and its
+// binding held by the first registrar.
+func (w *world) trunkOK(i int, t *sip.Trunk) bool {
+	return t.State() == sip.Registered && w.bindings(0, w.aors[i]) > 0
+}
+
+// countRecovered counts the recovered trunks and Links.
+func (w *world) countRecovered() int {
+	n := 0
+	if w.recoveredF != nil {
+		n = w.recoveredF()
+	} else if w.fleet != nil {
+		for i, t := range w.fleet.Trunks() {
+			if w.trunkOK(i, t) {
+				n++
+			}
+		}
+	}
+	if w.links != nil {
+		n += w.links.recovered()
+	}
+	return n
+}
+
+// waitRecovered waits up to o.capAfter for every trunk and Link to recover,
+// then watches the path for o.settle and checks for stale registrations.
+func (w *world) waitRecovered(ctx context.Context) error {
+	total := w.total()
+	deadline := time.Now().Add(w.o.capAfter)
+	for {
+		n := w.countRecovered()
+		w.recovered = n
+		if n == total {
+			w.recoverAt = time.Now()
+			break
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	if err := sleep(ctx, w.o.settle); err != nil {
+		return err
+	}
+	if w.fleet != nil {
+		for i, t := range w.fleet.Trunks() {
+			if t.State() == sip.Registered && !w.holdsBinding(w.aors[i]) {
+				w.stale++
+			}
+		}
+	}
+	return nil
+}
+
+// holdsBinding reports whether any registrar holds a binding for aor.
+func (w *world) holdsBinding(aor string) bool {
+	for i := range w.regs {
+		if w.bindings(i, aor) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *world) total() int {
+	n := 0
+	if w.fleet != nil {
+		n += w.o.trunks
+	}
+	if w.links != nil {
+		n += len(w.links.runs)
+	}
+	return n
+}
+
+// stop ends trunks and Links, counts the stuck and the orphan bindings.
+func (w *world) stop() {
+	w.mu.Lock()
+	w.stopping = time.Now()
+	w.mu.Unlock()
+	if w.links != nil {
+		w.stuck += w.links.stop()
+	}
+	if w.fleet == nil {
+		return
+	}
+	w.stopF()
+	t := time.NewTimer(15 * time.Second)
+	defer t.Stop()
+	select {
+	case err := <-w.doneF:
+		if err != nil && !errors.Is(err, context.Canceled) {
+			w.note += "fleet: " + err.Error() + "; "
+		}
+	case <-t.C:
+		w.stuck += w.o.trunks
+		w.note += "fleet Run did not return 15 s after the stop; "
+	}
+	w.countOrphans()
+}
+
+func (w *world) countOrphans() {
+	w.orphans = 0
+	for i := range w.regs {
+		for _, a := range w.aors {
+			w.orphans += w.bindings(i, a)
+		}
+	}
+}
+
+// close releases everything.
+func (w *world) close() {
+	if w.ua != nil {
+		_ = w.ua.Close()
+	}
+	if w.links != nil {
+		w.links.close()
+	}
+	for _, s := range w.regs {
+		_ = s.proxy.Close()
+		_ = s.r.Close()
+	}
+}
+
+// fill writes the observations into res.
+func (w *world) fill(res *Result) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	res.Trunks, res.Links = 0, 0
+	if w.fleet != nil {
+		res.Trunks = w.o.trunks
+	}
+	if w.links != nil {
+		res.Links = len(w.links.runs)
+	}
+	var ds []float64
+	if w.detect && w.fleet != nil {
+		for _, t := range w.fleet.Trunks() {
+			if at, ok := w.trunkLost[t]; ok {
+				ds = append(ds, at.Sub(w.cut).Seconds())
+			} else {
+				res.Undetected++
+			}
+		}
+	}
+	if w.detect && w.links != nil {
+		lds, und := w.links.detections()
+		ds = append(ds, lds...)
+		res.Undetected += und
+	}
+	if len(ds) > 0 {
+		p, m := p99(ds)
+		res.DetectP99S, res.DetectMaxS = ptr(secs(time.Duration(p*1e9))), ptr(secs(time.Duration(m*1e9)))
+	}
+	if w.bound > 0 {
+		res.BoundS = ptr(secs(w.bound))
+	}
+	res.Recovered = w.recovered
+	if !w.recoverAt.IsZero() && !w.restored.IsZero() {
+		res.RecoverS = secs(w.lastBack().Sub(w.restored))
+		if w.capacity > 0 && res.Trunks > 0 {
+			res.RatioToLimit = ptr(secs(time.Duration(res.RecoverS / (float64(res.Trunks) / w.capacity) * 1e9)))
+		}
+	}
+	if !w.cut.IsZero() && len(w.regs) > 0 {
+		n503, regs := w.counts()
+		res.Rejected503, res.Registers = n503-w.at503, regs-w.atR
+	}
+	res.FalseDeaths = w.falseDeaths()
+	res.OrphanBindings, res.StaleRegistered, res.Stuck = w.orphans, w.stale, w.stuck
+	if w.recovered < w.total() {
+		res.Stuck += w.total() - w.recovered
+	}
+	if w.links != nil {
+		res.LostReplies = w.links.lost()
+	}
+	if !w.restored.IsZero() && !w.cut.IsZero() {
+		res.HoleS = secs(w.restored.Sub(w.cut))
+	}
+	res.Note = w.note
+}
+
+// lastBack is when the last trunk or Link came back: the latest of their
+// last recoveries, at least the restore (the poll's time when unknown).
+func (w *world) lastBack() time.Time {
+	last := w.restored
+	for _, at := range w.trunkBack {
+		if at.After(last) {
+			last = at
+		}
+	}
+	if w.links != nil {
+		if at := w.links.lastBack(); at.After(last) {
+			last = at
+		}
+	}
+	if w.recoverAt.Before(last) {
+		return w.recoverAt
+	}
+	return last
+}
+
+// falseDeaths counts flow deaths outside the fault's window.
+func (w *world) falseDeaths() int {
+	n := 0
+	for _, at := range w.deaths {
+		if w.cut.IsZero() || at.Before(w.cut) || (!w.restored.IsZero() && at.After(w.restored.Add(max(w.bound, w.fineAfter)))) {
+			n++
+		}
+	}
+	if w.links != nil {
+		n += w.links.falseDeaths()
+	}
+	return n
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// waitFor polls cond every 20 ms for up to limit.
+func waitFor(ctx context.Context, limit time.Duration, what string, cond func() bool) error {
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not within %v", what, limit)
+		}
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return nil
+}
