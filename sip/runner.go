@@ -94,7 +94,7 @@ func (r *runner) absorb(ctx context.Context) {
 }
 
 // watch subscribes the runner to the flow of the connection a request went
-// out on to remote (host:port), so that its death fails the transaction at
+// out on to remote (IP:port for UDP), so that its death fails the transaction at
 // once: a TCP, TLS, WS or WSS flow (pinged unless this trunk's keepalive is
 // off), or a UDP one (its trunks' failed qualify kills it).
 func (r *runner) watch(c flowConn, network, remote string, tg *regTarget) *flow {
@@ -104,10 +104,8 @@ func (r *runner) watch(c flowConn, network, remote string, tg *regTarget) *flow 
 	}
 	var f *flow
 	switch {
-	case network == "udp":
-		if remote = t.udpRemote(remote); remote != "" {
-			f = t.mon.attachUDP(c, remote, t)
-		}
+	case network == "udp" && remote != "":
+		f = t.mon.attachUDP(c, remote, t)
 	case t.cfg.keepAlive > 0:
 		f = t.mon.attach(c, network, t, t.pref(tg))
 	}

@@ -224,8 +224,12 @@ func (r *runner) transact(ctx context.Context, tg *regTarget, req *sipmsg.Reques
 		return nil, nil, t.txError(ctx, tctx, tg, err, isReg)
 	}
 	defer tx.Terminate()
+	remote := req.Destination()
+	if network == "udp" && tx.Connection() != nil {
+		remote = t.udpRemote(tctx, remote)
+	}
 	// Attaching sets socket options at most: nothing to cancel.
-	f := r.watch(tx.Connection(), network, req.Destination(), tg) //nolint:contextcheck // no blocking I/O
+	f := r.watch(tx.Connection(), network, remote, tg) //nolint:contextcheck // no blocking I/O
 
 	for {
 		if f != nil && r.pendErr != nil {
@@ -455,16 +459,27 @@ func (t *Trunk) localContact(ctx context.Context, tg *regTarget, req *sipmsg.Req
 // once per destination for the trunk's life: a UDP flow is keyed by the
 // address, and a DNS query per transaction would cost more than the
 // transaction. "" when it does not resolve (tried again next time).
-func (t *Trunk) udpRemote(dest string) string {
+func (t *Trunk) udpRemote(ctx context.Context, dest string) string {
 	if a, ok := t.udpAddrs[dest]; ok {
 		return a
 	}
-	ua, err := net.ResolveUDPAddr("udp", dest)
+	host, port, err := net.SplitHostPort(dest)
 	if err != nil {
-		return "" // not kept: the next transaction tries again
+		return ""
 	}
-	ap := ua.AddrPort()
-	a := netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		res := t.cfg.Resolver
+		if res == nil {
+			res = net.DefaultResolver
+		}
+		ips, err := res.LookupNetIP(ctx, "ip", host)
+		if err != nil || len(ips) == 0 {
+			return "" // not kept: the next transaction tries again
+		}
+		ip = ips[0]
+	}
+	a := net.JoinHostPort(ip.Unmap().String(), port)
 	if t.udpAddrs == nil {
 		t.udpAddrs = make(map[string]string)
 	}
