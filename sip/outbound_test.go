@@ -1,6 +1,7 @@
 package sip
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -179,6 +180,37 @@ func TestHeadersAndRouteOnWire(t *testing.T) {
 				len(x) != 1 || x[0] != "42" {
 				t.Errorf("%s User-Agent %q, X-Tenant %q", m, ua, x)
 			}
+		}
+	}
+}
+
+// TestInstanceID: a UA's instance is a random version-4 urn:uuid, stable for
+// the UA, different per UA; a configured one is checked.
+func TestInstanceID(t *testing.T) {
+	t.Parallel()
+	a, b := newTestUA(t), newTestUA(t)
+	if a.InstanceID() != a.InstanceID() || a.InstanceID() == b.InstanceID() {
+		t.Errorf("instances %q, %q, %q", a.InstanceID(), a.InstanceID(), b.InstanceID())
+	}
+	id := a.InstanceID()
+	if len(id) != len("urn:uuid:")+36 || !strings.HasPrefix(id, "urn:uuid:") || id[len("urn:uuid:")+14] != '4' {
+		t.Errorf("instance %q: want a version-4 urn:uuid", id)
+	}
+	for in, ok := range map[string]bool{
+		"urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF": true,
+		"urn:x:y":                         true,
+		"uuid:1234":                       false,
+		`urn:uuid:"quoted"`:               false,
+		"urn:uuid:a b":                    false,
+		"urn:uuid:<x>":                    false,
+		"urn:" + strings.Repeat("a", 300): false,
+	} {
+		got, err := newInstanceID(in)
+		if ok != (err == nil) || (ok && got != in) {
+			t.Errorf("newInstanceID(%q) = %q, %v", in, got, err)
+		}
+		if err != nil && !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("newInstanceID(%q): %v, want ErrInvalidConfig", in, err)
 		}
 	}
 }
