@@ -339,8 +339,9 @@ func (p *pacer) retryAfterCut(now time.Time, s stamp, probeOvershot bool) {
 }
 
 // forgive reports whether a Retry-After at now is forgiven without a cut:
-// the first in 10 s, at a pace within 10 % of a configured Rate or of a
-// capacity counted at startup's first Retry-After.
+// the first in 10 s, at a pace within 10 % of a configured Rate, of a
+// capacity counted at startup's first Retry-After, or of a ceiling overshot
+// in the last 10 s under which the pace has run clean for a probe period.
 func (p *pacer) forgive(now time.Time) bool {
 	if !p.trustAt.IsZero() && now.Sub(p.trustAt) <= hiMemory {
 		return false
