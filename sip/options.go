@@ -15,10 +15,10 @@ import (
 	"github.com/relinkgo/relink/backoff"
 )
 
-// newOptions builds an out-of-dialog OPTIONS to tg: From the AOR (a carrier
+// optionsTo builds an out-of-dialog OPTIONS to tg: From the AOR (a carrier
 // that authenticates by IP may look at it), through the outbound proxy, with
 // the configured headers.
-func (t *Trunk) newOptions(tg *regTarget) (*sipmsg.Request, string) {
+func (t *Trunk) optionsTo(tg *regTarget) (*sipmsg.Request, string) {
 	ruri, network, dest := t.route(tg)
 	req := sipmsg.NewRequest(sipmsg.OPTIONS, ruri)
 	t.addCommon(req, tg, network, dest)
@@ -42,7 +42,7 @@ func (t *Trunk) newOptions(tg *regTarget) (*sipmsg.Request, string) {
 // qualify timeout (TrunkConfig.Qualify's doc). The flow it goes out on is
 // watched while it waits.
 func (r *runner) qualify(ctx context.Context, tg *regTarget) error {
-	req, network := r.t.newOptions(tg)
+	req, network := r.t.optionsTo(tg)
 	_, f, err := r.transact(ctx, tg, req, network, r.t.cfg.qualifyTO)
 	r.endWatch(f, false)
 	return err
@@ -65,7 +65,7 @@ func (r *runner) ping(ctx context.Context, tg *regTarget, refresh bool) result {
 	if err != nil {
 		return r.admitFailed(ctx, tg, err)
 	}
-	req, network := r.t.newOptions(tg)
+	req, network := r.t.optionsTo(tg)
 	var rep reply
 	var f *flow
 	rep.resp, f, rep.err = r.transact(ctx, tg, req, network, r.t.cfg.qualifyTO)
