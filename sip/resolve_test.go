@@ -2,10 +2,14 @@ package sip
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/relinkgo/relink/internal/dnstest"
+	"github.com/relinkgo/relink/internal/registrar"
 )
 
 // TestLookupTargets: a registrar given by name without a port resolves
@@ -85,4 +89,72 @@ func mustTarget(t *testing.T, uri string) target {
 		t.Fatal(err)
 	}
 	return tg
+}
+
+// TestFleetSRVTargets: a Fleet's trunks on a registrar given by name share
+// one gate per address its SRV records give (keyed transport/IP:port, found
+// by Fleet.Gate from a trunk's Destination); when the first target's
+// connections close and it stops answering, every trunk moves to the
+// second.
+func TestFleetSRVTargets(t *testing.T) {
+	t.Parallel()
+	r1 := newRegistrar(t, registrar.Config{Password: testPassword, MinExpires: -1})
+	r2 := newRegistrar(t, registrar.Config{Password: testPassword, MinExpires: -1})
+	p1, p2 := portOf(t, r1.Addr()), portOf(t, r2.Addr())
+	s := dnstest.Start(t, dnstest.Options{Domain: "test",
+		SRV: []dnstest.SRV{
+			{Name: "_sip._tcp.fleet.test", Target: "one.fleet.test", Port: p1, Priority: 1, Weight: 1},
+			{Name: "_sip._tcp.fleet.test", Target: "two.fleet.test", Port: p2, Priority: 2, Weight: 1},
+		},
+		Hosts: []dnstest.Host{{Name: "one.fleet.test", IP: "127.0.0.1"}, {Name: "two.fleet.test", IP: "127.0.0.1"}},
+	})
+	const n = 10
+	f := NewFleet(newTestUA(t), FleetConfig{})
+	for i := range n {
+		cfg := fleetTrunk(i, "sip:fleet.test;transport=tcp")
+		cfg.Resolver = s.Resolver(nil)
+		cfg.KeepAlive, cfg.KeepAliveTimeout = 300*time.Millisecond, 300*time.Millisecond
+		cfg.RequestTimeout = time.Second
+		if _, err := f.Add(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running(t, f)
+	waitFleet(t, f, Registered, n, 10*time.Second)
+	k1, k2 := fmt.Sprintf("tcp/127.0.0.1:%d", p1), fmt.Sprintf("tcp/127.0.0.1:%d", p2)
+	gs := f.GateStats()
+	if _, ok := gs[k1]; !ok || len(gs) != 2 {
+		t.Fatalf("gates %v, want one per SRV target (%s, %s)", gs, k1, k2)
+	}
+	for _, tr := range f.Trunks() {
+		if tr.Registrar() != "sip:127.0.0.1:"+fmt.Sprint(p1)+";transport=tcp" || f.Gate(tr.Registrar()) == nil {
+			t.Fatalf("registered with %s (gate %v), want the first target", tr.Registrar(), f.Gate(tr.Registrar()))
+		}
+	}
+	r1.SetSilent(true)
+	r1.CloseConnections()
+	eventually(t, 10*time.Second, "every trunk on the second target", func() bool {
+		for _, tr := range f.Trunks() {
+			if tr.State() != Registered || tr.Registrar() != "sip:127.0.0.1:"+fmt.Sprint(p2)+";transport=tcp" {
+				return false
+			}
+		}
+		return true
+	})
+	if g := f.Gate("sip:127.0.0.1:" + fmt.Sprint(p2) + ";transport=tcp"); g == nil || g.Stats().Admitted == 0 {
+		t.Errorf("the second target's gate admitted nothing: %v", g)
+	}
+}
+
+func portOf(t *testing.T, hostport string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

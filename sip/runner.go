@@ -180,6 +180,11 @@ func (r *runner) next(ctx context.Context) {
 func (r *runner) lookup(ctx context.Context) {
 	r.looked = time.Now()
 	r.t.expand(ctx)
+	for _, tg := range r.t.tgts {
+		if tg.gate == nil { // a name used as configured: sipgo resolves it
+			tg.gate = r.t.gateFor(tg.key)
+		}
+	}
 	r.cur = 0
 }
 

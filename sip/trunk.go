@@ -148,14 +148,19 @@ func newTrunk(ua *UA, cfg TrunkConfig, inst *instruments, gateFor func(key strin
 }
 
 // newRegTarget makes the state of one target: the i-th configured
-// registrar, or one of the addresses its lookup found.
+// registrar, or one of the addresses its lookup found. A registrar given by
+// name gets its gate only if it is used as such (its lookup failed): the
+// addresses it resolves to have theirs.
 func (t *Trunk) newRegTarget(tg target, i int) *regTarget {
-	return &regTarget{target: tg, expires: t.cfg.Expires, index: i,
+	rt := &regTarget{target: tg, expires: t.cfg.Expires, index: i,
 		attrs:   newTargetAttrs(strings.TrimPrefix(tg.key, tg.transport+"/"), tg.transport),
 		callID:  rand.Text(),
 		fromTag: rand.Text()[:16],
-		gate:    t.gateFor(tg.key),
 	}
+	if !needsLookup(&tg) {
+		rt.gate = t.gateFor(tg.key)
+	}
+	return rt
 }
 
 // everyTarget returns every target the trunk may hold a binding at: the
