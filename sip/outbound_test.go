@@ -189,10 +189,10 @@ func TestHeadersAndRouteOnWire(t *testing.T) {
 func TestInstanceID(t *testing.T) {
 	t.Parallel()
 	a, b := newTestUA(t), newTestUA(t)
-	if a.InstanceID() != a.InstanceID() || a.InstanceID() == b.InstanceID() {
-		t.Errorf("instances %q, %q, %q", a.InstanceID(), a.InstanceID(), b.InstanceID())
-	}
 	id := a.InstanceID()
+	if again := a.InstanceID(); again != id || id == b.InstanceID() {
+		t.Errorf("instances %q, %q, %q", id, again, b.InstanceID())
+	}
 	if len(id) != len("urn:uuid:")+36 || !strings.HasPrefix(id, "urn:uuid:") || id[len("urn:uuid:")+14] != '4' {
 		t.Errorf("instance %q: want a version-4 urn:uuid", id)
 	}
