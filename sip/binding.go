@@ -22,7 +22,10 @@ type Binding struct {
 	// one that does not sends them to the Contact's address, which after a
 	// reconnect is no longer the connection's: give such a registrar a
 	// Contact the gateway listens on (TrunkConfig.Contact), or RegID < 0
-	// (the Contact follows the connection).
+	// (the Contact follows the connection). With outbound it carries ;ob:
+	// use it as the Contact of the trunk's dialog-forming requests (RFC
+	// 5626 §4.3), so that the registrar's edge routes the dialog through
+	// the flow.
 	Contact string
 	// Outbound reports whether the registrar's 2xx said Require: outbound
 	// (RFC 5626 §4.2.1: it routes inbound requests through the flow).
