@@ -31,7 +31,8 @@
 //   - auto (the default): kamailio when network namespaces and Kamailio
 //     are available, embedded otherwise.
 //
-// Strategies (-strategies, comma-separated, or -strategy for one): local
+// Strategies (-strategies, comma-separated, or -strategy for one; -runs
+// repeats the list): local
 // (each process its own adaptive gate), local-rate (each told C), shared
 // (one fleet gate on Redis, learning C), shared-rate (told C),
 // shared-second-herd (new processes on the fleet of the last shared herd,
@@ -105,6 +106,7 @@ type Result struct {
 // options are the flags, shared by the parent and its workers.
 type options struct {
 	procs, trunks int
+	runs          int
 	capacity      float64
 	retryAfter    time.Duration
 	hole          time.Duration
@@ -142,6 +144,7 @@ func parseFlags(args []string) (*options, error) {
 	var o options
 	fs := flag.NewFlagSet("fleet", flag.ContinueOnError)
 	fs.IntVar(&o.procs, "procs", 50, "worker processes")
+	fs.IntVar(&o.runs, "runs", 1, "run the strategies this many times (one result each)")
 	fs.IntVar(&o.trunks, "trunks", 40, "trunks (clients) per process")
 	fs.Float64Var(&o.capacity, "capacity", 200, "REGISTERs per second the registrar serves, counted per 100 ms")
 	fs.DurationVar(&o.retryAfter, "retry-after", time.Second, "Retry-After of each 503 (whole seconds)")
@@ -175,8 +178,8 @@ func parseFlags(args []string) (*options, error) {
 
 func (o *options) validate() error {
 	switch {
-	case o.procs <= 0 || o.trunks <= 0:
-		return errors.New("-procs and -trunks must be positive")
+	case o.procs <= 0 || o.trunks <= 0 || o.runs <= 0:
+		return errors.New("-procs, -trunks and -runs must be positive")
 	case !(o.capacity > 0):
 		return errors.New("-capacity must be positive")
 	case o.hole <= 0 || o.keepAlive <= 0 || o.kaTimeout <= 0 || o.timeout <= 0:

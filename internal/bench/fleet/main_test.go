@@ -149,11 +149,11 @@ func TestParseFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(o.strategies) != 1 || o.strategies[0] != "shared-rate" || o.procs != 50 || o.trunks != 40 ||
-		o.capacity != 200 || o.hole != 5*time.Second || o.registrar != "auto" || o.server != "sip" {
+		o.capacity != 200 || o.hole != 5*time.Second || o.registrar != "auto" || o.server != "sip" || o.runs != 1 {
 		t.Errorf("defaults: %+v", o)
 	}
 	for _, args := range [][]string{
-		{"-procs", "0"}, {"-capacity", "0"}, {"-hole", "0s"}, {"-strategy", "x"},
+		{"-procs", "0"}, {"-runs", "0"}, {"-capacity", "0"}, {"-hole", "0s"}, {"-strategy", "x"},
 		{"-server", "x"}, {"-registrar", "x"}, {"-strategies", ","},
 	} {
 		if _, err := parseFlags(args); err == nil {

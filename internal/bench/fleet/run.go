@@ -95,17 +95,19 @@ func run(o *options, out func(Result)) error {
 	}
 	defer e.atExit(e.close)()
 	defer e.onInterrupt()()
-	for _, strategy := range o.strategies {
-		var r Result
-		if e.kind == "window" {
-			r, err = windowHerd(e, strategy)
-		} else {
-			r, err = sipHerd(e, strategy)
+	for range o.runs {
+		for _, strategy := range o.strategies {
+			var r Result
+			if e.kind == "window" {
+				r, err = windowHerd(e, strategy)
+			} else {
+				r, err = sipHerd(e, strategy)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", strategy, err)
+			}
+			out(r)
 		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", strategy, err)
-		}
-		out(r)
 	}
 	return nil
 }
