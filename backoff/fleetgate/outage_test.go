@@ -161,8 +161,11 @@ func TestShareGrowsWhenMembersGo(t *testing.T) {
 	if three < 0.5*0.7*95/3 || three > 1.5*0.7*95/3+2 {
 		t.Errorf("among 3 members: %.0f/s without Redis, want about %.0f (70 %% of a third of 95)", three, 0.7*95/3)
 	}
-	if one < 0.75*95 || one > 1.1*95 {
-		t.Errorf("alone: %.0f/s without Redis, want about 95 (the whole fleet pace): the others' share was not released", one)
+	// Alone it admits at the whole pace, 95/s, as fast as one loop of
+	// Acquire and Done goes (slower under -race on a loaded host): at
+	// least twice its share among three.
+	if one > 1.1*95 || one < 2*three {
+		t.Errorf("alone: %.0f/s without Redis, want about 95 (the whole fleet pace), at least twice %.0f/s: the others' share was not released", one, three)
 	}
 	// go-redis redials a dead server once a second, from a goroutine of
 	// its own: let it find the restarted one before goleak looks.
