@@ -162,6 +162,24 @@ func TestParseFlags(t *testing.T) {
 	}
 }
 
+// With Kamailio the workers live in a namespace of their own: a Redis on
+// this host's loopback is an error, not a silent local fallback.
+func TestKamailioRefusesLoopbackRedis(t *testing.T) {
+	o, err := parseFlags([]string{"-registrar", "kamailio", "-redis", "127.0.0.1:6379"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := setup(o); err == nil || !strings.Contains(err.Error(), "namespace") {
+		t.Fatalf("setup: %v", err)
+	}
+	for addr, want := range map[string]bool{"127.0.0.1:1": true, "[::1]:1": true, "localhost:1": true,
+		"10.0.0.1:1": false, "redis:1": false, "": false} {
+		if loopback(addr) != want {
+			t.Errorf("loopback(%q) = %v", addr, !want)
+		}
+	}
+}
+
 func TestPeakAndMedian(t *testing.T) {
 	t0 := time.Unix(0, 0)
 	at := func(ms ...int) []time.Time {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -126,6 +127,9 @@ func setup(o *options) (*env, error) {
 		}
 	}
 	var ns *netns.Namespace
+	if e.kind == "kamailio" && loopback(o.redis) {
+		return nil, fmt.Errorf("-redis %s: the workers run in a network namespace of their own, whose loopback is not this host's (leave -redis out, or use -registrar embedded)", o.redis)
+	}
 	if e.kind == "kamailio" {
 		p, err := netns.New()
 		if err != nil {
@@ -261,4 +265,17 @@ func load1() float64 {
 	f, _, _ := strings.Cut(string(b), " ")
 	v, _ := strconv.ParseFloat(f, 64)
 	return v
+}
+
+// loopback reports whether addr (host:port) is on a loopback address.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
