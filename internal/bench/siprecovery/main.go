@@ -56,7 +56,10 @@
 // strategy, n, capacity, recover_s, ratio_to_limit (recover_s ÷ N/C),
 // rejected_frac (503s ÷ N), transactions_per_trunk (REGISTER transactions
 // sent from the cut to the end ÷ N), stuck (trunks not registered again by
-// the cap), bound_s, and details. The goal at N = 2000, C = 200/s: relink
+// the cap), bound_s, and details; a baseline's row also has model (what it
+// reimplements or runs, with its parameters), cap_s (how long it was watched
+// after the restore) and gave_up (how often the stack gave a registration
+// up). For baresip, transactions_per_trunk is counted at Kamailio. The goal at N = 2000, C = 200/s: relink
 // within 1.3 × N/C with 503s ≤ 5 % of N, relink-rate within 1.15 × N/C with
 // 503s ≤ 2 %, every trunk recovered. The exit status is 1 when a relink
 // strategy left a trunk unrecovered, 2 on a setup error.
