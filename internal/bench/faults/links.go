@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -37,6 +38,13 @@ type linkSet struct {
 	falseN    int
 }
 
+// newline is the Links' probe: an empty line, which the echo server sends
+// back and the Session skips.
+var newline = conn.ProberFunc(func(w io.Writer) error {
+	_, err := w.Write([]byte("\n"))
+	return err
+})
+
 // linkRun is one Link and what it saw.
 type linkRun struct {
 	id       int
@@ -66,7 +74,7 @@ func startLinks(ctx context.Context, o *options, server interface {
 	for i := range o.links {
 		r := &linkRun{id: i, set: s, done: make(chan struct{})}
 		l, err := conn.NewLink(conn.LinkConfig{
-			Dialer:        &conn.Dialer{Config: conn.Config{ProbeInterval: o.keepAlive, ProbeTimeout: o.timeout}},
+			Dialer:        &conn.Dialer{Config: conn.Config{Probe: newline, ProbeInterval: o.keepAlive, ProbeTimeout: o.timeout}},
 			Addrs:         []string{p.Addr()},
 			Session:       r.session,
 			Gate:          gate,
@@ -193,14 +201,21 @@ func (s *linkSet) setRestore(t time.Time, fineAfter time.Duration) {
 	s.mu.Unlock()
 }
 
-// recovered counts Links ready with an echo answered after the restore.
-func (s *linkSet) recovered() int {
+// recovered counts Links ready with an echo answered: when detect, on a
+// connection made after they noticed the fault (an idle Link may have
+// reconnected before the restore: a hung peer serves new connections);
+// otherwise after the restore.
+func (s *linkSet) recovered(detect bool) int {
 	s.mu.Lock()
-	restored := s.restored
-	s.mu.Unlock()
+	defer s.mu.Unlock()
 	n := 0
 	for _, r := range s.runs {
-		if r.link.State() == conn.LinkReady && r.lastEcho.Load() > restored.UnixNano() {
+		if r.link.State() != conn.LinkReady {
+			continue
+		}
+		if detect && !r.lostAt.IsZero() && r.backAt.After(r.lostAt) {
+			n++
+		} else if !detect && r.lastEcho.Load() > s.restored.UnixNano() {
 			n++
 		}
 	}

@@ -92,7 +92,10 @@ func main() {
 		return
 	}
 	o.logger = slog.New(slog.DiscardHandler)
+	// sipgo logs every failed read to the default logger: quiet unless -v.
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError + 4})))
 	if *verbose {
+		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 		o.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	selected, err := pick(*only)

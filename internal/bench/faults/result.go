@@ -20,7 +20,10 @@ type Result struct {
 	DetectP99S *float64 `json:"detect_p99_s"`
 	DetectMaxS *float64 `json:"detect_max_s"`
 	Undetected int      `json:"undetected"`
-	BoundS     *float64 `json:"bound_s"`
+	// The same, for the trunks and the Links apart.
+	DetectTrunksP99S *float64 `json:"detect_trunks_p99_s,omitempty"`
+	DetectLinksP99S  *float64 `json:"detect_links_p99_s,omitempty"`
+	BoundS           *float64 `json:"bound_s"`
 	// Recovered counts trunks and Links recovered, of Trunks + Links.
 	Recovered       int      `json:"recovered"`
 	RecoverS        float64  `json:"recover_s"`

@@ -95,7 +95,8 @@ func storm(ctx context.Context, o *options) (*world, error) {
 	w.capacity = max(float64(o.trunks)/4, 1)
 	w.regs[0].r.SetCapacity(w.capacity)
 	w.bound, w.detect = time.Second, true
-	return w, w.fault(ctx, 0, w.regs[0].proxy.Reset, nil)
+	err = w.fault(ctx, 0, w.regs[0].proxy.Reset, nil)
+	return w, err
 }
 
 // absurdRetryAfter: for 3 s every request gets 503 with Retry-After
@@ -252,6 +253,7 @@ func failover(ctx context.Context, o *options) (*world, error) {
 	}
 	w.regs[0].proxy.ForgetDrop()
 	w.markRestore()
+	w.byPoll = true
 	w.recoveredF = func() int {
 		n := 0
 		for i, t := range w.fleet.Trunks() {

@@ -85,6 +85,9 @@ type world struct {
 	capacity   float64
 	note       string
 	recoveredF func() int // overrides the default recovery check
+	// byPoll: recover_s is when the poll saw every unit recovered (the
+	// recovery changes no state, as a failback does not).
+	byPoll bool
 }
 
 func newWorld(o *options) *world {
@@ -213,7 +216,18 @@ func (w *world) bindings(i int, aor string) int { return len(w.regs[i].r.Binding
 
 // trunkOK reports the default recovery of a trunk: registered, and its
 // binding held by the first registrar.
+// When the row's fault must be noticed, the trunk must also have registered
+// again after it noticed.
 func (w *world) trunkOK(i int, t *sip.Trunk) bool {
+	if w.detect {
+		w.mu.Lock()
+		lost, ok := w.trunkLost[t]
+		back := w.trunkBack[t]
+		w.mu.Unlock()
+		if !ok || back.Before(lost) {
+			return false
+		}
+	}
 	return t.State() == sip.Registered && w.bindings(0, w.aors[i]) > 0
 }
 
@@ -230,7 +244,7 @@ func (w *world) countRecovered() int {
 		}
 	}
 	if w.links != nil {
-		n += w.links.recovered()
+		n += w.links.recovered(w.detect)
 	}
 	return n
 }
@@ -358,8 +372,16 @@ func (w *world) fill(res *Result) {
 			}
 		}
 	}
+	if len(ds) > 0 {
+		p, _ := p99(ds)
+		res.DetectTrunksP99S = ptr(secs(time.Duration(p * 1e9)))
+	}
 	if w.detect && w.links != nil {
 		lds, und := w.links.detections()
+		if len(lds) > 0 {
+			p, _ := p99(lds)
+			res.DetectLinksP99S = ptr(secs(time.Duration(p * 1e9)))
+		}
 		ds = append(ds, lds...)
 		res.Undetected += und
 	}
@@ -398,6 +420,9 @@ func (w *world) fill(res *Result) {
 // lastBack is when the last trunk or Link came back: the latest of their
 // last recoveries, at least the restore (the poll's time when unknown).
 func (w *world) lastBack() time.Time {
+	if w.byPoll {
+		return w.recoverAt
+	}
 	last := w.restored
 	for _, at := range w.trunkBack {
 		if at.After(last) {
