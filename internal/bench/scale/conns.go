@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"os"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/relinkgo/relink/conn"
@@ -41,21 +44,29 @@ type ConnsResult struct {
 	PlainCPUPct     float64 `json:"plain_cpu_pct_core"`
 	ProbesPerS      float64 `json:"probes_per_s"`     // writes by the wrapped run (its probes) per second
 	CPUUsPerProbe   float64 `json:"cpu_us_per_probe"` // ProbeCPUPctCore's CPU per probe
-	Dead            int     `json:"dead"`             // connections that died in either run (0 expected)
-	DialS           float64 `json:"dial_s"`           // time to dial the wrapped run's connections
+	// Dead are the connections that died (their reader got an error)
+	// in the plain and the wrapped run, by cause: 0 expected. Deaths
+	// beside LoopbackDrops are the kernel's: a loaded host's loopback
+	// drops segments when its per-CPU backlog (net.core.netdev_max_backlog)
+	// is full, and TCP_USER_TIMEOUT aborts what stays unacknowledged.
+	DeadPlain     map[string]int64 `json:"dead_plain"`
+	DeadWrapped   map[string]int64 `json:"dead_wrapped"`
+	Dead          int              `json:"dead"`
+	LoopbackDrops uint64           `json:"loopback_drops"` // /proc/net/softnet_stat, whole host, during both runs
+	DialS         float64          `json:"dial_s"`         // time to dial the wrapped run's connections
 }
 
 // connsChild is what one conns child (one mode) measured.
 type connsChild struct {
-	Mode       string  `json:"mode"`
-	Heap       uint64  `json:"heap"`
-	HeapInuse  uint64  `json:"heap_inuse"`
-	Goroutines int     `json:"goroutines"`
-	CPUS       float64 `json:"cpu_s"`
-	WallS      float64 `json:"wall_s"`
-	Writes     int64   `json:"writes"`
-	Dead       int64   `json:"dead"`
-	DialS      float64 `json:"dial_s"`
+	Mode       string           `json:"mode"`
+	Heap       uint64           `json:"heap"`
+	HeapInuse  uint64           `json:"heap_inuse"`
+	Goroutines int              `json:"goroutines"`
+	CPUS       float64          `json:"cpu_s"`
+	WallS      float64          `json:"wall_s"`
+	Writes     int64            `json:"writes"`
+	Dead       map[string]int64 `json:"dead"`
+	DialS      float64          `json:"dial_s"`
 }
 
 // connsRow runs the echo servers, then the plain and the wrapped clients,
@@ -95,13 +106,14 @@ func connsRow(o *options) (*ConnsResult, error) {
 		addrs = append(addrs, rd.Addrs)
 	}
 	var runs [2]connsSum
+	drops0 := loopbackDrops()
 	for i, mode := range []string{"plain", "wrapped"} {
 		if err := connsRun(o, mode, addrs, &runs[i]); err != nil {
 			return nil, err
 		}
 	}
 	r := connsResult(o, runs[0], runs[1])
-	r.Procs = procs
+	r.Procs, r.LoopbackDrops = procs, loopbackDrops()-drops0
 	return r, nil
 }
 
@@ -111,7 +123,7 @@ type connsSum struct {
 	goroutines        int
 	cpuPct, probesPer float64 // % of one core; writes per second
 	wallS, dialS      float64 // the shortest window; the slowest dial
-	dead              int64
+	dead              map[string]int64
 }
 
 // connsRun runs one client per echo server (addrs[i]), at once, each with
@@ -134,7 +146,7 @@ func connsRun(o *options, mode string, addrs [][]string, sum *connsSum) error {
 		}
 		cs = append(cs, c)
 	}
-	sum.wallS = math.Inf(1)
+	sum.wallS, sum.dead = math.Inf(1), map[string]int64{}
 	for _, c := range cs {
 		var res connsChild
 		if err := c.result(&res, o.timeout+o.connWindow+time.Minute); err != nil {
@@ -146,7 +158,9 @@ func connsRun(o *options, mode string, addrs [][]string, sum *connsSum) error {
 		sum.cpuPct += 100 * res.CPUS / res.WallS
 		sum.probesPer += float64(res.Writes) / res.WallS
 		sum.wallS, sum.dialS = min(sum.wallS, res.WallS), max(sum.dialS, res.DialS)
-		sum.dead += res.Dead
+		for k, v := range res.Dead {
+			sum.dead[k] += v
+		}
 	}
 	return nil
 }
@@ -174,8 +188,15 @@ func connsResult(o *options, plain, wrapped connsSum) *ConnsResult {
 		WrappedCPUPct:     wrapped.cpuPct,
 		PlainCPUPct:       plain.cpuPct,
 		ProbesPerS:        wrapped.probesPer,
-		Dead:              int(plain.dead + wrapped.dead),
+		DeadPlain:         plain.dead,
+		DeadWrapped:       wrapped.dead,
 		DialS:             wrapped.dialS,
+	}
+	for _, v := range plain.dead {
+		r.Dead += int(v)
+	}
+	for _, v := range wrapped.dead {
+		r.Dead += int(v)
 	}
 	r.ProbeCPUPctCore = r.WrappedCPUPct - r.PlainCPUPct
 	if r.ProbesPerS > 0 {
@@ -228,8 +249,10 @@ func (c counted) NetConn() net.Conn { return c.Conn }
 
 // connsClient is one conns child's connections.
 type connsClient struct {
-	writes, dead atomic.Int64
-	conns        []net.Conn
+	writes atomic.Int64
+	mu     sync.Mutex
+	dead   map[string]int64 // by cause; guarded by mu
+	conns  []net.Conn
 }
 
 // runConns is the conns role: it dials o.conns connections (plain or
@@ -241,7 +264,7 @@ func runConns(o *options, out io.Writer) error {
 	}
 	addrs := strings.Split(o.addrs, ",")
 	base := snapshot()
-	cc := &connsClient{conns: make([]net.Conn, o.conns)}
+	cc := &connsClient{conns: make([]net.Conn, o.conns), dead: map[string]int64{}}
 	start := time.Now()
 	if err := cc.dialAll(o, addrs); err != nil {
 		return err
@@ -260,7 +283,7 @@ func runConns(o *options, out io.Writer) error {
 	}
 	time.Sleep(o.connWindow)
 	cpu, wall := m.stop()
-	res.CPUS, res.WallS, res.Writes, res.Dead = cpu.Seconds(), wall.Seconds(), cc.writes.Load()-w0, cc.dead.Load()
+	res.CPUS, res.WallS, res.Writes, res.Dead = cpu.Seconds(), wall.Seconds(), cc.writes.Load()-w0, cc.deaths()
 	b, _ := json.Marshal(res)
 	fmt.Fprintln(out, string(b))
 	return nil
@@ -318,8 +341,31 @@ func (cc *connsClient) read(c net.Conn) {
 	var buf [64]byte
 	for {
 		if _, err := c.Read(buf[:]); err != nil {
-			cc.dead.Add(1)
+			cc.mu.Lock()
+			cc.dead[cause(err)]++
+			cc.mu.Unlock()
 			return
 		}
 	}
+}
+
+func (cc *connsClient) deaths() map[string]int64 {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return maps.Clone(cc.dead)
+}
+
+// cause names why a connection died.
+func cause(err error) string {
+	switch {
+	case errors.Is(err, syscall.ETIMEDOUT):
+		return "kernel_timeout" // TCP_USER_TIMEOUT or keepalive
+	case errors.Is(err, conn.ErrUnresponsive):
+		return "unresponsive" // relink's probe went unanswered
+	case errors.Is(err, syscall.ECONNRESET):
+		return "reset"
+	case errors.Is(err, io.EOF):
+		return "eof"
+	}
+	return "other"
 }

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/relinkgo/relink/internal/testkit"
@@ -130,4 +132,22 @@ func raiseFDs(need uint64) (uint64, error) {
 		err = fmt.Errorf("file limit %d, below the %d descriptors asked for (run as root, or ulimit -n)", got, need)
 	}
 	return got, err
+}
+
+// loopbackDrops returns the packets the host's per-CPU input backlogs
+// dropped so far (the second column of /proc/net/softnet_stat, summed):
+// loopback traffic goes through them. Zero where unknown.
+func loopbackDrops() uint64 {
+	b, err := os.ReadFile("/proc/net/softnet_stat")
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 {
+			v, _ := strconv.ParseUint(f[1], 16, 64)
+			n += v
+		}
+	}
+	return n
 }
