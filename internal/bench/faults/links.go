@@ -18,13 +18,16 @@ import (
 	"github.com/relinkgo/relink/internal/faultproxy"
 )
 
+// dialFunc is the shape of net.Dialer.DialContext.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
 // linkSet is o.links conn.Links to one echo server through a fault proxy,
 // sharing one Gate. A busy Link echoes a line every 50 ms; an idle one
 // echoes one line per connection, then only reads (its probes keep it).
 type linkSet struct {
 	o      *options
 	proxy  *faultproxy.Proxy
-	server interface{ Close() error }
+	server echoServer
 	busy   bool
 	runs   []*linkRun
 	cancel context.CancelFunc
@@ -59,23 +62,27 @@ type linkRun struct {
 
 // startLinks runs o.links Links to server (through a new proxy) and waits
 // for each to be ready with an echo answered.
-func startLinks(ctx context.Context, o *options, server interface {
-	Addr() string
-	Close() error
-}, busy bool) (*linkSet, error) {
-	p, err := faultproxy.New(server.Addr())
-	if err != nil {
-		return nil, err
+//
+// With dial nil the Links go through a new fault proxy; otherwise they dial
+// the server's address with dial (a network namespace's DialContext).
+func startLinks(ctx context.Context, o *options, server echoServer, busy bool, dial dialFunc) (*linkSet, error) {
+	s := &linkSet{o: o, server: server, busy: busy}
+	addr := server.Addr()
+	if dial == nil {
+		p, err := faultproxy.New(server.Addr())
+		if err != nil {
+			return nil, err
+		}
+		s.proxy, addr = p, p.Addr()
 	}
-	s := &linkSet{o: o, proxy: p, server: server, busy: busy}
-	gate := backoff.NewGate(backoff.GateConfig{Destination: p.Addr()})
+	gate := backoff.NewGate(backoff.GateConfig{Destination: addr})
 	lctx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel
 	for i := range o.links {
 		r := &linkRun{id: i, set: s, done: make(chan struct{})}
 		l, err := conn.NewLink(conn.LinkConfig{
-			Dialer:        &conn.Dialer{Config: conn.Config{Probe: newline, ProbeInterval: o.keepAlive, ProbeTimeout: o.timeout}},
-			Addrs:         []string{p.Addr()},
+			Dialer:        &conn.Dialer{Dial: dial, Config: conn.Config{Probe: newline, ProbeInterval: o.keepAlive, ProbeTimeout: o.timeout}},
+			Addrs:         []string{addr},
 			Session:       r.session,
 			Gate:          gate,
 			HealthyAfter:  time.Second,
@@ -288,7 +295,9 @@ func (s *linkSet) close() {
 	if s.cancel != nil {
 		s.cancel()
 	}
-	_ = s.proxy.Close()
+	if s.proxy != nil {
+		_ = s.proxy.Close()
+	}
 	_ = s.server.Close()
 	s.wg.Wait()
 }

@@ -62,6 +62,7 @@ type options struct {
 	timeout   time.Duration // sip KeepAliveTimeout and conn ProbeTimeout
 	capAfter  time.Duration
 	settle    time.Duration
+	lossFor   time.Duration
 	logger    *slog.Logger
 }
 
@@ -80,6 +81,7 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 2*time.Second, "sip KeepAliveTimeout and conn ProbeTimeout")
 	flag.DurationVar(&o.capAfter, "cap", 30*time.Second, "give up on a row's recovery this long after the restore")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "watch the restored path this long for false deaths")
+	flag.DurationVar(&o.lossFor, "loss-for", 60*time.Second, "how long the loss row drops 10 % of the packets")
 	only := flag.String("fault", "", "run only these rows (comma-separated names; see -list)")
 	list := flag.Bool("list", false, "list the rows and exit")
 	asJSON := flag.Bool("json", false, "one JSON object per row and line")

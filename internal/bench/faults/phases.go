@@ -37,7 +37,7 @@ func sipAndLinks(ctx context.Context, o *options, rc registrar.Config, echo func
 	if err != nil {
 		return w, err
 	}
-	w.links, err = startLinks(ctx, o, e, busy)
+	w.links, err = startLinks(ctx, o, e, busy, nil)
 	return w, err
 }
 
@@ -65,7 +65,7 @@ func (w *world) finish(ctx context.Context) error {
 // eachProxy applies f to the first registrar's proxy and the Links' proxy.
 func (w *world) eachProxy(f func(*faultproxy.Proxy)) {
 	f(w.regs[0].proxy)
-	if w.links != nil {
+	if w.links != nil && w.links.proxy != nil {
 		f(w.links.proxy)
 	}
 }

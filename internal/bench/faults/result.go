@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -68,6 +69,10 @@ func runRow(ctx context.Context, o *options, r row) Result {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	w, err := r.run(ctx, o)
+	if skip := (*skipError)(nil); errors.As(err, &skip) {
+		res.Env, res.Skipped = "", skip.why
+		return res
+	}
 	if w != nil {
 		w.fill(&res)
 		w.close()

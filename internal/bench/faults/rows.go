@@ -24,12 +24,12 @@ var rows = []row{
 	{name: "failover", about: "registrar 1 goes silent: trunks move to 2, then back to 1 when it returns", run: failover},
 	{name: "link-half-close", about: "the Links' peer half-closes (FIN) and keeps reading", run: halfClose},
 	{name: "peer-hung", about: "the peers' applications hang with TCP alive (registrar silent, echo reads and discards)", run: hung},
-	{name: "registrar-ignores-crlf", about: "a registrar that never answers CRLF pings", needs: "root and Kamailio (internal/kamailio NoCRLFAnswer): not built in this round; see sip's TestKamailioNoCRLFAnswer"},
+	{name: "registrar-ignores-crlf", about: "Kamailio with CRLF pongs off (kamailio): no flow may die; then its path goes silent", run: crlfDeaf},
 	{name: "credentials-fixed", about: "credentials rejected (403), then the registrar's account fixed", run: credentials},
 	{name: "stop-mid-register", about: "the fleet stopped while its REGISTERs are in flight (held by a frozen path)", run: stopMidRegister},
-	{name: "tls-wss-blackhole", about: "TLS and WSS flows black-holed", needs: "root, netns and Kamailio with TLS/WSS: not built in this round; see sip's TestHalfOpenKamailio"},
+	{name: "tls-wss-blackhole", about: "TLS and WSS flows to Kamailio black-holed by nft (root, netns, kamailio)", run: tlsWSS},
 	{name: "dns-down-20s", about: "the registrar's name unresolvable for 20 s", needs: "root, netns and dnsmasq (internal/dnstest): not built in this round"},
-	{name: "loss-10pct-60s", about: "10 % random loss for 60 s (nft numgen)", needs: "root, netns and nft: not built in this round"},
+	{name: "loss-10pct-60s", about: "10 % random loss for -loss-for (60 s) on the SIP and echo ports (root, netns, kamailio)", run: loss},
 	{name: "redis-killed", about: "Redis killed during a fleet recovery", needs: "redis-server (internal/redistest) and backoff/fleetgate: not built in this round"},
 }
 
@@ -150,7 +150,7 @@ func halfClose(ctx context.Context, o *options) (*world, error) {
 	if err != nil {
 		return w, err
 	}
-	w.links, err = startLinks(ctx, o, h, true)
+	w.links, err = startLinks(ctx, o, h, true, nil)
 	if err != nil {
 		return w, err
 	}
@@ -235,7 +235,7 @@ func failover(ctx context.Context, o *options) (*world, error) {
 	w.regs[0].proxy.Freeze()
 	onBackup := func() int {
 		n := 0
-		for i, t := range w.fleet.Trunks() {
+		for i, t := range w.trunks {
 			if t.State() == rsip.Registered && w.bindings(1, w.aors[i]) > 0 {
 				n++
 			}
@@ -256,7 +256,7 @@ func failover(ctx context.Context, o *options) (*world, error) {
 	w.byPoll = true
 	w.recoveredF = func() int {
 		n := 0
-		for i, t := range w.fleet.Trunks() {
+		for i, t := range w.trunks {
 			if w.trunkOK(i, t) && w.bindings(1, w.aors[i]) == 0 {
 				n++
 			}

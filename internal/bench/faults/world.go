@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/relinkgo/relink/internal/faultproxy"
+	"github.com/relinkgo/relink/internal/kamailio"
 	"github.com/relinkgo/relink/internal/registrar"
 	"github.com/relinkgo/relink/sip"
 )
@@ -19,14 +21,30 @@ type regSlot struct {
 	cfg   registrar.Config
 	r     *registrar.Registrar
 	proxy *faultproxy.Proxy
+	// kam, when set, is a Kamailio registrar used instead of r (with
+	// kamURI the trunks' URI of it, proxy nil unless in front of it).
+	kam    *kamailio.Instance
+	kamURI string
 	// Counters of the registrars this slot closed (restarts).
 	past503, pastRegisters uint64
 }
 
 // uri is the trunks' URI of the registrar: its proxy's address.
-func (s *regSlot) uri() string { return "sip:" + s.proxy.Addr() + ";transport=tcp" }
+func (s *regSlot) uri() string {
+	if s.kamURI != "" {
+		return s.kamURI
+	}
+	return "sip:" + s.proxy.Addr() + ";transport=tcp"
+}
 
 func (s *regSlot) counts() (n503, registers uint64) {
+	if s.kam != nil {
+		st, err := s.kam.Stats()
+		if err != nil {
+			return 0, 0
+		}
+		return uint64(st.Overload + st.Shed), uint64(st.Registers)
+	}
 	st := s.r.Stats()
 	return s.past503 + st.ByStatus[503], s.pastRegisters + st.Registers
 }
@@ -56,14 +74,15 @@ func (s *regSlot) restart(ctx context.Context, down time.Duration, cfg func(*reg
 // world is what one row runs: registrars behind fault proxies with a Fleet,
 // and Links to an echo server behind a proxy, plus what was observed.
 type world struct {
-	o     *options
-	regs  []*regSlot
-	ua    *sip.UA
-	fleet *sip.Fleet
-	aors  []string
-	stopF context.CancelFunc
-	doneF chan error
-	links *linkSet
+	o      *options
+	regs   []*regSlot
+	ua     *sip.UA
+	fleet  *sip.Fleet
+	trunks []*sip.Trunk
+	aors   []string
+	stopF  context.CancelFunc
+	doneF  chan error
+	links  *linkSet
 
 	mu         sync.Mutex
 	cut        time.Time
@@ -88,6 +107,10 @@ type world struct {
 	// byPoll: recover_s is when the poll saw every unit recovered (the
 	// recovery changes no state, as a failback does not).
 	byPoll bool
+	// env overrides the row's environment ("embedded").
+	env string
+	// cleanup runs at close, last first (network namespaces...).
+	cleanup []func()
 }
 
 func newWorld(o *options) *world {
@@ -133,18 +156,15 @@ func (w *world) startFleet(ctx context.Context, wait bool, tc func(*sip.TrunkCon
 		uris = append(uris, s.uri())
 	}
 	for i := range w.o.trunks {
-		aor := fmt.Sprintf("sip:t%05d@relink.test", i)
-		c := sip.TrunkConfig{
-			Registrars: uris, AOR: aor, Password: password, Expires: 60 * time.Second,
-			KeepAlive: w.o.keepAlive, KeepAliveTimeout: w.o.timeout, RequestTimeout: 5 * time.Second,
-		}
+		c := w.trunkConfig(i, uris)
 		if tc != nil {
 			tc(&c)
 		}
-		if _, err := w.fleet.Add(c); err != nil {
+		t, err := w.fleet.Add(c)
+		if err != nil {
 			return err
 		}
-		w.aors = append(w.aors, aor)
+		w.trunks = append(w.trunks, t)
 	}
 	fctx, cancel := context.WithCancel(ctx)
 	w.stopF, w.doneF = cancel, make(chan error, 1)
@@ -155,6 +175,16 @@ func (w *world) startFleet(ctx context.Context, wait bool, tc func(*sip.TrunkCon
 	return waitFor(ctx, 30*time.Second, "trunks registered", func() bool {
 		return w.fleet.Stats().Registered == w.o.trunks
 	})
+}
+
+// trunkConfig is trunk i's configuration, its AoR recorded.
+func (w *world) trunkConfig(i int, uris []string) sip.TrunkConfig {
+	aor := fmt.Sprintf("sip:t%05d@relink.test", i)
+	w.aors = append(w.aors, aor)
+	return sip.TrunkConfig{
+		Registrars: uris, AOR: aor, Password: password, Expires: 60 * time.Second,
+		KeepAlive: w.o.keepAlive, KeepAliveTimeout: w.o.timeout, RequestTimeout: 5 * time.Second,
+	}
 }
 
 func (w *world) onFlowDeath(d sip.FlowDeath) {
@@ -211,8 +241,21 @@ func (w *world) counts() (n503, registers uint64) {
 	return n503, registers
 }
 
-// bindings counts the live bindings of aor at registrar i.
-func (w *world) bindings(i int, aor string) int { return len(w.regs[i].r.Bindings(aor)) }
+// bindings counts the live bindings of aor at registrar i (-1 when
+// Kamailio could not be asked).
+func (w *world) bindings(i int, aor string) int {
+	s := w.regs[i]
+	if s.kam != nil {
+		user := strings.TrimPrefix(aor, "sip:")
+		user, _, _ = strings.Cut(user, "@")
+		cs, err := s.kam.Contacts(user)
+		if err != nil {
+			return -1
+		}
+		return len(cs)
+	}
+	return len(s.r.Bindings(aor))
+}
 
 // trunkOK reports the default recovery of a trunk: registered, and its
 // binding held by the first registrar.
@@ -236,8 +279,8 @@ func (w *world) countRecovered() int {
 	n := 0
 	if w.recoveredF != nil {
 		n = w.recoveredF()
-	} else if w.fleet != nil {
-		for i, t := range w.fleet.Trunks() {
+	} else if w.trunks != nil {
+		for i, t := range w.trunks {
 			if w.trunkOK(i, t) {
 				n++
 			}
@@ -271,8 +314,8 @@ func (w *world) waitRecovered(ctx context.Context) error {
 	if err := sleep(ctx, w.o.settle); err != nil {
 		return err
 	}
-	if w.fleet != nil {
-		for i, t := range w.fleet.Trunks() {
+	if w.trunks != nil {
+		for i, t := range w.trunks {
 			if t.State() == sip.Registered && !w.holdsBinding(w.aors[i]) {
 				w.stale++
 			}
@@ -293,7 +336,7 @@ func (w *world) holdsBinding(aor string) bool {
 
 func (w *world) total() int {
 	n := 0
-	if w.fleet != nil {
+	if w.trunks != nil {
 		n += w.o.trunks
 	}
 	if w.links != nil {
@@ -310,7 +353,7 @@ func (w *world) stop() {
 	if w.links != nil {
 		w.stuck += w.links.stop()
 	}
-	if w.fleet == nil {
+	if w.trunks == nil {
 		return
 	}
 	w.stopF()
@@ -332,7 +375,7 @@ func (w *world) countOrphans() {
 	w.orphans = 0
 	for i := range w.regs {
 		for _, a := range w.aors {
-			w.orphans += w.bindings(i, a)
+			w.orphans += max(w.bindings(i, a), 0)
 		}
 	}
 }
@@ -345,9 +388,20 @@ func (w *world) close() {
 	if w.links != nil {
 		w.links.close()
 	}
+	defer func() {
+		for i := len(w.cleanup) - 1; i >= 0; i-- {
+			w.cleanup[i]()
+		}
+	}()
 	for _, s := range w.regs {
-		_ = s.proxy.Close()
-		_ = s.r.Close()
+		if s.proxy != nil {
+			_ = s.proxy.Close()
+		}
+		if s.kam != nil {
+			_ = s.kam.Stop()
+		} else {
+			_ = s.r.Close()
+		}
 	}
 }
 
@@ -356,15 +410,15 @@ func (w *world) fill(res *Result) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	res.Trunks, res.Links = 0, 0
-	if w.fleet != nil {
+	if w.trunks != nil {
 		res.Trunks = w.o.trunks
 	}
 	if w.links != nil {
 		res.Links = len(w.links.runs)
 	}
 	var ds []float64
-	if w.detect && w.fleet != nil {
-		for _, t := range w.fleet.Trunks() {
+	if w.detect && w.trunks != nil {
+		for _, t := range w.trunks {
 			if at, ok := w.trunkLost[t]; ok {
 				ds = append(ds, at.Sub(w.cut).Seconds())
 			} else {
@@ -415,6 +469,9 @@ func (w *world) fill(res *Result) {
 		res.HoleS = secs(w.restored.Sub(w.cut))
 	}
 	res.Note = w.note
+	if w.env != "" {
+		res.Env = w.env
+	}
 }
 
 // lastBack is when the last trunk or Link came back: the latest of their
