@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os/exec"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/relinkgo/relink/backoff"
+	"github.com/relinkgo/relink/internal/dnstest"
 	"github.com/relinkgo/relink/internal/faultproxy"
 	"github.com/relinkgo/relink/internal/kamailio"
 	"github.com/relinkgo/relink/internal/netns"
@@ -89,7 +91,7 @@ func kamInNetns(ctx context.Context, w *world, opts kamailio.Options) (*netns.Pa
 // startTrunksIn runs o.trunks trunks, each on a thread of ns (sipgo dials
 // from the trunk's goroutine), trunk i registering at uris(i); trunks with
 // the same URI share a Gate, as a Fleet's do.
-func (w *world) startTrunksIn(ctx context.Context, ns *netns.Namespace, ucfg sip.UAConfig, uris func(int) string) error {
+func (w *world) startTrunksIn(ctx context.Context, ns *netns.Namespace, ucfg sip.UAConfig, uris func(int) string, tc func(*sip.TrunkConfig)) error {
 	ucfg.OnFlowDeath = w.onFlowDeath
 	ua, err := sip.NewUA(ucfg)
 	if err != nil {
@@ -109,6 +111,9 @@ func (w *world) startTrunksIn(ctx context.Context, ns *netns.Namespace, ucfg sip
 		}
 		c := w.trunkConfig(i, []string{uri})
 		c.Gate, c.OnStateChange, c.Logger = g, w.onTrunk, w.o.logger
+		if tc != nil {
+			tc(&c)
+		}
 		t, err := sip.NewTrunk(ua, c)
 		if err != nil {
 			cancel()
@@ -147,7 +152,7 @@ func tlsWSS(ctx context.Context, o *options) (*world, error) {
 	w.env = "netns+kamailio"
 	uris := [2]string{"sip:" + k.TLSAddr() + ";transport=tls", "sip:" + k.WSSAddr() + ";transport=wss"}
 	err = w.startTrunksIn(ctx, p.Client(), sip.UAConfig{TLSConfig: &tls.Config{RootCAs: k.CA().Pool()}},
-		func(i int) string { return uris[i%2] })
+		func(i int) string { return uris[i%2] }, nil)
 	if err != nil {
 		return w, err
 	}
@@ -199,7 +204,7 @@ func loss(ctx context.Context, o *options) (*world, error) {
 	}
 	w.regs = append(w.regs, &regSlot{kam: k})
 	w.env = "netns+kamailio"
-	if err := w.startTrunksIn(ctx, p.Client(), sip.UAConfig{}, func(int) string { return k.URI() }); err != nil {
+	if err := w.startTrunksIn(ctx, p.Client(), sip.UAConfig{}, func(int) string { return k.URI() }, nil); err != nil {
 		return w, err
 	}
 	ln, err := p.ListenTCP(0)
@@ -232,4 +237,92 @@ func loss(ctx context.Context, o *options) (*world, error) {
 		}
 	}
 	return w, w.finish(ctx)
+}
+
+// dnsDown: trunks register with "registrar.test" (SRV and A records served
+// by dnsmasq in the server namespace) at Kamailio. At the cut dnsmasq stops
+// and the SIP port is black-holed for o.hole, so the trunks must look the
+// name up again to re-register; dnsmasq starts again 20 s after the cut.
+func dnsDown(ctx context.Context, o *options) (*world, error) {
+	if err := needKamailio(true); err != nil {
+		return nil, err
+	}
+	if _, err := exec.LookPath("dnsmasq"); err != nil {
+		return nil, &skipError{"needs dnsmasq: " + err.Error()}
+	}
+	w := newWorld(o)
+	p, k, err := kamInNetns(ctx, w, kamailio.Options{})
+	if err != nil {
+		return w, err
+	}
+	w.regs = append(w.regs, &regSlot{kam: k})
+	w.env = "netns+kamailio+dnsmasq"
+	ip := netns.ServerIP.String()
+	dopts := dnstest.Options{Netns: p.Server().Name(), Addr: ip, Domain: "test",
+		SRV:   []dnstest.SRV{{Name: "_sip._tcp.registrar.test", Target: "a.registrar.test", Port: portOf(k.Addr()), Priority: 10, Weight: 10}},
+		Hosts: []dnstest.Host{{Name: "a.registrar.test", IP: ip}, {Name: "registrar.test", IP: ip}},
+	}
+	dns, err := dnstest.Launch(dopts)
+	if err != nil {
+		return w, err
+	}
+	w.cleanup = append(w.cleanup, func() { _ = dns.Stop() })
+	// dns.Resolver asks the server at its address; a restarted dnsmasq
+	// listens on the same one.
+	resolver := dns.Resolver(func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = p.Client().Do(func() error {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	})
+	err = w.startTrunksIn(ctx, p.Client(), sip.UAConfig{}, func(int) string { return "sip:registrar.test;transport=tcp" },
+		func(c *sip.TrunkConfig) { c.Resolver = resolver })
+	if err != nil {
+		return w, err
+	}
+	w.bound, w.detect = o.bound(), true
+	w.note = "dnsmasq stopped 20 s, the SIP port black-holed for the first " + o.hole().String() + " of them; recover_s from dnsmasq's return; "
+	var restore func() error
+	w.markCut()
+	if err := dns.Stop(); err != nil {
+		return w, err
+	}
+	if restore, err = p.BlackHole(portOf(k.Addr())); err != nil {
+		return w, err
+	}
+	if err := sleep(ctx, o.hole()); err != nil {
+		_ = restore()
+		return w, err
+	}
+	if err := restore(); err != nil {
+		return w, err
+	}
+	holeEnd := time.Now()
+	if err := sleep(ctx, 20*time.Second-o.hole()); err != nil {
+		return w, err
+	}
+	w.mu.Lock()
+	back, n := holeEnd, 0
+	for _, at := range w.trunkBack {
+		if at.After(holeEnd) {
+			back, n = maxTime(back, at), n+1
+		}
+	}
+	w.mu.Unlock()
+	w.note += fmt.Sprintf("%d trunks re-registered while the name was unresolvable, the last %.2f s after the black hole ended; ", n, back.Sub(holeEnd).Seconds())
+	dns2, err := dnstest.Launch(dopts)
+	if err != nil {
+		return w, err
+	}
+	w.cleanup = append(w.cleanup, func() { _ = dns2.Stop() })
+	return w, w.finish(ctx)
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }

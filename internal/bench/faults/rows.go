@@ -28,7 +28,7 @@ var rows = []row{
 	{name: "credentials-fixed", about: "credentials rejected (403), then the registrar's account fixed", run: credentials},
 	{name: "stop-mid-register", about: "the fleet stopped while its REGISTERs are in flight (held by a frozen path)", run: stopMidRegister},
 	{name: "tls-wss-blackhole", about: "TLS and WSS flows to Kamailio black-holed by nft (root, netns, kamailio)", run: tlsWSS},
-	{name: "dns-down-20s", about: "the registrar's name unresolvable for 20 s", needs: "root, netns and dnsmasq (internal/dnstest): not built in this round"},
+	{name: "dns-down-20s", about: "the registrar's name unresolvable for 20 s while its flows die (root, netns, kamailio, dnsmasq)", run: dnsDown},
 	{name: "loss-10pct-60s", about: "10 % random loss for -loss-for (60 s) on the SIP and echo ports (root, netns, kamailio)", run: loss},
 	{name: "redis-killed", about: "Redis killed during a fleet recovery", needs: "redis-server (internal/redistest) and backoff/fleetgate: not built in this round"},
 }
