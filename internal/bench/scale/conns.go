@@ -49,11 +49,14 @@ type ConnsResult struct {
 	// beside LoopbackDrops are the kernel's: a loaded host's loopback
 	// drops segments when its per-CPU backlog (net.core.netdev_max_backlog)
 	// is full, and TCP_USER_TIMEOUT aborts what stays unacknowledged.
-	DeadPlain     map[string]int64 `json:"dead_plain"`
-	DeadWrapped   map[string]int64 `json:"dead_wrapped"`
-	Dead          int              `json:"dead"`
-	LoopbackDrops uint64           `json:"loopback_drops"` // /proc/net/softnet_stat, whole host, during both runs
-	DialS         float64          `json:"dial_s"`         // time to dial the wrapped run's connections
+	DeadPlain   map[string]int64 `json:"dead_plain"`
+	DeadWrapped map[string]int64 `json:"dead_wrapped"`
+	Dead        int              `json:"dead"`
+	// DeadAtHeap are the connections already dead when the heaps were
+	// taken (plain + wrapped): the heap figures hold only when it is 0.
+	DeadAtHeap    int     `json:"dead_at_heap"`
+	LoopbackDrops uint64  `json:"loopback_drops"` // /proc/net/softnet_stat, whole host, during both runs
+	DialS         float64 `json:"dial_s"`         // time to dial the wrapped run's connections
 }
 
 // connsChild is what one conns child (one mode) measured.
@@ -66,6 +69,7 @@ type connsChild struct {
 	WallS      float64          `json:"wall_s"`
 	Writes     int64            `json:"writes"`
 	Dead       map[string]int64 `json:"dead"`
+	DeadHeld   int              `json:"dead_held"` // dead when the heap was taken
 	DialS      float64          `json:"dial_s"`
 }
 
@@ -124,6 +128,7 @@ type connsSum struct {
 	cpuPct, probesPer float64 // % of one core; writes per second
 	wallS, dialS      float64 // the shortest window; the slowest dial
 	dead              map[string]int64
+	deadHeld          int
 }
 
 // connsRun runs one client per echo server (addrs[i]), at once, each with
@@ -158,6 +163,7 @@ func connsRun(o *options, mode string, addrs [][]string, sum *connsSum) error {
 		sum.cpuPct += 100 * res.CPUS / res.WallS
 		sum.probesPer += float64(res.Writes) / res.WallS
 		sum.wallS, sum.dialS = min(sum.wallS, res.WallS), max(sum.dialS, res.DialS)
+		sum.deadHeld += res.DeadHeld
 		for k, v := range res.Dead {
 			sum.dead[k] += v
 		}
@@ -192,6 +198,7 @@ func connsResult(o *options, plain, wrapped connsSum) *ConnsResult {
 		DeadWrapped:       wrapped.dead,
 		DialS:             wrapped.dialS,
 	}
+	r.DeadAtHeap = plain.deadHeld + wrapped.deadHeld
 	for _, v := range plain.dead {
 		r.Dead += int(v)
 	}
@@ -276,6 +283,9 @@ func runConns(o *options, out io.Writer) error {
 		return err
 	}
 	res.Heap, res.HeapInuse, res.Goroutines = held.heap, held.heapInuse, held.goroutines
+	for _, v := range cc.deaths() {
+		res.DeadHeld += int(v)
+	}
 	w0 := cc.writes.Load()
 	m, err := startCPU(o.pprof, "conns-"+o.mode+o.id)
 	if err != nil {

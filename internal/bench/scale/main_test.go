@@ -69,7 +69,7 @@ func checkTrunks(t *testing.T, r *TrunksResult) {
 
 func checkConns(t *testing.T, r *ConnsResult) {
 	t.Helper()
-	if r.Conns != 50 || r.Dead != 0 || r.WindowS < 1 {
+	if r.Conns != 50 || r.Dead != 0 || r.DeadAtHeap != 0 || r.WindowS < 1 {
 		t.Errorf("%d conns, %d dead, window %.2f s", r.Conns, r.Dead, r.WindowS)
 	}
 	// 50 connections probed every 200 ms (and more after a pong): 250/s at
