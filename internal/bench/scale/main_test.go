@@ -7,15 +7,6 @@ import (
 	"go.uber.org/goleak"
 )
 
-// TestMain lets the test binary be its own child processes.
-func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) == "1" {
-		main()
-		os.Exit(0)
-	}
-	goleak.VerifyTestMain(m)
-}
-
 // TestScaleSmall runs both rows at a tiny size (no root needed): 20 trunks
 // that register, stay idle and refresh once; 50 connections probed every
 // 200 ms. It checks that each figure was measured, not that it meets the
@@ -85,4 +76,15 @@ func checkConns(t *testing.T, r *ConnsResult) {
 	if r.WrappedCPUPct <= 0 {
 		t.Errorf("wrapped run used no CPU")
 	}
+}
+
+// TestMain checks for leaked goroutines, unless the test binary was started
+// as one of the command's child processes (a registrar, an echo server or a
+// measured client): then it is the command.
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "1" {
+		goleak.VerifyTestMain(m)
+		return
+	}
+	main()
 }
