@@ -151,7 +151,7 @@ func (g *Gate) fleetAdmitLocked(now time.Time) {
 		Book:     f.pushBack <= 0 && g.state == GateOpen && f.next.seq == 0 && g.queued() >= want,
 		Held:     f.slot.seq,
 		PushBack: f.pushBack,
-		Grow:     g.pacer.startupPeriod(),
+		Grow:     g.pacer.fleetGrowPeriod(),
 		Ceiling:  g.pacer.ceiling(),
 	}
 	req.Pace.Version = f.synced.Version

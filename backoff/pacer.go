@@ -385,6 +385,10 @@ func (p *pacer) startupCut(s stamp) float64 {
 		n, before = p.fleetAdmitted(from, s.at, s.pace), p.fleetAdmitted(from.Add(-period), from, s.pace)
 	}
 	est := n / period.Seconds()
+	if p.fleetGrows {
+		before = 0 // a schedule, not arrivals: see below
+		est = math.Min(est, 1.25*clean)
+	}
 	if cruiseGain*est <= clean || est >= s.pace || n < before {
 		return clean
 	}
@@ -393,20 +397,27 @@ func (p *pacer) startupCut(s stamp) float64 {
 		// The fleet's count is its schedule, not what arrived: members
 		// late on their places (a loaded host) make it too high, and an
 		// overshoot from here costs a pause and a hard cut. Trust it up
-		// to 1.25 × the clean pace; the probes may go on up to the count.
+		// to 1.25 × the clean pace, as the ceiling too (a probe towards
+		// a count 15 % high cost the fleet a second pause).
 		p.counted = false
-		est = math.Min(est, 1.25*clean)
+		p.hi = est
 	}
 	return cruiseGain * est
 }
 
+// fleetGrowPeriod is how often a fleet's startup doubles its pace: every
+// two startup periods, so that a rejection comes back through a member and
+// the store before the next doubling (at one period, 50 processes on a
+// loaded host doubled past it: 640/s against C = 200, a second pause).
+func (p *pacer) fleetGrowPeriod() time.Duration { return 2 * p.startupPeriod() }
+
 // fleetAdmitted is what the fleet's queue admitted in [from, to) in
 // startup: at pace since the pace was set (paceSetAt), half that for the
-// period before (startup doubles once per period), a quarter before that.
+// doubling period before, a quarter before that.
 func (p *pacer) fleetAdmitted(from, to time.Time, pace float64) float64 {
 	n := 0.0
 	end := to
-	for _, start := range []time.Time{p.paceSetAt, p.paceSetAt.Add(-p.startupPeriod()), from} {
+	for _, start := range []time.Time{p.paceSetAt, p.paceSetAt.Add(-p.fleetGrowPeriod()), from} {
 		start = laterOf(start, from)
 		if end.After(start) {
 			n += pace * end.Sub(start).Seconds()
