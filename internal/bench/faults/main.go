@@ -63,7 +63,11 @@ type options struct {
 	capAfter  time.Duration
 	settle    time.Duration
 	lossFor   time.Duration
-	logger    *slog.Logger
+	// liftAtStop lifts a registrar's capacity before the fleet stops, to
+	// tell orphans left by the stop's unregistrations meeting the capacity
+	// from others.
+	liftAtStop bool
+	logger     *slog.Logger
 }
 
 // bound is the detection bound of a silent path: a probe interval plus its
@@ -82,6 +86,7 @@ func main() {
 	flag.DurationVar(&o.capAfter, "cap", 30*time.Second, "give up on a row's recovery this long after the restore")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "watch the restored path this long for false deaths")
 	flag.DurationVar(&o.lossFor, "loss-for", 60*time.Second, "how long the loss row drops 10 % of the packets")
+	flag.BoolVar(&o.liftAtStop, "lift-at-stop", false, "rows with a registrar capacity: lift it before stopping the fleet (isolates orphans left by unregistrations refused 503)")
 	only := flag.String("fault", "", "run only these rows (comma-separated names; see -list)")
 	list := flag.Bool("list", false, "list the rows and exit")
 	asJSON := flag.Bool("json", false, "one JSON object per row and line")

@@ -30,7 +30,7 @@ var rows = []row{
 	{name: "tls-wss-blackhole", about: "TLS and WSS flows to Kamailio black-holed by nft (root, netns, kamailio)", run: tlsWSS},
 	{name: "dns-down-20s", about: "the registrar's name unresolvable for 20 s while its flows die (root, netns, kamailio, dnsmasq)", run: dnsDown},
 	{name: "loss-10pct-60s", about: "10 % random loss for -loss-for (60 s) on the SIP and echo ports (root, netns, kamailio)", run: loss},
-	{name: "redis-killed", about: "Redis killed during a fleet recovery", needs: "redis-server (internal/redistest) and backoff/fleetgate: not built in this round"},
+	{name: "redis-killed", about: "Redis (the fleet's shared gate) SIGKILLed during a fleet recovery (redis-server)", run: redisKilled},
 }
 
 // blackHole: the proxies freeze (silence both ways) for o.hole, then the old

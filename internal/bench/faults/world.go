@@ -356,6 +356,10 @@ func (w *world) stop() {
 	if w.trunks == nil {
 		return
 	}
+	if w.o.liftAtStop && w.capacity > 0 {
+		w.regs[0].r.SetCapacity(0)
+		w.note += "capacity lifted before the stop (-lift-at-stop); "
+	}
 	w.stopF()
 	t := time.NewTimer(15 * time.Second)
 	defer t.Stop()
