@@ -25,11 +25,12 @@ import (
 type ConnsResult struct {
 	Row             string  `json:"row"` // "conns"
 	Conns           int     `json:"conns"`
-	Procs           int     `json:"procs"`            // client processes (and echo servers) per run
-	Ports           int     `json:"ports"`            // ports per echo server, dialed round robin
-	ProbeIntervalS  float64 `json:"probe_interval_s"` // the wrapped connections' ProbeInterval
-	WindowS         float64 `json:"window_s"`         // the CPU window of each run
-	HeapPerConnB    float64 `json:"heap_per_conn_b"`  // relink's: wrapped − plain, HeapInuse + StackInuse
+	Procs           int     `json:"procs"`              // client processes (and echo servers) per run
+	Ports           int     `json:"ports"`              // ports per echo server, dialed round robin
+	ProbeIntervalS  float64 `json:"probe_interval_s"`   // the wrapped connections' ProbeInterval
+	KeepAliveS      float64 `json:"kernel_keepalive_s"` // both runs' kernel keepalive idle (-1: off)
+	WindowS         float64 `json:"window_s"`           // the CPU window of each run
+	HeapPerConnB    float64 `json:"heap_per_conn_b"`    // relink's: wrapped − plain, HeapInuse + StackInuse
 	HeapObjPerConnB float64 `json:"heap_inuse_per_conn_b"`
 	// HeapPerConnTotalB is the wrapped run's whole heap and stacks per
 	// connection, its socket and reader goroutine included;
@@ -145,7 +146,7 @@ func connsRun(o *options, mode string, addrs [][]string, sum *connsSum) error {
 		c, err := startChild("-role", "conns", "-mode", mode, "-addrs", strings.Join(a, ","),
 			"-conns", strconv.Itoa(n), "-conn-window", o.connWindow.String(),
 			"-probe-interval", o.probeInterval.String(), "-timeout", o.timeout.String(),
-			"-pprof", o.pprof, "-id", strconv.Itoa(i))
+			"-conn-keepalive", o.connKeep.String(), "-pprof", o.pprof, "-id", strconv.Itoa(i))
 		if err != nil {
 			return err
 		}
@@ -184,7 +185,11 @@ func connsResult(o *options, plain, wrapped connsSum) *ConnsResult {
 	if pi == 0 {
 		pi = conn.DefaultProbeInterval
 	}
-	r := &ConnsResult{Row: "conns", Conns: o.conns, Ports: o.ports, ProbeIntervalS: pi.Seconds(),
+	ka := conn.DefaultKeepAliveIdle
+	if o.connKeep != 0 {
+		ka = max(-time.Second, o.connKeep)
+	}
+	r := &ConnsResult{Row: "conns", Conns: o.conns, Ports: o.ports, ProbeIntervalS: pi.Seconds(), KeepAliveS: ka.Seconds(),
 		WindowS:           wrapped.wallS,
 		HeapPerConnB:      (wrapped.heap - plain.heap) / n,
 		HeapObjPerConnB:   (wrapped.heapInuse - plain.heapInuse) / n,
@@ -225,11 +230,15 @@ func serveEcho(o *options, in io.Reader, out io.Writer) error {
 			_ = e.Close()
 		}
 	}()
+	// No keepalive of the server's own: it would only add loopback
+	// traffic beside what the clients' kernel options and probes send.
+	lc := net.ListenConfig{KeepAlive: -1}
 	for range o.ports {
-		e, err := testkit.ListenEcho("")
+		ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 		if err != nil {
 			return err
 		}
+		e := testkit.ServeEcho(ln)
 		echos = append(echos, e)
 		rd.Addrs = append(rd.Addrs, e.Addr())
 	}
@@ -305,6 +314,9 @@ func (cc *connsClient) dialAll(o *options, addrs []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
 	cfg := conn.Config{Probe: conn.CRLF, ProbeInterval: o.probeInterval}
+	if o.connKeep != 0 {
+		cfg.KeepAlive = net.KeepAliveConfig{Enable: o.connKeep > 0, Idle: o.connKeep}
+	}
 	raw := cfg.NetDialer()
 	cd := conn.Dialer{Config: cfg, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		nc, err := raw.DialContext(ctx, network, addr)
