@@ -63,7 +63,7 @@ func (s *regSlot) restart(ctx context.Context, down time.Duration, cfg func(*reg
 	if cfg != nil {
 		cfg(&s.cfg)
 	}
-	r, err := registrar.New(s.cfg)
+	r, err := registrar.New(s.cfg) //nolint:contextcheck // registrar.New takes no ctx: it lives until its Close
 	if err != nil {
 		return fmt.Errorf("restart registrar: %w", err)
 	}
@@ -118,6 +118,8 @@ func newWorld(o *options) *world {
 }
 
 // addRegistrar starts a registrar and its proxy.
+//
+//nolint:contextcheck // registrar.New takes no ctx: the registrar lives until its Close
 func (w *world) addRegistrar(cfg registrar.Config) (*regSlot, error) {
 	cfg.DisableUDP = true
 	if cfg.Password == "" && cfg.Users == nil {
