@@ -98,7 +98,6 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.connWindow, "conn-window", 30*time.Second, "CPU window of the conns row (at least two probe intervals)")
 	fs.DurationVar(&o.probeInterval, "probe-interval", 0, "ProbeInterval of the wrapped connections (0: the default, 10 s)")
 	fs.DurationVar(&o.connKeep, "conn-keepalive", 0, "kernel keepalive idle of both runs' connections (0: conn's default, 5 s; negative: off)")
-	fs.DurationVar(&o.connKeep, "conn-keepalive", 0, "kernel keepalive idle of both runs' connections (0: conn's default, 5 s; negative: off)")
 	fs.StringVar(&o.mode, "mode", "", "internal: plain or wrapped (conns role)")
 	fs.StringVar(&o.addrs, "addrs", "", "internal: the echo server's addresses (conns role)")
 	fs.StringVar(&o.pprof, "pprof", "", "write heap, goroutine and CPU profiles of the measured clients into this directory")
