@@ -123,7 +123,9 @@ type FleetRequest struct {
 	// startup and a place is booked, the store doubles the pace (up to
 	// Ceiling) once it is Grow old, so that the fleet doubles once per
 	// period whichever member happens to call. The gate's own pacer does
-	// not double while it has a fleet.
+	// not double while it has a fleet; the gate asks for two of its
+	// startup periods (200 ms at least), so that a rejection comes back
+	// through a member and the store before the next doubling.
 	Grow time.Duration
 	// Ceiling is the highest pace (95 % of a configured Rate).
 	Ceiling float64

@@ -39,7 +39,9 @@
 // so no process's clock matters. It stores a pause told by this process,
 // compares-and-sets the fleet pace if this process's controller changed it
 // (a cut beats a concurrent doubling; startup doubles in the script, once per
-// period whoever calls), reckons when the place this process holds is due,
+// FleetRequest.Grow whoever calls; a gate that reopens after an outage resets
+// a pace still in startup, so that a warm-up's doublings do not greet the
+// next herd), reckons when the place this process holds is due,
 // and books its next place. The queue is a GCRA counted in places rather
 // than times: a virtual clock runs at the fleet pace (standing still during
 // a pause, never running ahead of the queue, so an idle fleet saves no
