@@ -326,3 +326,51 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return a
 }
+
+// blackHoleNetns is blackHole on a real path: Kamailio (TCP) and the echo
+// server in the server namespace, trunks and Links in the client one, and
+// nft dropping both ports' packets both ways for o.hole. Nothing answers
+// for the peer, so the kernels see what they see in production.
+func blackHoleNetns(ctx context.Context, o *options, busy bool) (*world, error) {
+	w := newWorld(o)
+	p, k, err := kamInNetns(ctx, w, kamailio.Options{})
+	if err != nil {
+		return w, err
+	}
+	w.regs = append(w.regs, &regSlot{kam: k})
+	w.env = "netns+kamailio"
+	if err := w.startTrunksIn(ctx, p.Client(), sip.UAConfig{}, func(int) string { return k.URI() }, nil); err != nil {
+		return w, err
+	}
+	ln, err := p.ListenTCP(0)
+	if err != nil {
+		return w, err
+	}
+	echo := testkit.ServeEcho(ln)
+	ports := []int{portOf(k.Addr())}
+	if o.links > 0 {
+		if w.links, err = startLinks(ctx, o, echo, busy, p.DialContext); err != nil {
+			return w, err
+		}
+		ports = append(ports, echo.Port())
+	} else {
+		w.cleanup = append(w.cleanup, func() { _ = echo.Close() })
+	}
+	w.bound, w.detect = o.bound(), true
+	var restores []func() error
+	var holeErr error
+	err = w.fault(ctx, o.hole(), func() {
+		for _, port := range ports {
+			r, err := p.BlackHole(port)
+			holeErr = errors.Join(holeErr, err)
+			if err == nil {
+				restores = append(restores, r)
+			}
+		}
+	}, func() {
+		for _, r := range restores {
+			holeErr = errors.Join(holeErr, r())
+		}
+	})
+	return w, errors.Join(err, holeErr)
+}

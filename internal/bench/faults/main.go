@@ -67,7 +67,21 @@ type options struct {
 	// tell orphans left by the stop's unregistrations meeting the capacity
 	// from others.
 	liftAtStop bool
-	logger     *slog.Logger
+	// env is "auto", "embedded" or "netns": where the black-hole rows run.
+	env    string
+	logger *slog.Logger
+}
+
+// useNetns reports whether the black-hole rows run in network namespaces
+// with Kamailio.
+func (o *options) useNetns() bool {
+	switch o.env {
+	case "netns":
+		return true
+	case "embedded":
+		return false
+	}
+	return needKamailio(true) == nil
 }
 
 // bound is the detection bound of a silent path: a probe interval plus its
@@ -87,6 +101,7 @@ func main() {
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "watch the restored path this long for false deaths")
 	flag.DurationVar(&o.lossFor, "loss-for", 60*time.Second, "how long the loss row drops 10 % of the packets")
 	flag.BoolVar(&o.liftAtStop, "lift-at-stop", false, "rows with a registrar capacity: lift it before stopping the fleet (isolates orphans left by unregistrations refused 503)")
+	flag.StringVar(&o.env, "env", "auto", "black-hole rows: netns (root, Kamailio: a real nft black hole), embedded (freeze proxy, embedded registrar) or auto (netns when it can)")
 	only := flag.String("fault", "", "run only these rows (comma-separated names; see -list)")
 	list := flag.Bool("list", false, "list the rows and exit")
 	asJSON := flag.Bool("json", false, "one JSON object per row and line")

@@ -14,7 +14,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // smallOptions is a tiny matrix: 5 trunks, 2 Links, probes every 500 ms.
 func smallOptions() *options {
 	return &options{trunks: 5, links: 2, keepAlive: 500 * time.Millisecond, timeout: time.Second,
-		capAfter: 20 * time.Second, settle: time.Second, logger: slog.New(slog.DiscardHandler)}
+		capAfter: 20 * time.Second, settle: time.Second, logger: slog.New(slog.DiscardHandler), env: "embedded"}
 }
 
 // TestCheapRows runs three rows of the matrix without root and checks that

@@ -33,10 +33,14 @@ var rows = []row{
 	{name: "redis-killed", about: "Redis (the fleet's shared gate) SIGKILLed during a fleet recovery (redis-server)", run: redisKilled},
 }
 
-// blackHole: the proxies freeze (silence both ways) for o.hole, then the old
+// blackHole: with -env netns (auto as root with Kamailio), a real black
+// hole (blackHoleNetns); otherwise the proxies freeze (silence both ways) for o.hole, then the old
 // connections stay black-holed and new ones go through (ForgetDrop).
 func blackHole(busy bool) func(context.Context, *options) (*world, error) {
 	return func(ctx context.Context, o *options) (*world, error) {
+		if o.useNetns() {
+			return blackHoleNetns(ctx, o, busy)
+		}
 		w, err := sipAndLinks(ctx, o, registrar.Config{}, testkitEcho, busy)
 		if err != nil {
 			return w, err
