@@ -52,7 +52,8 @@ func checkTrunks(t *testing.T, r *TrunksResult) {
 	if r.HeapPerTrunkKiB <= 0 || r.GoroutinesPerTrunk < 1 || r.GoroutinesPerTrunk > 3 {
 		t.Errorf("%.1f KiB and %.2f goroutines per trunk", r.HeapPerTrunkKiB, r.GoroutinesPerTrunk)
 	}
-	if r.CPUSPerTrunkHour <= 0 || r.CPUSPerTrunkHourMeasured < r.CPUSPerTrunkHour || r.RegistrarRegisters < 60 {
+	// getrusage counts in scheduler ticks: 20 idle trunks may cost none.
+	if r.CPUSPerTrunkHour < 0 || r.CPUSPerTrunkHourMeasured < r.CPUSPerTrunkHour || r.RegistrarRegisters < 60 {
 		t.Errorf("CPU %.4f s per trunk-hour (%.4f at %v s); registrar saw %d REGISTERs", r.CPUSPerTrunkHour,
 			r.CPUSPerTrunkHourMeasured, r.ExpiresS, r.RegistrarRegisters)
 	}
