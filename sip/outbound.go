@@ -7,10 +7,8 @@ package sip
 import (
 	"crypto/rand"
 	"fmt"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 
 	sipmsg "github.com/emiago/sipgo/sip"
 )
@@ -45,26 +43,11 @@ func validInstanceID(s string) bool {
 	return true
 }
 
-// instances holds the instance ID of each UA until the UA keeps its own
-// (see UA.InstanceID).
-var instances sync.Map // *flowMonitor → string
-
 // InstanceID returns the UA's RFC 5626 +sip.instance: UAConfig.InstanceID,
 // or the URN made for this UA, stable for its life. Every trunk of the UA
 // registers with it (unless its RegID is negative), so that a registrar
 // replaces the UA's own bindings instead of adding one per connection.
-func (u *UA) InstanceID() string {
-	if v, ok := instances.Load(u.mon); ok {
-		return v.(string)
-	}
-	id, _ := newInstanceID("")
-	v, loaded := instances.LoadOrStore(u.mon, id)
-	if !loaded {
-		// The entry goes with the UA.
-		runtime.AddCleanup(u, func(m *flowMonitor) { instances.Delete(m) }, u.mon)
-	}
-	return v.(string)
-}
+func (u *UA) InstanceID() string { return u.instance }
 
 // outboundOn reports whether the trunk registers with RFC 5626 outbound.
 func (t *Trunk) outboundOn() bool { return t.cfg.regID > 0 }

@@ -214,3 +214,24 @@ func TestInstanceID(t *testing.T) {
 		}
 	}
 }
+
+// TestUAConfigInstanceID: NewUA keeps a configured InstanceID (so a restarted
+// gateway replaces its own bindings) and refuses one that is not a URN.
+func TestUAConfigInstanceID(t *testing.T) {
+	t.Parallel()
+	const id = "urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF"
+	ua, err := NewUA(UAConfig{InstanceID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ua.Close()
+	if got := ua.InstanceID(); got != id {
+		t.Errorf("InstanceID() = %q, want the configured %q", got, id)
+	}
+	if bad, err := NewUA(UAConfig{InstanceID: "not a urn"}); !errors.Is(err, ErrInvalidConfig) {
+		if bad != nil {
+			bad.Close()
+		}
+		t.Errorf("NewUA with InstanceID %q: %v, want ErrInvalidConfig", "not a urn", err)
+	}
+}

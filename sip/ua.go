@@ -114,8 +114,9 @@ type FlowDeath struct {
 // server on the same UserAgent shares the flows the trunks keep alive).
 // Close it when done.
 type UA struct {
-	ua  *sipgo.UserAgent
-	mon *flowMonitor
+	ua       *sipgo.UserAgent
+	mon      *flowMonitor
+	instance string // RFC 5626 +sip.instance (outbound.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -143,6 +144,10 @@ type UA struct {
 // unless the application called sipgo's SetDefaultLogger); the transport
 // layer's logger (WithTransportLayerLogger) still applies to the rest.
 func NewUA(cfg UAConfig) (*UA, error) {
+	inst, err := newInstanceID(cfg.InstanceID)
+	if err != nil {
+		return nil, err
+	}
 	mon := &flowMonitor{watchReads: true, userFilter: cfg.ReadFilter, onDeath: cfg.OnFlowDeath,
 		watchCalls: cfg.WatchCalls, connectTimeout: orOff(cfg.ConnectTimeout, DefaultConnectTimeout, 0)}
 	mon.init()
@@ -171,7 +176,7 @@ func NewUA(cfg UAConfig) (*UA, error) {
 		return nil, err
 	}
 	mon.bind(ua)
-	return &UA{ua: ua, mon: mon}, nil
+	return &UA{ua: ua, mon: mon, instance: inst}, nil
 }
 
 // WrapUA returns a UA around a UserAgent made by sipgo.NewUA directly.
@@ -184,7 +189,8 @@ func WrapUA(ua *sipgo.UserAgent) *UA {
 	mon := &flowMonitor{connectTimeout: DefaultConnectTimeout}
 	mon.init()
 	mon.bind(ua)
-	return &UA{ua: ua, mon: mon}
+	inst, _ := newInstanceID("") // a fresh URN cannot fail
+	return &UA{ua: ua, mon: mon, instance: inst}
 }
 
 // UserAgent returns the sipgo UserAgent, for calls and other requests of
