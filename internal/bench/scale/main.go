@@ -31,6 +31,12 @@
 // CAP_SYS_RESOURCE raises above the hard limit) is below -conns, the
 // connections are shared by -procs client processes, each with an echo
 // server of its own, run at once; their heaps, goroutines and CPU add up.
+// The row counts the connections that died in each run by cause, and the
+// host's loopback backlog drops beside them: with conn's default kernel
+// keepalive (5 s idle), 100,000 connections on a loaded host lose thousands
+// of keepalive segments at a time and the kernel aborts them (plain or
+// wrapped alike); -conn-keepalive -1s turns the kernel keepalive off in both
+// runs to measure the probe alone.
 //
 // Every server (registrar, echo) and every measured client runs in a
 // process of its own (this program, re-executed with -role), so that each
