@@ -6,13 +6,18 @@
 //	go run ./internal/bench/faults -list               # the rows' names
 //	go run ./internal/bench/faults -fault peer-rst -trunks 50 -links 10
 //
-// Environment (field env): "embedded" runs every row in this process, on
-// loopback, without root: sip.Fleet trunks registered with the embedded
+// Environment (field env), per row: "embedded" runs in this process on
+// loopback without root: sip.Fleet trunks registered with the embedded
 // registrar (internal/registrar, the one behind sip/siptest) and conn.Links
 // to an echo server, each path through the freeze proxy of
-// internal/faultproxy. Rows that need a real network (TLS and WSS black
-// holes, an unresolvable name, random loss, Redis, a CRLF-deaf Kamailio) are
-// printed with a "skipped" field saying what they need.
+// internal/faultproxy. "netns+kamailio" (root, Kamailio, ip and nft): Kamailio
+// and the echo server in one network namespace, trunks and Links in another,
+// nft dropping packets (a real black hole, or random loss); the black-hole
+// rows run so with -env auto (the default) when they can, the TLS/WSS, DNS
+// (dnsmasq) and loss rows only so. "kamailio+proxy": Kamailio behind the
+// freeze proxy. "embedded+redis": the fleet's gate on a real redis-server
+// (backoff/fleetgate). A row that cannot run here is printed with a
+// "skipped" field saying what it needs.
 //
 // Each row: the trunks register and the Links connect (warm-up), the fault
 // starts (cut), the path is restored (restore) and the program waits up to
