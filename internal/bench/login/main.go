@@ -55,6 +55,9 @@ type Result struct {
 	RatioToLimit float64 `json:"ratio_to_limit"` // ReadyS ÷ (N/C)
 	RefusedFrac  float64 `json:"refused_frac"`   // BUSY answers ÷ logins
 	Logins       int     `json:"logins"`
+	// Logins3s counts the logins of the first 3 s (the issue's control:
+	// 808 sessions in 3 s for 200 Links).
+	Logins3s int `json:"logins_3s"`
 	// PeakLoadRatio is the most logins in one 100 ms window ÷ (C/10).
 	PeakLoadRatio float64 `json:"peak_load_ratio"`
 	// LearnedRate is the gate's pace at the end, from Gate.Stats; -1 when
@@ -235,8 +238,12 @@ func cmp(a, b error) error {
 func tally(o *options, strategy string, srv *server, st backoff.GateStats, tr *tracker) Result {
 	logins, refused, peak := srv.counts()
 	ready, took := tr.result()
+	tr.mu.Lock()
+	start := tr.start
+	tr.mu.Unlock()
 	r := Result{Strategy: strategy, N: o.n, Capacity: o.capacity, Hint: o.hint, Logins: logins,
-		ReadyS: round(took.Seconds()), Stuck: o.n - ready, ReadyEvents: int(tr.readyEvents.Load()),
+		Logins3s: srv.loginsBefore(start.Add(3 * time.Second)),
+		ReadyS:   round(took.Seconds()), Stuck: o.n - ready, ReadyEvents: int(tr.readyEvents.Load()),
 		PeakLoadRatio:  round(float64(peak) / (o.capacity * window.Seconds())),
 		LearnedRate:    round(st.Rate),
 		GateSucceeded:  st.Succeeded,

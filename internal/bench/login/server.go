@@ -137,6 +137,20 @@ func (s *server) counts() (logins, refused, peak int) {
 	return s.logins, s.refused, peak
 }
 
+// loginsBefore counts the logins received in the windows that began before
+// t.
+func (s *server) loginsBefore(t time.Time) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, end := 0, t.UnixNano()/int64(window)
+	for w, c := range s.windows {
+		if w < end {
+			n += c
+		}
+	}
+	return n
+}
+
 // close stops the server, closes every connection and waits for its
 // goroutines.
 func (s *server) close() {
