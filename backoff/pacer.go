@@ -341,7 +341,8 @@ func (p *pacer) retryAfterCut(now time.Time, s stamp, probeOvershot bool) {
 // forgive reports whether a Retry-After at now is forgiven without a cut:
 // the first in 10 s, at a pace within 10 % of a configured Rate, of a
 // capacity counted at startup's first Retry-After, or of a ceiling overshot
-// in the last 10 s under which the pace has run clean for a probe period.
+// or counted in the last 10 s (the fleet's, adopted, too) under which the
+// pace ran clean for a probe period (in a fleet: at once).
 func (p *pacer) forgive(now time.Time) bool {
 	if !p.trustAt.IsZero() && now.Sub(p.trustAt) <= hiMemory {
 		return false
@@ -351,9 +352,13 @@ func (p *pacer) forgive(now time.Time) bool {
 		return p.pace >= 0.9*p.ceiling()
 	case p.counted:
 		return p.pace >= 0.9*p.hi
-	case p.hi > 0 && now.Sub(p.hiAt) < hiMemory && now.Sub(p.paceSetAt) >= defaultProbePeriod:
-		// Under a ceiling it overshot (or the fleet did), proven clean
-		// for a probe period.
+	case p.hi > 0 && now.Sub(p.hiAt) < hiMemory &&
+		(p.fleetGrows || now.Sub(p.paceSetAt) >= defaultProbePeriod):
+		// Just under a ceiling it (or its fleet) overshot or counted, and
+		// not probing (a probe that overshoots is never forgiven): proven
+		// clean for a probe period, or in a fleet, whose members' timing
+		// jitter (50 processes on their places) draws lone Retry-Afters
+		// at any pace close to the capacity.
 		return p.pace >= 0.9*p.hi
 	}
 	return false
