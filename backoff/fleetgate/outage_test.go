@@ -209,10 +209,10 @@ func TestReopenResetsAStartupPace(t *testing.T) {
 		// twice more, and a's version is stale (its proposal alone would
 		// lose, even as a cut).
 		for range 2 {
-			time.Sleep(150 * time.Millisecond)
+			time.Sleep(250 * time.Millisecond) // a fleet doubles every 200 ms
 			admitOne(t, other)
 		}
-		time.Sleep(300 * time.Millisecond) // the outage (a startup pace unchanged for two doublings)
+		time.Sleep(500 * time.Millisecond) // the outage (a startup pace unchanged for two doublings)
 		g.Observe(backoff.Unreachable)     // found: the gate closes
 		if g.State() != backoff.GateClosed {
 			t.Fatalf("state %v after Observe(Unreachable), want closed", g.State())
