@@ -29,7 +29,9 @@
 // Fields: detect_p99_s, the 99th percentile over trunks and Links of the time
 // from the cut to leaving Registered/Ready (undetected: those that never
 // did); bound_s, the configured bound the detection must meet (null where the
-// row has none); recovered, trunks and Links recovered (of trunks + links);
+// row has none): KeepAlive + KeepAliveTimeout for a silent path, KeepAlive
+// for a reset or closed one (sip notices that sipgo dropped a connection at
+// the flow's next probe); recovered, trunks and Links recovered (of trunks + links);
 // recover_s, from the restore to the last one recovered; ratio_to_limit,
 // recover_s ÷ (trunks ÷ capacity) where the registrar has a capacity;
 // rejected_503, 503s the registrar answered from the cut on;

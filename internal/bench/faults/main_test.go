@@ -11,9 +11,9 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// smallOptions is a tiny matrix: 5 trunks, 2 Links, probes every 500 ms.
+// smallOptions is a tiny matrix: 5 trunks, 2 Links, probes every second.
 func smallOptions() *options {
-	return &options{trunks: 5, links: 2, keepAlive: 500 * time.Millisecond, timeout: time.Second,
+	return &options{trunks: 5, links: 2, keepAlive: time.Second, timeout: time.Second,
 		capAfter: 20 * time.Second, settle: time.Second, logger: slog.New(slog.DiscardHandler), env: "embedded"}
 }
 

@@ -50,7 +50,7 @@ func redisKilled(ctx context.Context, o *options) (*world, error) {
 	w.env = "embedded+redis"
 	w.capacity = max(float64(o.trunks)/4, 1)
 	w.regs[0].r.SetCapacity(w.capacity)
-	w.bound, w.detect = time.Second, true
+	w.bound, w.detect = o.keepAlive, true
 	w.note = "fleetgate on redis-server, killed 500 ms after the reset, restarted after the recovery; "
 	w.markCut()
 	w.regs[0].proxy.Reset()

@@ -62,7 +62,7 @@ func abrupt(how string) func(context.Context, *options) (*world, error) {
 		if err != nil {
 			return w, err
 		}
-		w.bound, w.detect = time.Second, true
+		w.bound, w.detect = o.keepAlive, true
 		return w, w.fault(ctx, 0, func() {
 			if how == "rst" {
 				w.eachProxy((*faultproxy.Proxy).Reset)
@@ -80,7 +80,7 @@ func registrarRestart(ctx context.Context, o *options) (*world, error) {
 	if err != nil {
 		return w, err
 	}
-	w.bound, w.detect = time.Second, true
+	w.bound, w.detect = o.keepAlive, true
 	w.markCut()
 	if err := w.regs[0].restart(ctx, 2*time.Second, nil); err != nil {
 		return w, err
@@ -98,7 +98,7 @@ func storm(ctx context.Context, o *options) (*world, error) {
 	}
 	w.capacity = max(float64(o.trunks)/4, 1)
 	w.regs[0].r.SetCapacity(w.capacity)
-	w.bound, w.detect = time.Second, true
+	w.bound, w.detect = o.keepAlive, true
 	err = w.fault(ctx, 0, w.regs[0].proxy.Reset, nil)
 	return w, err
 }
@@ -113,7 +113,7 @@ func absurdRetryAfter(ctx context.Context, o *options) (*world, error) {
 	if err != nil {
 		return w, err
 	}
-	w.bound, w.detect = time.Second, true
+	w.bound, w.detect = o.keepAlive, true
 	w.note = "FleetConfig.Gate.MaxPushBack 10 s; "
 	reg := w.regs[0].r
 	return w, w.fault(ctx, 3*time.Second, func() {
@@ -158,7 +158,7 @@ func halfClose(ctx context.Context, o *options) (*world, error) {
 	if err != nil {
 		return w, err
 	}
-	w.bound, w.detect = time.Second, true
+	w.bound, w.detect = o.keepAlive, true
 	return w, w.fault(ctx, 0, func() { h.HalfClose() }, nil)
 }
 
