@@ -393,6 +393,10 @@ func (p *pacer) startupCut(s stamp) float64 {
 	if p.fleetGrows {
 		before = 0 // a schedule, not arrivals: see below
 		est = math.Min(est, 1.25*clean)
+		if s.pace < 4*p.initialRate {
+			// Not two doublings yet: nothing says the queue was full.
+			return clean
+		}
 	}
 	if cruiseGain*est <= clean || est >= s.pace || n < before {
 		return clean
