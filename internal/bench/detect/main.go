@@ -188,8 +188,11 @@ func run(ctx context.Context, o options, logf func(string, ...any)) (*report, er
 	defer e.close()
 	bound := o.interval + o.timeout
 	logSetup(logf, e, o, bound)
+	// The CRLF ping as a plain ProberFunc: conn.CRLF is also a ReplyFilter
+	// and would strip its pongs before the reader, whose last inbound byte
+	// is where each flow's detection time starts.
 	d := conn.Dialer{
-		Config: conn.Config{Probe: conn.CRLF, ProbeInterval: o.interval, ProbeTimeout: o.timeout},
+		Config: conn.Config{Probe: conn.ProberFunc(conn.CRLF.Probe), ProbeInterval: o.interval, ProbeTimeout: o.timeout},
 		Dial:   e.dial,
 	}
 	flows, err := dialAll(ctx, &d, e.addr, o.flows, o.interval)
