@@ -342,7 +342,8 @@ func (p *pacer) retryAfterCut(now time.Time, s stamp, probeOvershot bool) {
 // the first in 10 s, at a pace within 10 % of a configured Rate, of a
 // capacity counted at startup's first Retry-After, or of a ceiling overshot
 // or counted in the last 10 s (the fleet's, adopted, too) under which the
-// pace ran clean for a probe period (in a fleet: at once).
+// pace ran clean for a probe period (in a fleet: at once), or, in a fleet,
+// of the capacity it measured (its estimate).
 func (p *pacer) forgive(now time.Time) bool {
 	if !p.trustAt.IsZero() && now.Sub(p.trustAt) <= hiMemory {
 		return false
@@ -360,6 +361,11 @@ func (p *pacer) forgive(now time.Time) bool {
 		// jitter (50 processes on their places) draws lone Retry-Afters
 		// at any pace close to the capacity.
 		return p.pace >= 0.9*p.hi
+	case p.fleetGrows && p.estimate > 0:
+		// A fleet at 95 % of the capacity it measured, its ceiling
+		// forgotten: a lone Retry-After is its members' jitter too (one
+		// cut 10 s into a herd kept the next herd at 0.86 C).
+		return p.pace <= cruiseGain*p.estimate*1.001 && p.pace >= 0.9*cruiseGain*p.estimate
 	}
 	return false
 }
