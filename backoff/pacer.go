@@ -322,9 +322,11 @@ func (p *pacer) retryAfterCut(now time.Time, s stamp, probeOvershot bool) {
 	case p.startup:
 		p.startup = false
 		p.pace = p.startupCut(s)
-	case !probeOvershot && now.Sub(p.paceSetAt) >= defaultProbePeriod:
-		// A pace that ran clean for a probe period: the capacity moved a
-		// little, or jitter; step down gently.
+	case !probeOvershot && (now.Sub(p.paceSetAt) >= defaultProbePeriod ||
+		p.fleetGrows && !p.trustAt.IsZero() && now.Sub(p.trustAt) <= hiMemory):
+		// A pace that ran clean for a probe period (or, in a fleet, whose
+		// last Retry-After was forgiven as its members' jitter): the
+		// capacity moved a little, or jitter again; step down gently.
 		p.pace = 0.9 * math.Min(p.pace, atPace)
 	case !probeOvershot:
 		// A pace never yet proven (just after startup or a cut): step
