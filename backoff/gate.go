@@ -50,7 +50,9 @@ import (
 // against such a server steps 5 % and is taken for an even bet, made only
 // with the work queued to win it back. A pace within 10 % under a recent
 // ceiling that ran clean for a second forgives one lone Retry-After in 10 s
-// (timing jitter), as a configured Rate does. With a configured Rate, a lone
+// (timing jitter), as a configured Rate does; with a Fleet at once, and at
+// 95 % of the fleet's estimate too, and a second within 10 s cuts by 10 %
+// (the jitter of many processes on their places). With a configured Rate, a lone
 // Retry-After at a pace within 10 % of the ceiling pauses without a cut
 // (timing jitter at a server limited to exactly Rate); a second within 10 s
 // cuts. Outcomes of attempts admitted before the gate last reopened do not
