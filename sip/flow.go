@@ -286,6 +286,28 @@ func (m *flowMonitor) close() {
 		}
 		f.mu.Unlock()
 	}
+	m.release(all)
+}
+
+// release ends the connections of the retired flows all as kill does and
+// waits, at most drainWait in all, until sipgo's readers have released
+// them: sipgo's Close, which follows, would otherwise set their counts to
+// 0 under the readers, and each reader's release would take it below zero.
+func (m *flowMonitor) release(all []*flow) {
+	var conns []sipmsg.Connection
+	for _, f := range all {
+		if f.network != "udp" {
+			m.drain(f.conn)
+			closeSocket(f.conn)
+			conns = append(conns, f.conn)
+		}
+	}
+	deadline := time.Now().Add(drainWait)
+	for _, c := range conns {
+		for c.Ref(0) > 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
 }
 
 // flows returns the number of flows watched, for tests.
@@ -554,13 +576,48 @@ func (f *flow) kill(cause error) {
 	for _, s := range subs {
 		s.flowDead(f, err)
 	}
-	switch {
-	case f.network == "udp":
-	case pool != nil:
-		_ = pool.CloseAndDelete(f.conn, f.raddr)
-	default:
-		_ = f.conn.Close()
+	if f.network != "udp" {
+		f.m.drain(f.conn)
+		closeSocket(f.conn)
 	}
+}
+
+// drainWait bounds drain's wait.
+const drainWait = time.Second
+
+// drain fails the transactions pending on the dead connection c, as sipgo
+// does when a connection closes (TerminateOnConnClose), and waits until
+// they released their references (at most drainWait): sipgo's reader
+// closes c with Close once it has released its own, setting the count to
+// 0, and a transaction releasing after that would take it below zero.
+func (m *flowMonitor) drain(c sipmsg.Connection) {
+	if m.txl == nil {
+		return
+	}
+	m.txl.OnConnectionClose(c)
+	held := 1 + sipmsg.TransportIdleConnection // sipgo's: its reader's and the pool's
+	deadline := time.Now().Add(drainWait)
+	for c.Ref(0) > held && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// closeSocket ends sipgo's connection c under its reader and leaves its
+// reference count alone: relink holds no reference of its own on a flow's
+// connection. The read side of the TCP socket under it is shut down, so
+// that sipgo's reader reads EOF and cleans up as when the peer closes: the
+// transactions pending on c are terminated (TerminateOnConnClose) and
+// release their references, then the reader releases its own and closes c.
+// Close on c (or the pool's CloseAndDelete) would instead set the count to
+// 0 under the reader and those transactions, and each of their releases
+// would take it below zero (sipgo's "ref went negative" warning); closing
+// the socket itself would make the reader's close fail ("connection pool
+// not clean cleanup").
+func closeSocket(c sipmsg.Connection) {
+	if tcp := tcpUnder(c); tcp != nil && tcp.CloseRead() == nil {
+		return
+	}
+	_ = c.Close()
 }
 
 // reportDeath calls OnFlowDeath, on a goroutine of its own.
