@@ -18,20 +18,8 @@ import (
 // it fails at once (not after RequestTimeout), and the trunk re-registers on
 // a new connection when the registrar answers again.
 func TestFlowDeath(t *testing.T) {
-	const ka, kto = 300 * time.Millisecond, 300 * time.Millisecond
-	reg := newRegistrar(t, registrar.Config{Password: testPassword, MinExpires: -1})
-	ua := newTestUA(t)
-	var ch changes
-	tr, err := NewTrunk(ua, TrunkConfig{
-		Registrars: []string{reg.URI()}, AOR: "sip:alice@relink.test", Password: testPassword,
-		Expires: time.Hour, KeepAlive: ka, KeepAliveTimeout: kto,
-		RequestTimeout: 10 * time.Second, OnStateChange: ch.add,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, tr)
-	waitState(t, tr, Registered, 5*time.Second)
+	const ka, kto = pingedKA, pingedKTO
+	reg, ua, tr, ch := pingedTrunk(t, 10*time.Second)
 	pool := ua.UserAgent().TransportLayer().Pool("tcp")
 	raddr := reg.Addr()
 	old := pool.Get(raddr)

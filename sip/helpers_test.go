@@ -187,3 +187,28 @@ func (c *changes) nth(t testing.TB, to TrunkState, k int) TrunkStateChange {
 
 // syncBuffer collects log output written concurrently.
 type syncBuffer = testkit.SyncBuffer
+
+// pingedKA and pingedKTO are the keepalive settings of pingedTrunk: a silent
+// flow is declared dead within 600 ms.
+const pingedKA, pingedKTO = 300 * time.Millisecond, 300 * time.Millisecond
+
+// pingedTrunk starts a trunk on a fresh UA against a fresh embedded
+// registrar, its flow pinged every pingedKA, and waits until it is
+// registered. Its state changes are recorded in the returned changes.
+func pingedTrunk(t *testing.T, requestTimeout time.Duration) (*registrar.Registrar, *UA, *Trunk, *changes) {
+	t.Helper()
+	reg := newRegistrar(t, registrar.Config{Password: testPassword, MinExpires: -1})
+	ua := newTestUA(t)
+	ch := new(changes)
+	tr, err := NewTrunk(ua, TrunkConfig{
+		Registrars: []string{reg.URI()}, AOR: "sip:alice@relink.test", Password: testPassword,
+		Expires: time.Hour, KeepAlive: pingedKA, KeepAliveTimeout: pingedKTO,
+		RequestTimeout: requestTimeout, OnStateChange: ch.add,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running(t, tr)
+	waitState(t, tr, Registered, 10*time.Second)
+	return reg, ua, tr, ch
+}

@@ -5,8 +5,6 @@ import (
 	"time"
 
 	sipmsg "github.com/emiago/sipgo/sip"
-
-	"github.com/relinkgo/relink/internal/registrar"
 )
 
 // TestFlowDeathRefBalance: relink releases only the references to sipgo's
@@ -20,20 +18,8 @@ import (
 // Close, which zeroes the count under its reader: -1 once the reader
 // exited.
 func TestFlowDeathRefBalance(t *testing.T) {
-	const ka, kto = 300 * time.Millisecond, 300 * time.Millisecond
-	reg := newRegistrar(t, registrar.Config{Password: testPassword, MinExpires: -1})
-	ua := newTestUA(t)
-	var ch changes
-	tr, err := NewTrunk(ua, TrunkConfig{
-		Registrars: []string{reg.URI()}, AOR: "sip:alice@relink.test", Password: testPassword,
-		Expires: time.Hour, KeepAlive: ka, KeepAliveTimeout: kto,
-		RequestTimeout: 30 * time.Second, OnStateChange: ch.add,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, tr)
-	waitState(t, tr, Registered, 10*time.Second)
+	const ka = pingedKA
+	reg, ua, tr, _ := pingedTrunk(t, 30*time.Second)
 	pool := ua.UserAgent().TransportLayer().Pool("tcp")
 	held := func(c sipmsg.Connection) int { return c.Ref(0) - 1 } // without ours
 	old := pool.Get(reg.Addr())
