@@ -22,7 +22,8 @@ import (
 // trunks' first REGISTER's connect goes into the hole; each connection
 // attempt is abandoned after UAConfig.ConnectTimeout (1 s) and redialled
 // with a fresh SYN, so after the path returns (10 s later) every trunk is
-// registered within 1.2 s (the slowest of 5). With the bound off
+// registered about 1 s after it (the slowest of 5; the test allows 2 s,
+// internal/bench/restore measures the figure). With the bound off
 // (ConnectTimeout: -1) the next SYN comes at the kernel's schedule (1, 3,
 // 7, 15 s after the first; 1, 2, 3, 4 ... with tcp_syn_linear_timeouts):
 // logged for comparison.
@@ -33,8 +34,11 @@ func TestScoutConnectBounded(t *testing.T) {
 		t.Run(tp, func(t *testing.T) {
 			worst := restoreDelay(t, tp, 0, 10*time.Second)
 			t.Logf("%s: slowest trunk registered %v after the restore (ConnectTimeout 1 s)", tp, worst)
-			if worst > 1200*time.Millisecond {
-				t.Errorf("%s: registered %v after the restore, want ≤ 1.2 s", tp, worst)
+			// The 1.2 s figure (p99 0.99 s) is internal/bench/restore's; a
+			// test's wall clock on a loaded machine gets a generous bound,
+			// still below the 3.2 s the kernel's SYN schedule gives.
+			if worst > 2*time.Second {
+				t.Errorf("%s: registered %v after the restore, want ≤ 2 s (1 s connect bound)", tp, worst)
 			}
 		})
 	}
