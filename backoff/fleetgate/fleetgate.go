@@ -278,7 +278,10 @@ func (m *member) Leave() error {
 	return err
 }
 
-func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+// fmtFloat formats a number for the scripts without an exponent: Redis's
+// Lua reads "1e+06", but other engines that speak Redis's protocol do not
+// (gopher-lua, in miniredis, reads it as nil and the script fails).
+func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
 
 func flag(b bool) string {
 	if b {

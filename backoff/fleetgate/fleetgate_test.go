@@ -426,3 +426,14 @@ func TestLearnedPaceOutlivesAProcess(t *testing.T) {
 		t.Fatalf("after PaceTTL a new process starts at %v, want InitialRate %v", st.Rate, backoff.DefaultInitialRate)
 	}
 }
+
+// TestFmtFloatHasNoExponent: the numbers the scripts read are written
+// without an exponent, which Lua engines other than Redis's may not parse
+// (gopher-lua reads "1e+06" as nil).
+func TestFmtFloatHasNoExponent(t *testing.T) {
+	for f, want := range map[float64]string{1e6: "1000000", 20: "20", 1.5e7: "15000000", 0.25: "0.25", 190.5: "190.5"} {
+		if got := fmtFloat(f); got != want {
+			t.Errorf("fmtFloat(%v) = %q, want %q", f, got, want)
+		}
+	}
+}

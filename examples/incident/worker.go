@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/relinkgo/relink/backoff"
 	"github.com/relinkgo/relink/backoff/fleetgate"
 )
 
@@ -99,7 +97,7 @@ func workerMain(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 		return err
 	}
 	out := &workerOut{enc: json.NewEncoder(stdout)}
-	pc.Fleet = luaSafe{fleet}
+	pc.Fleet = fleet
 	if *verbose {
 		pc.Events = out
 	}
@@ -154,35 +152,4 @@ func commands(pop *relinkPop, out *workerOut, stdin io.Reader) error {
 		}
 	}
 	return sc.Err()
-}
-
-// luaSafe passes a Fleet's admissions on with their numbers moved, where
-// needed, so that the embedded server's Lua reads them: fleetgate formats
-// them as Go's shortest form ("1e+06" for the gate's ceiling), which
-// Redis's Lua reads and miniredis's (gopher-lua) does not (its tonumber
-// gives nil for an exponent without a fraction, and the script fails, so
-// every admission fell back to the local gate). One ulp changes nothing
-// else.
-type luaSafe struct{ backoff.Fleet }
-
-// Join returns the member, wrapped.
-func (f luaSafe) Join(destination string) backoff.FleetMember {
-	return luaSafeMember{f.Fleet.Join(destination)}
-}
-
-type luaSafeMember struct{ backoff.FleetMember }
-
-func (m luaSafeMember) Admit(ctx context.Context, req backoff.FleetRequest) (backoff.FleetReply, error) {
-	req.Pace.Pace, req.Pace.Estimate, req.Ceiling = luaNumber(req.Pace.Pace), luaNumber(req.Pace.Estimate), luaNumber(req.Ceiling)
-	return m.FleetMember.Admit(ctx, req)
-}
-
-// luaNumber returns f, or its neighbour towards zero when f's shortest form
-// is an exponent without a fraction ("1e+06": 999999.9999999999).
-func luaNumber(f float64) float64 {
-	s := strconv.FormatFloat(f, 'g', -1, 64)
-	if strings.ContainsAny(s, "eE") && !strings.Contains(s, ".") {
-		return math.Nextafter(f, 0)
-	}
-	return f
 }
