@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/relinkgo/relink/conn"
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 // processCPU returns the CPU time (user + system) used by this process.
@@ -52,23 +53,8 @@ func TestScaleIdleConns(t *testing.T) {
 	}
 
 	// The peer: a child process accepting and holding the connections.
-	cmd := exec.Command(os.Args[0], "-test.run=^TestScaleServerHelper$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "RELINK_SCALE_SERVER=1")
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Close() // the child exits when its stdin closes
-		cmd.Wait()
-	}()
-	addr, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatalf("scale server: %v", err)
-	}
-	addr = strings.TrimSpace(addr)
+	addr, stop := serverProcess(t, "1")
+	defer stop()
 
 	raw := make([]net.Conn, n)
 	wrapped := make([]*conn.Conn, n)
@@ -82,6 +68,7 @@ func TestScaleIdleConns(t *testing.T) {
 		}
 	}()
 	for i := range raw {
+		var err error
 		if raw[i], err = net.Dial("tcp", addr); err != nil {
 			t.Fatalf("dial %d: %v", i, err)
 		}
@@ -119,8 +106,9 @@ func TestScaleIdleConns(t *testing.T) {
 // TestScaleServerHelper is TestScaleIdleConns's peer process; it does
 // nothing unless RELINK_SCALE_SERVER=1.
 func TestScaleServerHelper(t *testing.T) {
-	if os.Getenv("RELINK_SCALE_SERVER") != "1" {
-		t.Skip("helper process for TestScaleIdleConns")
+	role := os.Getenv("RELINK_SCALE_SERVER")
+	if role != "1" && role != "echo" {
+		t.Skip("helper process for TestScaleIdleConns and BenchmarkProbe")
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -128,6 +116,13 @@ func TestScaleServerHelper(t *testing.T) {
 	}
 	defer ln.Close()
 	fmt.Println(ln.Addr())
+	if role == "echo" {
+		testkit.RaiseFileLimit(1 << 16)
+		e := testkit.ServeEcho(ln)
+		io.Copy(io.Discard, os.Stdin)
+		e.Close()
+		os.Exit(0)
+	}
 	var conns []net.Conn
 	go func() {
 		for {
@@ -140,4 +135,29 @@ func TestScaleServerHelper(t *testing.T) {
 	}()
 	io.Copy(io.Discard, os.Stdin) // until the parent is done
 	os.Exit(0)                    // skip the leak check: the accepted conns die with the process
+}
+
+// serverProcess starts TestScaleServerHelper in a child process (role "1":
+// hold the connections; "echo": echo them) and returns its address and a
+// function that stops it.
+func serverProcess(tb testing.TB, role string) (addr string, stop func()) {
+	tb.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestScaleServerHelper$", "-test.count=1", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), "RELINK_SCALE_SERVER="+role)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	stop = func() {
+		stdin.Close() // the child exits when its stdin closes
+		cmd.Wait()
+	}
+	addr, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		stop()
+		tb.Fatalf("scale server: %v", err)
+	}
+	return strings.TrimSpace(addr), stop
 }
