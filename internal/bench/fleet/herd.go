@@ -50,6 +50,9 @@ func sipHerd(e *env, strategy string) (Result, error) {
 	if os.Getenv("RELINK_FLEET_DEBUG") != "" {
 		fmt.Fprintln(os.Stderr, "REGISTERs per 100 ms from the restore:", histogram(arrivals, at, 100*time.Millisecond))
 	}
+	if o.trace {
+		printTrace(strategy, at, arrivals, outs)
+	}
 	r := tally(o, strategy, at, outs, arrivals)
 	r.Registrar = s.kind()
 	r.HoleS = o.hole.Seconds()
@@ -159,4 +162,39 @@ func histogram(at []time.Time, start time.Time, every time.Duration) []int {
 		h[i]++
 	}
 	return h
+}
+
+// printTrace writes -trace's lines for one herd to stderr: the REGISTERs per
+// 100 ms window aligned on the clock (Kamailio's windows), from the window
+// of the restore; the busiest sliding 100 ms and when it starts; and worker
+// 0's fleet pace.
+func printTrace(strategy string, restore time.Time, arrivals []time.Time, outs []workerReport) {
+	w := 100 * time.Millisecond
+	first := restore.Truncate(w)
+	fmt.Fprintf(os.Stderr, "trace %s: REGISTERs per clock-aligned 100 ms from %+.3f s: %v\n", strategy,
+		first.Sub(restore).Seconds(), histogram(arrivals, first, w))
+	n, from := peakAt(arrivals, w)
+	if n > 0 {
+		fmt.Fprintf(os.Stderr, "trace %s: peak %d in the 100 ms from %+.3f s\n", strategy, n, from.Sub(restore).Seconds())
+	}
+	for _, out := range outs {
+		for _, line := range out.Trace {
+			fmt.Fprintf(os.Stderr, "trace %s: worker 0: %s\n", strategy, line)
+		}
+	}
+}
+
+// peakAt is peak, with the time of the window's first arrival.
+func peakAt(at []time.Time, window time.Duration) (int, time.Time) {
+	most, j := 0, 0
+	var from time.Time
+	for i := range at {
+		for at[i].Sub(at[j]) >= window {
+			j++
+		}
+		if i-j+1 > most {
+			most, from = i-j+1, at[j]
+		}
+	}
+	return most, from
 }

@@ -56,6 +56,12 @@
 // server_registers_per_trunk (REGISTERs at the registrar from the restore ÷
 // N) and load1 (the machine's load average: P processes share its cores).
 //
+// -trace prints to stderr, per strategy, the REGISTERs per 100 ms window
+// aligned on the clock (as Kamailio counts them) from the restore, the
+// busiest sliding 100 ms (the peak) and where it lies, and worker 0's view
+// of the fleet pace: each version it saw (pace, estimate, startup, ceiling)
+// and each fleet-wide pause, timed from the restore.
+//
 // RELINK_FLEET_DEBUG=1 prints each worker's gate at the end;
 // RELINK_FLEET_LOG=1 prints every Redis call that proposes or learns a pace.
 package main
@@ -115,6 +121,7 @@ type options struct {
 	timeout       time.Duration
 	redis         string
 	jsonOut       bool
+	trace         bool
 	strategies    []string
 	server        string // "sip" or "window"
 	registrar     string // "auto", "kamailio" or "embedded"
@@ -154,6 +161,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.timeout, "timeout", time.Minute, "trunks not registered again this long after the restore are stuck")
 	fs.StringVar(&o.redis, "redis", "", "host:port of a Redis to use, reachable from the workers (default: start redis-server)")
 	fs.BoolVar(&o.jsonOut, "json", false, "one JSON object per strategy")
+	fs.BoolVar(&o.trace, "trace", false, "print per-window arrivals, the peak's window and worker 0's fleet pace to stderr")
 	list := fs.String("strategies", strings.Join(allStrategies, ","), "strategies to run, in order")
 	one := fs.String("strategy", "", "run this strategy only (overrides -strategies)")
 	fs.StringVar(&o.server, "server", "sip", "sip (real SIP trunks and registrar) or window (the gate alone against a UDP window server)")

@@ -22,6 +22,9 @@ type workerReport struct {
 	MaxWaitNs     int64 `json:"max_wait_ns"`     // the slowest call
 	Stuck         int   `json:"stuck"`
 	Undetected    int   `json:"undetected"` // SIP: trunks that never lost their registration
+	// Trace is worker 0's fleet pace from one second before the restore
+	// (-trace): one line per version seen or pause, timed from the restore.
+	Trace []string `json:"trace,omitempty"`
 }
 
 // workers are the worker processes of one herd, spoken to one line at a time
@@ -38,7 +41,7 @@ func workerArgs(o *options, strategy string, id int, target, key string) []strin
 		"-redis", o.redis, "-fleet-key", key, "-trunks", strconv.Itoa(o.trunks),
 		"-capacity", strconv.FormatFloat(o.capacity, 'g', -1, 64), "-retry-after", o.retryAfter.String(),
 		"-keepalive", o.keepAlive.String(), "-keepalive-timeout", o.kaTimeout.String(),
-		"-timeout", o.timeout.String(), "-server", o.server}
+		"-timeout", o.timeout.String(), "-server", o.server, "-trace=" + strconv.FormatBool(o.trace)}
 }
 
 // startWorkers starts the processes (cmd makes worker i's command) and waits

@@ -229,14 +229,8 @@ func (r *redisCtl) close() {
 
 // peak is the most arrivals in any window (sliding), at sorted.
 func peak(at []time.Time, window time.Duration) int {
-	most, j := 0, 0
-	for i := range at {
-		for at[i].Sub(at[j]) >= window {
-			j++
-		}
-		most = max(most, i-j+1)
-	}
-	return most
+	n, _ := peakAt(at, window)
+	return n
 }
 
 func sortTimes(at []time.Time) {

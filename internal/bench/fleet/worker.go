@@ -56,7 +56,7 @@ func gateConfig(o *options) (backoff.GateConfig, *countingFleet, func(), error) 
 		rdb.Close()
 		return cfg, nil, nil, err
 	}
-	counted := &countingFleet{Fleet: f}
+	counted := &countingFleet{Fleet: f, trace: o.trace && o.id == 0}
 	cfg.Fleet = counted
 	return cfg, counted, func() { rdb.Close() }, nil
 }
@@ -104,6 +104,7 @@ func runSIPWorker(o *options) error {
 	rep.Attempts = admitted(fleet) - admitted0
 	if counted != nil {
 		rep.Calls, rep.MaxWaitNs = int(counted.calls.Load()), counted.slowest.Load()
+		rep.Trace = counted.traced(restore.Add(-time.Second), restore)
 	}
 	if os.Getenv("RELINK_FLEET_DEBUG") != "" {
 		fmt.Fprintf(os.Stderr, "worker %d: %+v %+v\n", o.id, fleet.Stats(), fleet.GateStats())
@@ -254,10 +255,54 @@ func (tr *tracker) tally() (rep workerReport, waiting int) {
 	return rep, waiting
 }
 
-// countingFleet counts its members' Redis calls and keeps the slowest.
+// countingFleet counts its members' Redis calls and keeps the slowest; with
+// trace, it notes each fleet pace version and pause its members see.
 type countingFleet struct {
 	*fleetgate.Fleet
 	calls, slowest atomic.Int64
+	trace          bool
+
+	mu      sync.Mutex
+	version uint64
+	pauseTo time.Time
+	notes   []note
+}
+
+// note is a line of the trace, at a time.
+type note struct {
+	at   time.Time
+	line string
+}
+
+// seen notes the fleet's state in rep, at now, if it changed.
+func (f *countingFleet) seen(now time.Time, rep backoff.FleetReply) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if rep.Pace.Version != f.version {
+		f.version = rep.Pace.Version
+		p := rep.Pace
+		f.notes = append(f.notes, note{now.Add(-rep.PaceAge), fmt.Sprintf("pace %.1f estimate %.1f startup %v ceiling %.1f (version %d)",
+			p.Pace, p.Estimate, p.Startup, p.Ceiling, p.Version)})
+	}
+	if end := now.Add(rep.Paused); rep.Paused > 0 && end.Sub(f.pauseTo) > 50*time.Millisecond {
+		f.notes = append(f.notes, note{now, fmt.Sprintf("paused for %v", rep.Paused.Round(time.Millisecond))})
+	}
+	if rep.Paused > 0 {
+		f.pauseTo = now.Add(rep.Paused)
+	}
+}
+
+// traced returns the notes from from on, timed from zero.
+func (f *countingFleet) traced(from, zero time.Time) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, n := range f.notes {
+		if !n.at.Before(from) {
+			out = append(out, fmt.Sprintf("%+.3f s %s", n.at.Sub(zero).Seconds(), n.line))
+		}
+	}
+	return out
 }
 
 func (f *countingFleet) reset() {
@@ -295,6 +340,9 @@ func (m countingMember) Admit(ctx context.Context, req backoff.FleetRequest) (ba
 	start := time.Now()
 	rep, err := m.FleetMember.Admit(ctx, req)
 	m.took(start, "Admit", err)
+	if m.f.trace && err == nil {
+		m.f.seen(time.Now(), rep)
+	}
 	if os.Getenv("RELINK_FLEET_LOG") != "" && (req.Propose || rep.Pace.Version != req.Pace.Version) {
 		fmt.Fprintf(os.Stderr, "%s req %+v rep %+v err %v\n", time.Now().Format("05.000"), req, rep, err)
 	}
