@@ -13,6 +13,60 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// onWheel makes newMon schedule Monitors on a Wheel of their own (made in
+// the test's bubble) instead of runtime timers: TestOnWheel sets it.
+var onWheel bool
+
+// newMon is New, on the scheduling the test runs with. On a Wheel the
+// Monitor is stopped when the test ends (the Wheel's goroutine ends with
+// it).
+func newMon(t *testing.T, cfg Config) *Monitor {
+	if onWheel {
+		cfg.Wheel = NewWheel(DefaultTick)
+	}
+	m := New(cfg)
+	if onWheel {
+		t.Cleanup(func() { m.Stop() })
+	}
+	return m
+}
+
+// near reports whether a death at got is the one expected at want: exactly
+// on runtime timers, within one tick later on a Wheel (its documented
+// granularity).
+func near(got, want time.Duration) bool {
+	if onWheel {
+		return got >= want && got <= want+DefaultTick
+	}
+	return got == want
+}
+
+// TestOnWheel runs the state machine's tests with each Monitor on a Wheel:
+// deaths are then up to one tick late (near).
+func TestOnWheel(t *testing.T) {
+	onWheel = true
+	defer func() { onWheel = false }()
+	for _, tc := range []struct {
+		name string
+		f    func(*testing.T)
+	}{
+		{"SilentPeerDiesAtIntervalPlusTimeout", TestSilentPeerDiesAtIntervalPlusTimeout},
+		{"DetectionBoundFromLastByte", TestDetectionBoundFromLastByte},
+		{"AnsweringPeerStaysAlive", TestAnsweringPeerStaysAlive},
+		{"TrafficSuppressesProbes", TestTrafficSuppressesProbes},
+		{"AnswerDuringTimeoutRearms", TestAnswerDuringTimeoutRearms},
+		{"StalledReaderIsNotDead", TestStalledReaderIsNotDead},
+		{"ProbeError", TestProbeError},
+		{"BlockingProbeBoundedByTimeout", TestBlockingProbeBoundedByTimeout},
+		{"BlockedProbeNotStacked", TestBlockedProbeNotStacked},
+		{"Stop", TestStop},
+		{"ClampedDurations", TestClampedDurations},
+		{"UnchangedUnreadCountDiesWithinTwiceTheBound", TestUnchangedUnreadCountDiesWithinTwiceTheBound},
+	} {
+		t.Run(tc.name, tc.f)
+	}
+}
+
 const (
 	interval = 10 * time.Second
 	timeout  = 5 * time.Second
@@ -49,7 +103,7 @@ func (h *harness) result() (time.Duration, error) {
 func TestSilentPeerDiesAtIntervalPlusTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness()
-		m := New(Config{Interval: interval, Timeout: timeout,
+		m := newMon(t, Config{Interval: interval, Timeout: timeout,
 			Probe: func() error { h.probes.Add(1); return nil }, OnDead: h.onDead})
 		h.wait(t, time.Hour)
 		at, err := h.result()
@@ -87,7 +141,7 @@ func testDetectionBound(t *testing.T, interval, timeout, lastAt time.Duration) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness()
 		var mp atomic.Pointer[Monitor]
-		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+		m := newMon(t, Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error {
 				h.probes.Add(1)
 				// Answer every probe while the peer is up.
@@ -112,7 +166,7 @@ func testDetectionBound(t *testing.T, interval, timeout, lastAt time.Duration) {
 			t.Fatalf("OnDead(%v)", err)
 		}
 		// The answer to a probe sent before lastAt may be the last byte.
-		if got := time.Since(m.LastSeen()); got != interval+timeout {
+		if got := time.Since(m.LastSeen()); !near(got, interval+timeout) {
 			t.Fatalf("dead %v after the last byte, want %v", got, interval+timeout)
 		}
 	})
@@ -123,7 +177,7 @@ func TestAnsweringPeerStaysAlive(t *testing.T) {
 		h := newHarness()
 		var mp atomic.Pointer[Monitor]
 		var wg sync.WaitGroup
-		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+		m := newMon(t, Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error {
 				h.probes.Add(1)
 				wg.Go(func() { time.Sleep(200 * time.Millisecond); mp.Load().Seen() }) // the pong
@@ -152,7 +206,7 @@ func TestAnsweringPeerStaysAlive(t *testing.T) {
 func TestTrafficSuppressesProbes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness()
-		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+		m := newMon(t, Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error { h.probes.Add(1); return nil }})
 		for range 3600 {
 			time.Sleep(interval - time.Nanosecond) // just under the interval
@@ -163,7 +217,7 @@ func TestTrafficSuppressesProbes(t *testing.T) {
 		}
 		lastByte := time.Now()
 		h.wait(t, time.Hour)
-		if got := time.Since(lastByte); got != interval+timeout {
+		if got := time.Since(lastByte); !near(got, interval+timeout) {
 			t.Fatalf("dead %v after traffic stopped, want %v", got, interval+timeout)
 		}
 		if got := h.probes.Load(); got != 1 {
@@ -175,13 +229,13 @@ func TestTrafficSuppressesProbes(t *testing.T) {
 func TestAnswerDuringTimeoutRearms(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness()
-		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+		m := newMon(t, Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error { h.probes.Add(1); return nil }})
 		time.Sleep(interval + timeout - time.Millisecond) // probe sent at 10 s
 		m.Seen()                                          // answered at 14.999 s
 		h.wait(t, time.Hour)                              // next probe at 24.999 s, death at 29.999 s
 		at, _ := h.result()
-		if want := 2*(interval+timeout) - time.Millisecond; at != want {
+		if want := 2*(interval+timeout) - time.Millisecond; !near(at, want) {
 			t.Fatalf("dead at %v, want %v", at, want)
 		}
 		if got := h.probes.Load(); got != 2 {
@@ -195,7 +249,7 @@ func TestStalledReaderIsNotDead(t *testing.T) {
 		h := newHarness()
 		var unreadCalls atomic.Int64
 		caughtUp := atomic.Bool{}
-		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+		m := newMon(t, Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error { h.probes.Add(1); return nil },
 			Unread: func() int { // the peer answers each probe; nobody reads
 				n := unreadCalls.Add(1)
@@ -226,7 +280,7 @@ func TestProbeError(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness()
 		boom := errors.New("boom")
-		New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+		newMon(t, Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error { return boom }})
 		h.wait(t, time.Hour)
 		at, err := h.result()
@@ -247,7 +301,7 @@ func TestBlockingProbeBoundedByTimeout(t *testing.T) {
 		unblock := sync.OnceFunc(func() { close(release) })
 		defer unblock() // also when the test fails with the probe blocked
 		var inProbe, maxInProbe atomic.Int64
-		New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+		newMon(t, Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error {
 				n := inProbe.Add(1)
 				if n > maxInProbe.Load() {
@@ -280,7 +334,7 @@ func TestBlockedProbeNotStacked(t *testing.T) {
 		unblock := sync.OnceFunc(func() { close(release) })
 		defer unblock() // also when the test fails with the probe blocked
 		var calls atomic.Int64
-		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+		m := newMon(t, Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error {
 				if calls.Add(1) == 1 {
 					<-release
@@ -304,7 +358,7 @@ func TestBlockedProbeNotStacked(t *testing.T) {
 func TestStop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness()
-		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+		m := newMon(t, Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe: func() error { h.probes.Add(1); return nil }})
 		time.Sleep(interval + time.Second) // probing
 		if !m.Stop() {
@@ -325,7 +379,7 @@ func TestClampedDurations(t *testing.T) {
 		t.Run(d.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				h := newHarness()
-				m := New(Config{Interval: d, Timeout: d, OnDead: h.onDead,
+				m := newMon(t, Config{Interval: d, Timeout: d, OnDead: h.onDead,
 					Probe: func() error { h.probes.Add(1); return nil }})
 				if got := m.String(); got != "liveness.Monitor{Interval: 10ms, Timeout: 10ms}" {
 					t.Fatalf("String() = %q", got)
@@ -349,7 +403,7 @@ func TestNewPanicsWithoutCallbacks(t *testing.T) {
 }
 
 func TestSeenDoesNotAllocate(t *testing.T) {
-	m := New(Config{Interval: time.Hour, Timeout: time.Hour, Probe: func() error { return nil }, OnDead: func(error) {}})
+	m := newMon(t, Config{Interval: time.Hour, Timeout: time.Hour, Probe: func() error { return nil }, OnDead: func(error) {}})
 	defer m.Stop()
 	if n := testing.AllocsPerRun(1000, m.Seen); n != 0 {
 		t.Fatalf("Seen allocates %v times", n)
@@ -383,7 +437,7 @@ func (h *harness) wait(t *testing.T, d time.Duration) {
 func TestUnchangedUnreadCountDiesWithinTwiceTheBound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness()
-		m := New(Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
+		m := newMon(t, Config{Interval: interval, Timeout: timeout, OnDead: h.onDead,
 			Probe:  func() error { h.probes.Add(1); return nil },
 			Unread: func() int { return 1 }}) // one byte, never read
 		defer m.Stop()
