@@ -130,11 +130,18 @@ type TrunkConfig struct {
 	// B/F, 32 s unless the application changed them) or a dead flow.
 	RequestTimeout time.Duration
 	// UnregisterTimeout bounds the unregistration (Expires: 0) Run sends
-	// when its context ends. The unregistration goes through the
-	// registrar's gate like any REGISTER (a Fleet that stops unregisters
-	// every trunk at once) and is retried after a 503 within this bound.
-	// Zero means DefaultUnregisterTimeout (5 s); negative skips
-	// unregistration (the binding expires by itself).
+	// when its context ends, by progress: it gives up when this long has
+	// passed without the registrar serving anyone through the trunk's gate.
+	// The unregistration goes through the registrar's gate like any
+	// REGISTER, so a Fleet that stops unregisters its trunks at the pace the
+	// registrar serves (about N ÷ its rate, however large N) instead of
+	// drawing 503s, while a silent registrar costs one bound. A 503 is
+	// retried after its Retry-After when the pause fits this bound; a longer
+	// one gives up at once (logged at Warn). In all, Run's exit waits at
+	// most 12 times this bound, and never past the binding's end. A binding
+	// not removed stays until it expires. Zero means
+	// DefaultUnregisterTimeout (5 s); negative skips unregistration (the
+	// binding expires by itself).
 	UnregisterTimeout time.Duration
 
 	// Backoff makes the policy applied, before going through the gate,

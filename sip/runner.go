@@ -423,33 +423,6 @@ func (r *runner) failback(ctx context.Context) bool {
 	return true
 }
 
-// unregisterFrom removes the binding at tg (Expires: 0), within
-// UnregisterTimeout; negative: not at all.
-func (r *runner) unregisterFrom(ctx context.Context, tg *regTarget) {
-	t := r.t
-	if t.cfg.UnregisterTimeout < 0 {
-		return
-	}
-	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.UnregisterTimeout)
-	defer cancel()
-	var res result
-	for {
-		// Through the registrar's gate like every REGISTER: a fleet that
-		// stops unregisters all its trunks at once, and a registrar that
-		// limits its rate answers the excess with 503, which would leave
-		// those bindings behind until they expire. A 503 is retried within
-		// the bound, after its Retry-After (the gate pauses for it).
-		res = r.exchange(uctx, tg, 0, false)
-		if res.act != pushedBack || uctx.Err() != nil {
-			break
-		}
-	}
-	if res.act != registered && t.log.Enabled(ctx, slog.LevelDebug) {
-		t.log.LogAttrs(ctx, slog.LevelDebug, "sip unregister failed",
-			slog.String("registrar", tg.raw), slog.Any("error", res.err))
-	}
-}
-
 // shutdown unregisters (bounded) from every registrar that may hold a
 // binding of this trunk: the one it is registered with, one whose refresh
 // failed while the binding lasts, one a REGISTER was in flight to when ctx
