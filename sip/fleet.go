@@ -78,7 +78,9 @@ type Fleet struct {
 	counts [numStates]atomic.Int64
 
 	mu      sync.Mutex
-	gates   map[string]*backoff.Gate
+	gates   map[string]*backoff.Gate // made by the fleet, one per registrar address
+	users   map[string]int           // members using each gate
+	ran     bool                     // a Run returned: its gates are closed
 	members map[*Trunk]*member
 	// launch starts a trunk under the context of the running Run; nil when
 	// the fleet is not running.
@@ -89,6 +91,7 @@ type Fleet struct {
 type member struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+	keys   map[string]bool // the gates the trunk asked for; guarded by Fleet.mu
 }
 
 // NewFleet returns an empty Fleet on ua (see NewUA).
@@ -98,14 +101,20 @@ func NewFleet(ua *UA, cfg FleetConfig) *Fleet {
 		cfg:     cfg,
 		inst:    newInstruments(cfg.MeterProvider, cfg.TracerProvider),
 		gates:   make(map[string]*backoff.Gate),
+		users:   make(map[string]int),
 		members: make(map[*Trunk]*member),
 	}
 }
 
-// gateFor returns the gate of a registrar address, making it on first use.
-func (f *Fleet) gateFor(key string) *backoff.Gate {
+// gateFor returns the gate of a registrar address for m's trunk, making it
+// on first use.
+func (f *Fleet) gateFor(m *member, key string) *backoff.Gate {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if !m.keys[key] {
+		m.keys[key] = true
+		f.users[key]++
+	}
 	if g := f.gates[key]; g != nil {
 		return g
 	}
@@ -178,13 +187,13 @@ func (f *Fleet) Add(cfg TrunkConfig) (*Trunk, error) {
 			cfg.OnStateChange = fo
 		}
 	}
-	t, err := newTrunk(f.ua, cfg, f.inst, f.gateFor)
+	m := &member{keys: make(map[string]bool)}
+	t, err := newTrunk(f.ua, cfg, f.inst, func(key string) *backoff.Gate { return f.gateFor(m, key) })
 	if err != nil {
-		return nil, err
+		return nil, err // before asking for any gate
 	}
 	t.onState = f.count
 	f.counts[t.State()].Add(1)
-	m := &member{}
 	f.mu.Lock()
 	f.members[t] = m
 	if f.launch != nil {
@@ -200,7 +209,8 @@ func (f *Fleet) count(from, to TrunkState) {
 }
 
 // Remove stops t (it unregisters, within its UnregisterTimeout) and removes
-// it from the fleet. It returns ErrNotInFleet if t is not in the fleet.
+// it from the fleet, closing the gates no other trunk of the fleet uses
+// (see Run). It returns ErrNotInFleet if t is not in the fleet.
 func (f *Fleet) Remove(t *Trunk) error {
 	f.mu.Lock()
 	m, ok := f.members[t]
@@ -219,7 +229,42 @@ func (f *Fleet) Remove(t *Trunk) error {
 		<-done
 	}
 	f.counts[t.State()].Add(-1)
+	f.release(m)
 	return nil
+}
+
+// release drops m's use of its gates, and closes those nobody uses any
+// more (a fleetgate member leaves its fleet at once).
+func (f *Fleet) release(m *member) {
+	var unused []*backoff.Gate
+	f.mu.Lock()
+	for key := range m.keys {
+		f.users[key]--
+		if f.users[key] > 0 {
+			continue
+		}
+		delete(f.users, key)
+		if g := f.gates[key]; g != nil {
+			unused = append(unused, g)
+			delete(f.gates, key)
+		}
+	}
+	m.keys = nil
+	f.mu.Unlock()
+	// Remove and Add take no context; each Close is bounded (a fleet's
+	// Leave by backoff.FleetCallBound).
+	closeGates(context.Background(), unused, f.cfg.Logger) //nolint:contextcheck // see above
+}
+
+// closeGates closes gates the fleet made; a fleet member that could not
+// leave lapses by its own TTL, which is logged.
+func closeGates(ctx context.Context, gates []*backoff.Gate, log *slog.Logger) {
+	for _, g := range gates {
+		if err := g.Close(); err != nil && log != nil {
+			log.LogAttrs(ctx, slog.LevelWarn, "sip fleet gate close",
+				slog.String("error", err.Error()))
+		}
+	}
 }
 
 // Trunks returns the fleet's trunks, in no particular order.
@@ -244,14 +289,23 @@ func (f *Fleet) Stats() FleetStats {
 }
 
 // Run runs every trunk of the fleet, and those added later, until ctx ends;
-// then every trunk unregisters (in parallel, each within its
-// UnregisterTimeout) and Run returns context.Cause(ctx). It returns
-// ErrRunning if the fleet is already running.
+// then every trunk unregisters (in parallel, through the registrar's gate,
+// each within its UnregisterTimeout), Run closes the gates the fleet made
+// (a fleet-backed gate leaves its backoff.Fleet at once: see
+// backoff.Gate.Close) and returns context.Cause(ctx). Their Stats stay
+// readable (Gate, GateStats) until the next Run, which makes new ones. It
+// returns ErrRunning if the fleet is already running.
 func (f *Fleet) Run(ctx context.Context) error {
 	f.mu.Lock()
 	if f.launch != nil {
 		f.mu.Unlock()
 		return ErrRunning
+	}
+	if f.ran {
+		// The last Run closed its gates: the trunks take new ones as
+		// they start (Trunk.Run asks for its gates again).
+		f.ran = false
+		clear(f.gates)
 	}
 	// launch captures ctx for Add; it is cleared before Run returns, so
 	// the context does not outlive Run.
@@ -281,6 +335,12 @@ func (f *Fleet) Run(ctx context.Context) error {
 	for _, m := range f.members {
 		m.cancel, m.done = nil, nil
 	}
+	f.ran = true
+	made := make([]*backoff.Gate, 0, len(f.gates))
+	for _, g := range f.gates {
+		made = append(made, g)
+	}
 	f.mu.Unlock()
+	closeGates(context.WithoutCancel(ctx), made, f.cfg.Logger)
 	return context.Cause(ctx)
 }

@@ -36,6 +36,10 @@ type Trunk struct {
 	conf    []*regTarget          // one per configured registrar
 	known   map[string]*regTarget // targets found by lookups, by key; Run's goroutine only
 	gateFor func(key string) *backoff.Gate
+	// own holds the gates the trunk made itself (no TrunkConfig.Gate, no
+	// Fleet), by key; Run's exit closes them. Guarded by ownMu.
+	ownMu sync.Mutex
+	own   map[string]*backoff.Gate
 	// lookup resolves a registrar given by name (RFC 3263): lookupTargets
 	// with TrunkConfig.Resolver; nil (tests in a synctest bubble) skips it.
 	lookup func(ctx context.Context, tg target) ([]target, error)
@@ -132,8 +136,7 @@ func newTrunk(ua *UA, cfg TrunkConfig, inst *instruments, gateFor func(key strin
 		case gateFor != nil:
 			return gateFor(key)
 		}
-		return backoff.NewGate(backoff.GateConfig{Destination: key,
-			MeterProvider: rc.MeterProvider, MaxPushBack: MaxRetryAfter})
+		return t.ownGate(key)
 	}
 	t.known = make(map[string]*regTarget)
 	t.lookup = func(ctx context.Context, tg target) ([]target, error) {
@@ -161,6 +164,45 @@ func (t *Trunk) newRegTarget(tg target, i int) *regTarget {
 		rt.gate = t.gateFor(tg.key)
 	}
 	return rt
+}
+
+// ownGate returns the trunk's own gate for a registrar address, making it
+// on first use.
+func (t *Trunk) ownGate(key string) *backoff.Gate {
+	t.ownMu.Lock()
+	defer t.ownMu.Unlock()
+	if g := t.own[key]; g != nil {
+		return g
+	}
+	g := backoff.NewGate(backoff.GateConfig{Destination: key,
+		MeterProvider: t.cfg.MeterProvider, MaxPushBack: MaxRetryAfter})
+	if t.own == nil {
+		t.own = make(map[string]*backoff.Gate)
+	}
+	t.own[key] = g
+	return g
+}
+
+// takeGates asks again for the gate of every target that has one, as Run
+// starts: the last Run closed the gates the trunk made, a Fleet's Run those
+// it made.
+func (t *Trunk) takeGates() {
+	for _, tg := range t.everyTarget() {
+		if tg.gate != nil {
+			tg.gate = t.gateFor(tg.key)
+		}
+	}
+}
+
+// closeOwnGates closes the gates the trunk made, as Run returns.
+func (t *Trunk) closeOwnGates() {
+	t.ownMu.Lock()
+	own := t.own
+	t.own = nil
+	t.ownMu.Unlock()
+	for _, g := range own {
+		_ = g.Close() // no Fleet: Close cannot fail
+	}
 }
 
 // everyTarget returns every target the trunk may hold a binding at: the
@@ -254,8 +296,9 @@ func (t *Trunk) setCurrent(tg *regTarget) {
 }
 
 // Run registers and keeps the registration alive until ctx ends; then it
-// removes the binding (Expires: 0, bounded by UnregisterTimeout) and returns
-// context.Cause(ctx). It returns ErrRunning if the trunk is already running.
+// removes the binding (Expires: 0, bounded by UnregisterTimeout), closes the
+// gates the trunk made itself (none with TrunkConfig.Gate or in a Fleet)
+// and returns context.Cause(ctx). It returns ErrRunning if the trunk is already running.
 // A Trunk may be Run again after Run returned.
 func (t *Trunk) Run(ctx context.Context) error {
 	if !t.running.CompareAndSwap(false, true) {
@@ -263,6 +306,8 @@ func (t *Trunk) Run(ctx context.Context) error {
 	}
 	defer t.running.Store(false)
 	t.inst.registrations.Add(ctx, 1, stateOpts[t.State()])
+	t.takeGates()
+	defer t.closeOwnGates()
 	r := &runner{t: t, bo: t.cfg.Backoff(), on: -1}
 	r.loop(ctx)
 	if r.timer != nil {
