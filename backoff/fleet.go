@@ -68,6 +68,10 @@ type FleetMember interface {
 	Leave() error
 }
 
+// FleetGentleGrowth is the factor by which a fleet's startup pace grows per
+// FleetRequest.Grow period once it has reached FleetRequest.Gentle.
+const FleetGentleGrowth = 1.15
+
 // FleetCallBound bounds every call a Gate makes to a FleetMember: no
 // admission waits on the fleet's store longer than this.
 const FleetCallBound = 100 * time.Millisecond
@@ -123,10 +127,19 @@ type FleetRequest struct {
 	// startup and a place is booked, the store doubles the pace (up to
 	// Ceiling) once it is Grow old, so that the fleet doubles once per
 	// period whichever member happens to call. The gate's own pacer does
-	// not double while it has a fleet; the gate asks for two of its
-	// startup periods (200 ms at least), so that a rejection comes back
-	// through a member and the store before the next doubling.
+	// not double while it has a fleet; the gate asks for one of its
+	// startup periods (100 ms at least).
 	Grow time.Duration
+	// Gentle, if positive, is the pace from which startup stops doubling
+	// and grows by FleetGentleGrowth (15 %) per Grow period instead. The
+	// gate asks for 4 × InitialRate (80/s by default): below it a doubling
+	// costs little; above it a doubling can land anywhere up to twice the
+	// capacity, and a fleet stops only once the rejection has come back
+	// through a member and the store (most of a window of the
+	// destination's counting, and a round trip or two): a doubling to
+	// 1.6 × C ran a whole 100 ms window at 1.6 × what the destination
+	// admits.
+	Gentle float64
 	// Ceiling is the highest pace (95 % of a configured Rate).
 	Ceiling float64
 	// Reopened reports that the gate reopened (the destination answers

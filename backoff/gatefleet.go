@@ -153,6 +153,7 @@ func (g *Gate) fleetAdmitLocked(now time.Time) {
 		PushBack: f.pushBack,
 		Grow:     g.pacer.fleetGrowPeriod(),
 		Ceiling:  g.pacer.ceiling(),
+		Gentle:   g.pacer.fleetGentleFrom(),
 	}
 	req.Pace.Version = f.synced.Version
 	// A gate that has not heard from the fleet yet proposes nothing: its

@@ -355,18 +355,20 @@ func (p *pacer) forgive(now time.Time) bool {
 		return p.pace >= 0.9*p.ceiling()
 	case p.counted:
 		return p.pace >= 0.9*p.hi
-	case p.hi > 0 && now.Sub(p.hiAt) < hiMemory &&
+	case p.hi > 0 && now.Sub(p.hiAt) < hiMemory && p.pace >= 0.9*p.hi &&
 		(p.fleetGrows || now.Sub(p.paceSetAt) >= defaultProbePeriod):
 		// Just under a ceiling it (or its fleet) overshot or counted, and
 		// not probing (a probe that overshoots is never forgiven): proven
 		// clean for a probe period, or in a fleet, whose members' timing
 		// jitter (50 processes on their places) draws lone Retry-Afters
 		// at any pace close to the capacity.
-		return p.pace >= 0.9*p.hi
+		return true
 	case p.fleetGrows && p.estimate > 0:
-		// A fleet at 95 % of the capacity it measured, its ceiling
-		// forgotten: a lone Retry-After is its members' jitter too (one
-		// cut 10 s into a herd kept the next herd at 0.86 C).
+		// A fleet at 95 % of the capacity it measured, or at the startup
+		// step that ran clean below the one that overshot (up to 15 %
+		// under it), its ceiling further: a lone Retry-After is its
+		// members' jitter too (one cut 10 s into a herd kept the next
+		// herd at 0.86 C).
 		return p.pace <= cruiseGain*p.estimate*1.001 && p.pace >= 0.9*cruiseGain*p.estimate
 	}
 	return false
@@ -387,60 +389,111 @@ func (p *pacer) forgive(now time.Time) bool {
 // that overshot; otherwise (a token bucket, a window of another length)
 // the gate halves as before.
 func (p *pacer) startupCut(s stamp) float64 {
+	if p.fleetGrows {
+		return p.fleetStartupCut(s)
+	}
 	clean := p.pace / 2
 	period := p.startupPeriod()
 	arrived := s.at.Add(p.minRTT / 2) // at the destination
 	from := arrived.Truncate(period).Add(-p.minRTT / 2)
 	n, before := float64(p.acceptedIn(from, s.at)), float64(p.acceptedIn(from.Add(-period), from))
-	if p.fleetGrows {
-		// A member sees only its share of the fleet's admissions; the
-		// fleet's queue, full during a herd, admitted at its pace.
-		n, before = p.fleetAdmitted(from, s.at, s.pace), p.fleetAdmitted(from.Add(-period), from, s.pace)
-	}
 	est := n / period.Seconds()
-	if p.fleetGrows {
-		before = 0 // a schedule, not arrivals: see below
-		est = math.Min(est, 1.25*clean)
-		if s.pace < 4*p.initialRate {
-			// Not two doublings yet: nothing says the queue was full.
-			return clean
-		}
-	}
 	if cruiseGain*est <= clean || est >= s.pace || n < before {
 		return clean
 	}
 	p.hi, p.counted = est, true
-	if p.fleetGrows {
-		// The fleet's count is its schedule, not what arrived: members
-		// late on their places (a loaded host) make it too high, and an
-		// overshoot from here costs a pause and a hard cut. Trust it up
-		// to 1.25 × the clean pace, as the ceiling too (a probe towards
-		// a count 15 % high cost the fleet a second pause).
-		p.counted = false
-		p.hi = est
-	}
 	return cruiseGain * est
 }
 
-// fleetGrowPeriod is how often a fleet's startup doubles its pace: every
-// two startup periods, so that a rejection comes back through a member and
-// the store before the next doubling (at one period, 50 processes on a
-// loaded host doubled past it: 640/s against C = 200, a second pause).
-func (p *pacer) fleetGrowPeriod() time.Duration { return 2 * p.startupPeriod() }
+// fleetStartupCut is startupCut in a fleet. A member sees only its share of
+// the fleet's admissions, so it counts the fleet's schedule instead: what
+// the fleet's queue, full during a herd, admitted since the window began at
+// the paces it followed (fleetAdmitted). The pace that overshot is the one
+// the fleet followed when the rejected attempt went (fleetPaceAt), not a
+// step set just before it, and the clean pace is the step before that.
+//
+// The schedule is not what arrived: members late on their places (a loaded
+// host) make it too high, and an overshoot from here costs a pause and a
+// hard cut. So the count is trusted only between the clean pace and the
+// pace that overshot (at most 1.25 × the clean pace), and is the ceiling
+// too (a probe towards a count 15 % high cost the fleet a second pause).
+func (p *pacer) fleetStartupCut(s stamp) float64 {
+	over, _ := p.fleetPaceAt(s.at)
+	clean := p.fleetStepBack(over)
+	p.hi = over // the ceiling for the probes
+	if over < 4*p.initialRate {
+		// Not two doublings yet: nothing says the queue was full.
+		return clean
+	}
+	period := p.startupPeriod()
+	from := s.at.Add(p.minRTT / 2).Truncate(period).Add(-p.minRTT / 2) // as startupCut
+	est := math.Min(p.fleetAdmitted(from, s.at)/period.Seconds(), 1.25*clean)
+	if cruiseGain*est <= clean || est >= over {
+		return clean
+	}
+	p.hi = est
+	return cruiseGain * est
+}
+
+// fleetGrowPeriod is how often a fleet's startup grows its pace: every
+// startup period, by doubling below fleetGentleFrom and by
+// FleetGentleGrowth from there.
+func (p *pacer) fleetGrowPeriod() time.Duration { return p.startupPeriod() }
+
+// fleetGentleFrom is the pace from which a fleet's startup grows by
+// FleetGentleGrowth instead of doubling: 4 × InitialRate (none without a
+// startup). Doubling costs little below it; above it a doubling can land
+// anywhere up to 2 × the capacity, and a fleet stops only once the
+// rejection has come back through a member and the store: a step to
+// 1.6 × C ran a whole 100 ms window of the destination's at 1.6 × what it
+// admits (peak 1.45–1.65 in three runs of 50 processes, C = 200).
+func (p *pacer) fleetGentleFrom() float64 { return 4 * max(p.initialRate, 0) }
+
+// fleetStepBack returns the fleet's startup pace before the step that set
+// pace.
+func (p *pacer) fleetStepBack(pace float64) float64 {
+	if g := p.fleetGentleFrom(); g > 0 && pace/FleetGentleGrowth >= g*(1-1e-9) {
+		return pace / FleetGentleGrowth
+	}
+	return pace / 2
+}
+
+// fleetLag is how long after the store sets a startup pace the fleet's
+// admissions follow it, on average: a member reckons the place it holds
+// again every startup period.
+func (p *pacer) fleetLag() time.Duration { return p.startupPeriod() / 2 }
+
+// fleetPaceAt returns the startup pace the fleet's admissions followed at
+// at, and since when: each of the last few paces took effect fleetLag after
+// the store set it, one fleetGrowPeriod after the one before.
+func (p *pacer) fleetPaceAt(at time.Time) (float64, time.Time) {
+	pace, from := p.pace, p.paceSetAt.Add(p.fleetLag())
+	for range 4 {
+		if !from.After(at) {
+			break
+		}
+		pace, from = p.fleetStepBack(pace), from.Add(-p.fleetGrowPeriod())
+	}
+	return pace, from
+}
 
 // fleetAdmitted is what the fleet's queue admitted in [from, to) in
-// startup: at pace since the pace was set (paceSetAt), half that for the
-// doubling period before, a quarter before that.
-func (p *pacer) fleetAdmitted(from, to time.Time, pace float64) float64 {
+// startup: at the pace it followed at to (fleetPaceAt), at the pace before
+// that for the step before, and at the one before that down to from.
+func (p *pacer) fleetAdmitted(from, to time.Time) float64 {
 	n := 0.0
+	pace, start := p.fleetPaceAt(to)
 	end := to
-	for _, start := range []time.Time{p.paceSetAt, p.paceSetAt.Add(-p.fleetGrowPeriod()), from} {
+	for i := range 3 {
+		if i == 2 {
+			start = from
+		}
 		start = laterOf(start, from)
 		if end.After(start) {
 			n += pace * end.Sub(start).Seconds()
 			end = start
 		}
-		pace /= 2
+		pace, start = p.fleetStepBack(pace), start.Add(-p.fleetGrowPeriod())
 	}
 	return n
 }

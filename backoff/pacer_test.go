@@ -264,3 +264,50 @@ func TestPacerForgivesJitterUnderCeiling(t *testing.T) {
 		t.Fatalf("a second 503 within 10 s: pace %v, want a cut", p.pace)
 	}
 }
+
+// A fleet's startup doubles to 4 × InitialRate, then grows by 15 % per
+// period, so that its first overshoot is at most 15 % above the capacity. At
+// its first Retry-After the pace that overshot is the one the fleet's
+// admissions followed when the rejected attempt went: a step the store set
+// just before (its members had not reckoned their places at it yet) did not
+// overshoot, the step before it did, and the fleet goes back to the step
+// before that (before, it went back to 212.8 against C = 200 after a step
+// to 244.7 set 22 ms before the rejected attempt, and the next second drew
+// a second pause and a 40 % cut). A lone Retry-After at that clean step
+// later is its members' jitter: forgiven (before, a 503 at 185 with the
+// ceiling 212.8 cut the fleet to 166.5, 10 s into the herd).
+func TestPacerFleetStartupCutTheStepThatOvershot(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // a window's start
+	cases := []struct {
+		name        string
+		setBefore   time.Duration // the last step, before the rejected attempt
+		wantPace    float64
+		wantCeiling float64
+	}{
+		{"last step 22 ms before", 22 * time.Millisecond, 160.9, 185},
+		{"last step 150 ms before", 150 * time.Millisecond, 185, 212.8},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := newPacer(0, 20, 1, t0.Add(-2*time.Second))
+			p.fleetGrows = true
+			at := t0.Add(60 * time.Millisecond)
+			p.adopt(at, FleetPace{Pace: 212.8, Startup: true}, at.Add(-c.setBefore))
+			s := p.stamp(at)
+			p.rejected(at.Add(time.Millisecond), time.Second, s)
+			if p.startup || math.Abs(p.pace-c.wantPace) > 0.1 || math.Abs(p.hi-c.wantCeiling) > 0.1 {
+				t.Fatalf("pace %v ceiling %v startup %v, want %v, %v, false", p.pace, p.hi, p.startup, c.wantPace, c.wantCeiling)
+			}
+			// A lone Retry-After at that clean step, 8 s later (the
+			// members' jitter), pauses without a cut.
+			now := at.Add(8 * time.Second)
+			p.rejected(now, time.Second, p.stamp(now))
+			if math.Abs(p.pace-c.wantPace) > 0.1 {
+				t.Fatalf("a lone 503 at the clean step %v cut the pace to %v", c.wantPace, p.pace)
+			}
+		})
+	}
+	if p := newPacer(0, 20, 1, t0); p.fleetGentleFrom() != 80 {
+		t.Fatalf("gentle growth from %v, want 80 (4 × InitialRate)", p.fleetGentleFrom())
+	}
+}

@@ -176,7 +176,8 @@ func (m *member) Admit(ctx context.Context, req backoff.FleetRequest) (backoff.F
 		strconv.FormatInt(m.f.cfg.PaceTTL.Milliseconds(), 10),
 		strconv.FormatInt(req.Grow.Microseconds(), 10), fmtFloat(req.Ceiling),
 		fmtFloat(req.Pace.Ceiling), strconv.FormatInt(req.Pace.CeilingAge.Microseconds(), 10),
-		strconv.FormatInt(req.Pace.RetryAfter.Microseconds(), 10), flag(req.Reopened)).StringSlice()
+		strconv.FormatInt(req.Pace.RetryAfter.Microseconds(), 10), flag(req.Reopened),
+		fmtFloat(req.Gentle), fmtFloat(backoff.FleetGentleGrowth)).StringSlice()
 	if err != nil {
 		return backoff.FleetReply{}, fmt.Errorf("fleetgate: admit: %w", err)
 	}

@@ -6,7 +6,9 @@ import "github.com/redis/go-redis/v9"
 // it stores the fleet pace (compare-and-set on its version; a cut also
 // replaces a growth stored just after the version it derives from),
 // doubles it during startup (never while paused), stores a pause,
-// reckons a held place and books the next one in the fleet's queue.
+// reckons a held place and books the next one in the fleet's queue. Startup
+// doubles the pace once per growth period, and from the gentle pace on
+// multiplies it by the gentle factor instead.
 //
 // The queue (KEYS[1], a hash) is a GCRA counted in places: issued is the
 // next place to give out; v0 is a virtual clock's reading at t0, and the
@@ -21,9 +23,10 @@ import "github.com/redis/go-redis/v9"
 // pace (95 % of a configured rate), and with the pace: the pace's Ceiling
 // (0: none), its age (µs) and the last Retry-After (µs, 0: none), which a
 // stored pace keeps when the proposal has none, and reopened (0/1: the
-// proposal replaces a pace still in startup and unchanged for two doubling
-// periods, whatever its version, and never a learned one). It returns the
-// fleet's
+// proposal replaces a pace still in startup and unchanged for two growth
+// periods, whatever its version, and never a learned one); then the pace
+// from which startup grows gently (0: never) and the gentle factor. It
+// returns the fleet's
 // pace, estimate, startup and version, the pause left (µs), the place
 // booked (0: none) and its wait (µs), the held place's wait (µs, negative
 // when overdue; "lost": a place this queue never gave, lost with Redis's
@@ -49,9 +52,10 @@ end
 v = math.min(v, issued)
 local want = tonumber(ARGV[1])
 local book = ARGV[6] == '1'
+local grow, gentle, gby = tonumber(ARGV[10]), tonumber(ARGV[16]), tonumber(ARGV[17])
 if want > 0 then
   local cut = ver ~= nil and want < old and rec[6] ~= '1' and tonumber(ARGV[4]) == ver - 1
-  local reset = ARGV[15] == '1' and rec[3] == '1' and now - tonumber(rec[5] or now) > 2 * tonumber(ARGV[10])
+  local reset = ARGV[15] == '1' and rec[3] == '1' and now - tonumber(rec[5] or now) > 2 * grow
   local cas = ARGV[5] == '1' and ARGV[15] ~= '1' and (tonumber(ARGV[4]) == ver or cut)
   if ver == nil or cas or reset then
     ver = math.max(ver or 0, tonumber(ARGV[4])) + 1
@@ -73,11 +77,14 @@ if want > 0 then
   end
 end
 local pend = tonumber(redis.call('GET', KEYS[3]) or '0')
-local grow = tonumber(ARGV[10])
+local by = 2
+if ver ~= nil and gentle > 0 and tonumber(rec[1]) >= gentle then
+  by = gby
+end
 if ver ~= nil and book and rec[3] == '1' and grow > 0 and now - tonumber(rec[5]) >= grow and pend <= now and
     tonumber(ARGV[8]) <= 0 then
   ver = ver + 1
-  rec = {string.format('%.17g', math.min(tonumber(rec[1]) * 2, tonumber(ARGV[11]))), rec[2], rec[3], ver, now, '0',
+  rec = {string.format('%.17g', math.min(tonumber(rec[1]) * by, tonumber(ARGV[11]))), rec[2], rec[3], ver, now, '0',
     rec[7], rec[8], rec[9]}
   redis.call('HSET', KEYS[2], 'pace', rec[1], 'ver', fmt(ver), 'at', fmt(now), 'cut', '0')
 end

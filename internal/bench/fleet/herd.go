@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -166,8 +168,9 @@ func histogram(at []time.Time, start time.Time, every time.Duration) []int {
 
 // printTrace writes -trace's lines for one herd to stderr: the REGISTERs per
 // 100 ms window aligned on the clock (Kamailio's windows), from the window
-// of the restore; the busiest sliding 100 ms and when it starts; and worker
-// 0's fleet pace.
+// of the restore; the busiest sliding 100 ms and when it starts; and the
+// fleet pace's versions (as first seen by any worker, dated when the store
+// set them) and the pauses the workers told, timed from the restore.
 func printTrace(strategy string, restore time.Time, arrivals []time.Time, outs []workerReport) {
 	w := 100 * time.Millisecond
 	first := restore.Truncate(w)
@@ -177,10 +180,29 @@ func printTrace(strategy string, restore time.Time, arrivals []time.Time, outs [
 	if n > 0 {
 		fmt.Fprintf(os.Stderr, "trace %s: peak %d in the 100 ms from %+.3f s\n", strategy, n, from.Sub(restore).Seconds())
 	}
+	versions := map[uint64]traceNote{}
+	var notes []traceNote
 	for _, out := range outs {
-		for _, line := range out.Trace {
-			fmt.Fprintf(os.Stderr, "trace %s: worker 0: %s\n", strategy, line)
+		for _, n := range out.Trace {
+			if n.PushBackMs > 0 {
+				notes = append(notes, n)
+			} else if old, ok := versions[n.Version]; !ok || n.AtUnixNano < old.AtUnixNano {
+				versions[n.Version] = n
+			}
 		}
+	}
+	for _, n := range versions {
+		notes = append(notes, n)
+	}
+	slices.SortFunc(notes, func(a, b traceNote) int { return cmp.Compare(a.AtUnixNano, b.AtUnixNano) })
+	for _, n := range notes {
+		at := time.Unix(0, n.AtUnixNano).Sub(restore).Seconds()
+		if n.PushBackMs > 0 {
+			fmt.Fprintf(os.Stderr, "trace %s: %+.3f s a worker tells a pause of %d ms\n", strategy, at, n.PushBackMs)
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "trace %s: %+.3f s pace %.1f estimate %.1f startup %v ceiling %.1f (version %d)\n",
+			strategy, at, n.Pace, n.Estimate, n.Startup, n.Ceiling, n.Version)
 	}
 }
 

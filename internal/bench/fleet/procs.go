@@ -22,9 +22,9 @@ type workerReport struct {
 	MaxWaitNs     int64 `json:"max_wait_ns"`     // the slowest call
 	Stuck         int   `json:"stuck"`
 	Undetected    int   `json:"undetected"` // SIP: trunks that never lost their registration
-	// Trace is worker 0's fleet pace from one second before the restore
-	// (-trace): one line per version seen or pause, timed from the restore.
-	Trace []string `json:"trace,omitempty"`
+	// Trace is the fleet pace versions this worker saw and the pauses it
+	// told, from one second before the restore (-trace).
+	Trace []traceNote `json:"trace,omitempty"`
 }
 
 // workers are the worker processes of one herd, spoken to one line at a time

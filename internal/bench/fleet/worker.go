@@ -56,7 +56,7 @@ func gateConfig(o *options) (backoff.GateConfig, *countingFleet, func(), error) 
 		rdb.Close()
 		return cfg, nil, nil, err
 	}
-	counted := &countingFleet{Fleet: f, trace: o.trace && o.id == 0}
+	counted := &countingFleet{Fleet: f, trace: o.trace}
 	cfg.Fleet = counted
 	return cfg, counted, func() { rdb.Close() }, nil
 }
@@ -104,7 +104,7 @@ func runSIPWorker(o *options) error {
 	rep.Attempts = admitted(fleet) - admitted0
 	if counted != nil {
 		rep.Calls, rep.MaxWaitNs = int(counted.calls.Load()), counted.slowest.Load()
-		rep.Trace = counted.traced(restore.Add(-time.Second), restore)
+		rep.Trace = counted.traced(restore.Add(-time.Second))
 	}
 	if os.Getenv("RELINK_FLEET_DEBUG") != "" {
 		fmt.Fprintf(os.Stderr, "worker %d: %+v %+v\n", o.id, fleet.Stats(), fleet.GateStats())
@@ -256,7 +256,8 @@ func (tr *tracker) tally() (rep workerReport, waiting int) {
 }
 
 // countingFleet counts its members' Redis calls and keeps the slowest; with
-// trace, it notes each fleet pace version and pause its members see.
+// trace, it notes each fleet pace version its members see and each pause
+// they tell.
 type countingFleet struct {
 	*fleetgate.Fleet
 	calls, slowest atomic.Int64
@@ -264,50 +265,51 @@ type countingFleet struct {
 
 	mu      sync.Mutex
 	version uint64
-	pauseTo time.Time
-	notes   []note
-}
-
-// note is a line of the trace, at a time.
-type note struct {
-	at   time.Time
-	line string
-}
-
-// seen notes the fleet's state in rep, at now, if it changed.
-func (f *countingFleet) seen(now time.Time, rep backoff.FleetReply) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if rep.Pace.Version != f.version {
-		f.version = rep.Pace.Version
-		p := rep.Pace
-		f.notes = append(f.notes, note{now.Add(-rep.PaceAge), fmt.Sprintf("pace %.1f estimate %.1f startup %v ceiling %.1f (version %d)",
-			p.Pace, p.Estimate, p.Startup, p.Ceiling, p.Version)})
-	}
-	if end := now.Add(rep.Paused); rep.Paused > 0 && end.Sub(f.pauseTo) > 50*time.Millisecond {
-		f.notes = append(f.notes, note{now, fmt.Sprintf("paused for %v", rep.Paused.Round(time.Millisecond))})
-	}
-	if rep.Paused > 0 {
-		f.pauseTo = now.Add(rep.Paused)
-	}
-}
-
-// traced returns the notes from from on, timed from zero.
-func (f *countingFleet) traced(from, zero time.Time) []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []string
-	for _, n := range f.notes {
-		if !n.at.Before(from) {
-			out = append(out, fmt.Sprintf("%+.3f s %s", n.at.Sub(zero).Seconds(), n.line))
-		}
-	}
-	return out
+	notes   []traceNote
 }
 
 func (f *countingFleet) reset() {
 	f.calls.Store(0)
 	f.slowest.Store(0)
+}
+
+// traceNote is one event of -trace: a fleet pace version first seen (at
+// when the store set it), or a pause this process told the fleet.
+type traceNote struct {
+	AtUnixNano int64   `json:"at"`
+	Version    uint64  `json:"v,omitempty"`
+	Pace       float64 `json:"pace,omitempty"`
+	Estimate   float64 `json:"est,omitempty"`
+	Startup    bool    `json:"startup,omitempty"`
+	Ceiling    float64 `json:"hi,omitempty"`
+	PushBackMs int64   `json:"pb_ms,omitempty"`
+}
+
+// seen notes what req told and rep answered, at now.
+func (f *countingFleet) seen(now time.Time, req backoff.FleetRequest, rep backoff.FleetReply) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if req.PushBack > 0 {
+		f.notes = append(f.notes, traceNote{AtUnixNano: now.UnixNano(), PushBackMs: req.PushBack.Milliseconds()})
+	}
+	if p := rep.Pace; p.Version != f.version {
+		f.version = p.Version
+		f.notes = append(f.notes, traceNote{AtUnixNano: now.Add(-rep.PaceAge).UnixNano(), Version: p.Version,
+			Pace: p.Pace, Estimate: p.Estimate, Startup: p.Startup, Ceiling: p.Ceiling})
+	}
+}
+
+// traced returns the notes from from on.
+func (f *countingFleet) traced(from time.Time) []traceNote {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []traceNote
+	for _, n := range f.notes {
+		if n.AtUnixNano >= from.UnixNano() {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // Join returns a counting member.
@@ -341,7 +343,7 @@ func (m countingMember) Admit(ctx context.Context, req backoff.FleetRequest) (ba
 	rep, err := m.FleetMember.Admit(ctx, req)
 	m.took(start, "Admit", err)
 	if m.f.trace && err == nil {
-		m.f.seen(time.Now(), rep)
+		m.f.seen(time.Now(), req, rep)
 	}
 	if os.Getenv("RELINK_FLEET_LOG") != "" && (req.Propose || rep.Pace.Version != req.Pace.Version) {
 		fmt.Fprintf(os.Stderr, "%s req %+v rep %+v err %v\n", time.Now().Format("05.000"), req, rep, err)
