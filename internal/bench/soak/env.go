@@ -78,8 +78,9 @@ type env interface {
 	clear(ctx context.Context, f fault) error
 	// contacts counts the bindings the registrar holds.
 	contacts() (int, error)
-	// bound reports, for each AoR, whether the registrar holds a binding.
-	bound(aors []string) ([]bool, error)
+	// stale counts the AoRs among registered (trunks that say
+	// Registered) the registrar holds no binding for.
+	stale(registered []string) (int, error)
 	close() error
 }
 
@@ -172,12 +173,14 @@ func (e *embedded) clear(_ context.Context, f fault) error {
 
 func (e *embedded) contacts() (int, error) { return e.reg.Stats().Bindings, nil }
 
-func (e *embedded) bound(aors []string) ([]bool, error) {
-	out := make([]bool, len(aors))
-	for i, a := range aors {
-		out[i] = len(e.reg.Bindings(a)) > 0
+func (e *embedded) stale(registered []string) (int, error) {
+	n := 0
+	for _, a := range registered {
+		if len(e.reg.Bindings(a)) == 0 {
+			n++
+		}
 	}
-	return out, nil
+	return n, nil
 }
 
 func (e *embedded) close() error {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -165,24 +164,30 @@ func (e *nsEnv) contacts() (int, error) {
 	return st.Contacts, err
 }
 
-var ulAoR = regexp.MustCompile(`AoR:\s*(\S+)`)
-
-// bound asks Kamailio for every AoR it holds (ul.dump).
-func (e *nsEnv) bound(aors []string) ([]bool, error) {
-	out, err := e.kam.Kamcmd("ul.dump")
-	if err != nil {
-		return nil, err
+// stale asks Kamailio: when every trunk is registered, the AoRs it holds
+// (usrloc's location_users; the soak's trunks are its only users) tell
+// how many lack a binding; otherwise each registered AoR is looked up
+// (ul.dump fails on thousands of AoRs).
+func (e *nsEnv) stale(registered []string) (int, error) {
+	if len(registered) == e.trunks {
+		st, err := e.kam.Stats()
+		if err != nil {
+			return 0, err
+		}
+		return max(0, len(registered)-st.Users), nil
 	}
-	held := map[string]bool{}
-	for _, m := range ulAoR.FindAllStringSubmatch(out, -1) {
-		held[m[1]] = true
-	}
-	res := make([]bool, len(aors))
-	for i, a := range aors {
+	n := 0
+	for _, a := range registered {
 		user, _, _ := strings.Cut(strings.TrimPrefix(a, "sip:"), "@")
-		res[i] = held[user] || held[strings.TrimPrefix(a, "sip:")]
+		cs, err := e.kam.Contacts(user)
+		if err != nil {
+			return 0, err
+		}
+		if len(cs) == 0 {
+			n++
+		}
 	}
-	return res, nil
+	return n, nil
 }
 
 func (e *nsEnv) close() error {

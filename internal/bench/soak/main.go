@@ -128,7 +128,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.expires, "expires", 120*time.Second, "the trunks' Expires (refreshed at 75-85 %)")
 	fs.DurationVar(&o.echoEvery, "echo-every", 2*time.Second, "a busy Link echoes a line this often")
 	fs.DurationVar(&o.recoverCap, "recover-cap", 60*time.Second, "a unit not recovered this long after a fault's clear is stuck")
-	fs.DurationVar(&o.settle, "settle", 3*time.Second, "a sample waits this long after a fault's recovery")
+	fs.DurationVar(&o.settle, "settle", 10*time.Second, "a sample waits this long after a fault's recovery (a quiet state)")
 	fs.DurationVar(&o.startCap, "start-cap", 2*time.Minute, "give up when the client is not registered and ready after this long")
 	fs.StringVar(&o.env, "env", "auto", "netns (root: Kamailio in network namespaces, nft), embedded (loopback, freeze proxies) or auto (netns when it can)")
 	fs.StringVar(&o.faults, "faults", "", "draw only from these faults (comma-separated; default all)")

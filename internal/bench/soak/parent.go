@@ -23,6 +23,7 @@ type Sample struct {
 	Heap       uint64  `json:"heap"`          // HeapInuse + StackInuse after a GC, bytes
 	HeapInuse  uint64  `json:"heap_inuse"`
 	StackInuse uint64  `json:"stack_inuse"`
+	HeapAlloc  uint64  `json:"heap_alloc"` // bytes of live objects (not judged)
 	Goroutines int     `json:"goroutines"`
 	FDs        int     `json:"fds"`
 	Registered int     `json:"registered"`
@@ -190,7 +191,7 @@ func (s *soak) takeSample(tag string) error {
 		return errors.New("soak: sample without memory figures")
 	}
 	smp := &Sample{Kind: "sample", T: round(t.Seconds()), Min: round(t.Minutes()), Tag: tag, Heap: m.Heap,
-		HeapInuse: m.HeapInuse, StackInuse: m.StackInuse, Goroutines: m.Goroutines, FDs: m.FDs,
+		HeapInuse: m.HeapInuse, StackInuse: m.StackInuse, HeapAlloc: m.HeapAlloc, Goroutines: m.Goroutines, FDs: m.FDs,
 		Registered: r.Registered, Ready: r.Ready, Faults: s.n, Load: loadAvg()}
 	switch tag {
 	case "base":
@@ -262,18 +263,12 @@ func (s *soak) finish() error {
 	if err != nil {
 		return err
 	}
-	aors := make([]string, s.o.trunks)
-	for i := range aors {
-		aors[i] = aorOf(i)
-	}
-	bound, err := s.env.bound(aors)
-	if err != nil {
-		return fmt.Errorf("bindings: %w", err)
-	}
+	registered := make([]string, 0, len(r.Trunks))
 	for _, i := range r.Trunks {
-		if i >= 0 && i < len(bound) && !bound[i] {
-			s.sum.Stale++
-		}
+		registered = append(registered, aorOf(i))
+	}
+	if s.sum.Stale, err = s.env.stale(registered); err != nil {
+		return fmt.Errorf("bindings: %w", err)
 	}
 	st, err := s.cl.ask(command{Op: "stop"}, 2*time.Minute)
 	if err != nil {

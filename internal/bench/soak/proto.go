@@ -56,6 +56,7 @@ type memSample struct {
 	Heap       uint64 `json:"heap"` // HeapInuse + StackInuse
 	HeapInuse  uint64 `json:"heap_inuse"`
 	StackInuse uint64 `json:"stack_inuse"`
+	HeapAlloc  uint64 `json:"heap_alloc"` // live objects' bytes
 	Goroutines int    `json:"goroutines"`
 	FDs        int    `json:"fds"`
 }
