@@ -30,8 +30,8 @@
 // from the cut to leaving Registered/Ready (undetected: those that never
 // did); bound_s, the configured bound the detection must meet (null where the
 // row has none): KeepAlive + KeepAliveTimeout for a silent path, KeepAlive
-// for a reset or closed one (sip notices that sipgo dropped a connection at
-// the flow's next probe); recovered, trunks and Links recovered (of trunks + links);
+// for a reset or closed one (on Linux sip hears of the peer's RST or FIN at
+// once, from the kernel; elsewhere at the flow's next probe); recovered, trunks and Links recovered (of trunks + links);
 // recover_s, from the restore to the last one recovered; ratio_to_limit,
 // recover_s ÷ (trunks ÷ capacity) where the registrar has a capacity;
 // rejected_503, 503s the registrar answered from the cut on;
@@ -42,7 +42,11 @@
 // fine (before the cut, and after the restore plus the detection bound);
 // lost_replies, Link echoes whose reply never came on a connection not
 // declared dead, or came wrong; stuck, trunks and Links not recovered by the
-// cap or whose Run did not return after the stop.
+// cap or whose Run did not return within maxStop (65 s: sip's cap on an
+// unregistration, 12 × UnregisterTimeout, and a margin) of the stop;
+// stop_s, how long the fleet's stop took (its trunks unregister through the
+// registrar's gate, at the registrar's pace), and stop_503, the 503s the
+// registrars answered during it.
 //
 // The exit status is 1 when a row fails what issue 14 asks (recovered = all,
 // stuck, orphans, stale and false deaths 0, detection within bound + 0.1 s),
@@ -184,9 +188,9 @@ func print(w io.Writer, r Result, asJSON bool) {
 		fmt.Fprintf(w, "%-22s skipped: %s\n", r.Fault, r.Skipped)
 		return
 	}
-	fmt.Fprintf(w, "%-22s %s recovered %d/%d in %.2f s, detect p99 %s (bound %s), 503s %d, orphans %d, stale %d, false deaths %d, lost replies %d, stuck %d, pass %v %s\n",
+	fmt.Fprintf(w, "%-22s %s recovered %d/%d in %.2f s, detect p99 %s (bound %s), 503s %d, stop %s (503s %d), orphans %d, stale %d, false deaths %d, lost replies %d, stuck %d, pass %v %s\n",
 		r.Fault, r.Env, r.Recovered, r.Trunks+r.Links, r.RecoverS, fmtOpt(r.DetectP99S), fmtOpt(r.BoundS),
-		r.Rejected503, r.OrphanBindings, r.StaleRegistered, r.FalseDeaths, r.LostReplies, r.Stuck, r.Pass,
+		r.Rejected503, fmtOpt(r.StopS), r.Stop503, r.OrphanBindings, r.StaleRegistered, r.FalseDeaths, r.LostReplies, r.Stuck, r.Pass,
 		strings.Join(r.Problems, "; "))
 }
 

@@ -35,6 +35,11 @@ type Result struct {
 	FalseDeaths     int      `json:"false_deaths"`
 	LostReplies     int      `json:"lost_replies"`
 	Stuck           int      `json:"stuck"`
+	// StopS is how long the fleet's stop took (its Run's return after the
+	// cancel: the trunks' unregistrations); Stop503 the 503s the
+	// registrars answered meanwhile. Null and 0 where no fleet stopped.
+	StopS   *float64 `json:"stop_s"`
+	Stop503 uint64   `json:"stop_503"`
 	// Pass says whether the row meets issue 14's "must show"; Problems
 	// says what it missed.
 	Pass     bool     `json:"pass"`

@@ -95,6 +95,8 @@ type world struct {
 	trunkLost  map[*sip.Trunk]time.Time
 	trunkBack  map[*sip.Trunk]time.Time
 	at503, atR uint64
+	stopTook   time.Duration // from the fleet's stop to its Run's return
+	stop503    uint64        // 503s the registrars answered during the stop
 
 	recovered  int
 	recoverAt  time.Time
@@ -362,8 +364,10 @@ func (w *world) stop() {
 		w.regs[0].r.SetCapacity(0)
 		w.note += "capacity lifted before the stop (-lift-at-stop); "
 	}
+	before, _ := w.counts()
+	start := time.Now()
 	w.stopF()
-	t := time.NewTimer(15 * time.Second)
+	t := time.NewTimer(maxStop)
 	defer t.Stop()
 	select {
 	case err := <-w.doneF:
@@ -372,10 +376,20 @@ func (w *world) stop() {
 		}
 	case <-t.C:
 		w.stuck += w.o.trunks
-		w.note += "fleet Run did not return 15 s after the stop; "
+		w.note += fmt.Sprintf("fleet Run did not return %v after the stop; ", maxStop)
 	}
+	w.stopTook = time.Since(start)
+	after, _ := w.counts()
+	w.stop503 = after - before
 	w.countOrphans()
 }
+
+// maxStop is how long a fleet's stop may take: sip's cap on a trunk's
+// unregistration (12 × UnregisterTimeout, 5 s by default) and a margin. A
+// stop is bounded by progress (it drains at the registrar's pace), so it
+// takes this long only against a registrar that keeps serving the herd
+// very slowly.
+const maxStop = 12*sip.DefaultUnregisterTimeout + 5*time.Second
 
 func (w *world) countOrphans() {
 	w.orphans = 0
@@ -462,6 +476,9 @@ func (w *world) fill(res *Result) {
 	if !w.cut.IsZero() && len(w.regs) > 0 {
 		n503, regs := w.counts()
 		res.Rejected503, res.Registers = n503-w.at503, regs-w.atR
+	}
+	if w.stopTook > 0 {
+		res.StopS, res.Stop503 = ptr(secs(w.stopTook)), w.stop503
 	}
 	res.FalseDeaths = w.falseDeaths()
 	res.OrphanBindings, res.StaleRegistered, res.Stuck = w.orphans, w.stale, w.stuck
