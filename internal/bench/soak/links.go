@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,101 +53,118 @@ var probeLine = conn.ProberFunc(func(w io.Writer) error {
 // startLinks starts o.links Links to o.echoAddr.
 func startLinks(ctx context.Context, o *options) (*linkSet, error) {
 	s := &linkSet{o: o}
-	gate := backoff.NewGate(backoff.GateConfig{Destination: o.echoAddr, Logger: o.logger})
 	lctx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel
-	for i := range o.links {
+	tmpl := conn.LinkConfig{
+		Dialer:       &conn.Dialer{Config: conn.Config{Probe: probeLine, ProbeInterval: o.keepAlive, ProbeTimeout: o.timeout}},
+		Addrs:        []string{o.echoAddr},
+		Gate:         backoff.NewGate(backoff.GateConfig{Destination: o.echoAddr, Logger: o.logger}),
+		HealthyAfter: time.Second,
+		Logger:       o.logger,
+	}
+	s.runs = make([]*linkRun, o.links)
+	for i := range s.runs {
 		r := &linkRun{id: i, set: s, done: make(chan struct{})}
-		l, err := conn.NewLink(conn.LinkConfig{
-			Dialer:        &conn.Dialer{Config: conn.Config{Probe: probeLine, ProbeInterval: o.keepAlive, ProbeTimeout: o.timeout}},
-			Addrs:         []string{o.echoAddr},
-			Session:       r.session,
-			Gate:          gate,
-			HealthyAfter:  time.Second,
-			OnStateChange: r.onState,
-			Logger:        o.logger,
-		})
-		if err != nil {
+		cfg := tmpl
+		cfg.Session, cfg.OnStateChange = r.session, r.onState
+		var err error
+		if r.link, err = conn.NewLink(cfg); err != nil {
 			cancel()
+			s.runs = s.runs[:i]
 			return s, err
 		}
-		r.link = l
-		s.runs = append(s.runs, r)
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer close(r.done)
-			_ = l.Run(lctx)
-		}()
+		s.runs[i] = r
+		s.wg.Go(func() { r.run(lctx) })
 	}
 	return s, nil
 }
 
+// run runs the Link until ctx ends.
+func (r *linkRun) run(ctx context.Context) {
+	defer close(r.done)
+	_ = r.link.Run(ctx)
+}
+
+// onState records a Link leaving Ready: the fault's doing inside its
+// window, a false death outside.
 func (r *linkRun) onState(ch conn.LinkStateChange) {
+	if ch.From != conn.LinkReady || ch.To == conn.LinkShutdown {
+		return
+	}
 	s := r.set
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ch.From != conn.LinkReady || ch.To == conn.LinkShutdown || s.stopping {
+	if s.stopping {
 		return
 	}
-	switch {
-	case !s.win.expects(true, ch.At):
-		s.o.logger.Warn("soak: false Link death", "link", r.id, "at", ch.At, "err", ch.Err)
-		s.falseN++
-	case r.lostAt.IsZero():
-		r.lostAt = ch.At
+	if s.win.expects(true, ch.At) {
+		if r.lostAt.IsZero() {
+			r.lostAt = ch.At
+		}
+		return
 	}
+	s.o.logger.Warn("soak: false Link death", "link", r.id, "at", ch.At, "err", ch.Err)
+	s.falseN++
 }
 
-// session echoes numbered lines on c: every -echo-every when busy, once
-// when idle (then it only reads, so that the probe has work to do).
+// session echoes numbered lines on c: every -echo-every when busy (even
+// ids), once when idle (then it only reads, and the probe keeps the
+// connection).
 func (r *linkRun) session(ctx context.Context, c *conn.Conn) error {
 	br := bufio.NewReader(c)
-	busy := r.id%2 == 0
-	for seq := 1; ; seq++ {
-		want := fmt.Sprintf("%d-%d", r.id, seq)
-		if _, err := fmt.Fprintf(c, "%s\n", want); err != nil {
-			return err
-		}
-		_ = c.SetReadDeadline(time.Now().Add(2*r.set.o.bound() + 2*time.Second))
-		got, err := nextLine(br)
-		if err != nil {
-			return err
-		}
-		if got != want {
-			return fmt.Errorf("echo: got %q, want %q", got, want)
-		}
-		r.echoes.Add(1)
-		if seq == 1 {
-			r.set.mu.Lock()
-			r.backAt = time.Now()
-			r.set.mu.Unlock()
-		}
-		if !busy {
-			_ = c.SetReadDeadline(time.Time{})
-			for {
-				if _, err := nextLine(br); err != nil {
-					return err
-				}
+	if err := r.echo(c, br, 1); err != nil {
+		return err
+	}
+	r.set.mu.Lock()
+	r.backAt = time.Now()
+	r.set.mu.Unlock()
+	if r.id%2 == 1 {
+		_ = c.SetReadDeadline(time.Time{})
+		for {
+			if _, err := nextLine(br); err != nil {
+				return err
 			}
 		}
-		if !ctxtime.Sleep(ctx, r.set.o.echoEvery) {
-			return context.Cause(ctx)
+	}
+	for seq := 2; ctxtime.Sleep(ctx, r.set.o.echoEvery); seq++ {
+		if err := r.echo(c, br, seq); err != nil {
+			return err
 		}
 	}
+	return context.Cause(ctx)
 }
 
-// nextLine reads the next non-empty line (empty ones echo the probes).
-func nextLine(br *bufio.Reader) (string, error) {
-	for {
-		s, err := br.ReadString('\n')
-		if err != nil {
-			return "", err
-		}
-		if s = strings.TrimSpace(s); s != "" {
-			return s, nil
-		}
+// echo sends line seq and waits for it to come back.
+func (r *linkRun) echo(c *conn.Conn, br *bufio.Reader, seq int) error {
+	line := strconv.Itoa(r.id) + "/" + strconv.Itoa(seq)
+	if _, err := io.WriteString(c, line+"\n"); err != nil {
+		return err
 	}
+	_ = c.SetReadDeadline(time.Now().Add(2*r.set.o.bound() + 2*time.Second))
+	got, err := nextLine(br)
+	switch {
+	case err != nil:
+		return err
+	case got != line:
+		return fmt.Errorf("soak: echo %q came back as %q", line, got)
+	}
+	r.echoes.Add(1)
+	return nil
+}
+
+// nextLine returns the next line with text (the peer's echoes of the
+// probes are empty lines, skipped).
+func nextLine(br *bufio.Reader) (string, error) {
+	line := ""
+	var err error
+	for line == "" && err == nil {
+		line, err = br.ReadString('\n')
+		line = strings.TrimSpace(line)
+	}
+	if err != nil {
+		return "", err
+	}
+	return line, nil
 }
 
 // cut installs the current fault's window and forgets the last one's

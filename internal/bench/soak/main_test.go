@@ -14,16 +14,6 @@ import (
 	"github.com/relinkgo/relink/internal/netns"
 )
 
-// TestMain checks for leaked goroutines, unless the test binary was started
-// as the soak's measured client: then it is the command.
-func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) != "1" {
-		goleak.VerifyTestMain(m)
-		return
-	}
-	main()
-}
-
 // shortEnv is the environment TestSoakShort runs in: netns+kamailio when
 // this machine can, and required when CI says so (RELINK_REQUIRE_NETNS=1 or
 // RELINK_REQUIRE_KAMAILIO=1); embedded otherwise.
@@ -168,4 +158,14 @@ func TestPickFaults(t *testing.T) {
 	if all, _ := pickFaults(""); len(all) != len(matrix) {
 		t.Errorf("all: %d faults", len(all))
 	}
+}
+
+// TestMain checks for leaked goroutines, unless the test binary was started
+// as the soak's measured client: then it is the command.
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "1" {
+		goleak.VerifyTestMain(m)
+		return
+	}
+	main()
 }

@@ -30,8 +30,7 @@ type peer struct {
 // servePeer serves ln until Close.
 func servePeer(ln net.Listener) *peer {
 	p := &peer{ln: ln, conns: map[*net.TCPConn]peerMode{}}
-	p.wg.Add(1)
-	go p.accept()
+	p.wg.Go(p.accept)
 	return p
 }
 
@@ -42,44 +41,45 @@ func (p *peer) Addr() string { return p.ln.Addr().String() }
 func (p *peer) Port() int { return p.ln.Addr().(*net.TCPAddr).Port }
 
 func (p *peer) accept() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		tc, ok := c.(*net.TCPConn)
-		if !ok {
-			_ = c.Close()
+	for c, err := p.ln.Accept(); err == nil; c, err = p.ln.Accept() {
+		if tc, ok := c.(*net.TCPConn); ok && p.track(tc) {
+			p.wg.Go(func() { p.serve(tc) })
 			continue
 		}
-		p.mu.Lock()
-		p.conns[tc] = peerEcho
-		p.mu.Unlock()
-		p.wg.Add(1)
-		go p.serve(tc)
+		_ = c.Close()
 	}
 }
 
-func (p *peer) serve(c *net.TCPConn) {
-	defer p.wg.Done()
-	defer func() {
-		p.mu.Lock()
+// track adds c to the served connections (false after Close).
+func (p *peer) track(c *net.TCPConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		return false
+	}
+	p.conns[c] = peerEcho
+	return true
+}
+
+// mode returns c's mode, and forgets c when gone.
+func (p *peer) mode(c *net.TCPConn, gone bool) peerMode {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := p.conns[c]
+	if gone {
 		delete(p.conns, c)
-		p.mu.Unlock()
-		_ = c.Close()
-	}()
+	}
+	return m
+}
+
+// serve echoes what c sends while its mode says so.
+func (p *peer) serve(c *net.TCPConn) {
+	defer c.Close()
+	defer p.mode(c, true)
 	buf := make([]byte, 2048)
-	for {
-		n, err := c.Read(buf)
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		m := p.conns[c]
-		p.mu.Unlock()
-		if m != peerEcho {
-			continue
+	for n, err := c.Read(buf); err == nil; n, err = c.Read(buf) {
+		if p.mode(c, false) != peerEcho {
+			continue // hung or half-closed: read and discard
 		}
 		if _, err := c.Write(buf[:n]); err != nil {
 			return
@@ -124,6 +124,7 @@ func (p *peer) Close() error {
 	for c := range p.conns {
 		_ = c.Close()
 	}
+	p.conns = nil
 	p.mu.Unlock()
 	p.wg.Wait()
 	if errors.Is(err, net.ErrClosed) {

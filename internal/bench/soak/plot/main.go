@@ -184,18 +184,14 @@ func panel(b *strings.Builder, s *series, y0, tmax float64, name, color string, 
 	}
 }
 
-// niceCeil rounds v up to 1, 2 or 5 times a power of ten.
+// niceCeil rounds v up to two significant digits (1 when v ≤ 0), so the
+// axis ends on a round figure.
 func niceCeil(v float64) float64 {
-	if v <= 0 {
+	if !(v > 0) {
 		return 1
 	}
-	p := math.Pow(10, math.Floor(math.Log10(v)))
-	for _, m := range []float64{1, 2, 5, 10} {
-		if m*p >= v {
-			return m * p
-		}
-	}
-	return 10 * p
+	unit := math.Pow(10, math.Ceil(math.Log10(v))-2)
+	return math.Ceil(v/unit) * unit
 }
 
 func label(v float64) string {
