@@ -72,6 +72,10 @@ type pacer struct {
 	okAt       []int64 // admission times (UnixNano) of accepted attempts: a ring
 	okNext     int     // where the next goes once the ring is full
 	counted    bool    // hi is a capacity counted at startup's first Retry-After
+	// gentleStep: the pace is the step of a fleet's gentle startup below
+	// the one that drew its first Retry-After (or 95 % of a count between
+	// them), not yet proven or cut.
+	gentleStep bool
 	// fleetGrows: the gate's Fleet doubles the pace during startup (see
 	// FleetRequest.Grow), so control does not. fleetHeld: the gate's Fleet
 	// cannot be reached, and the pace is the last known fleet pace, held:
@@ -167,6 +171,7 @@ func (p *pacer) stamp(now time.Time) stamp {
 // configured rate, the measured estimate, or startup from InitialRate.
 func (p *pacer) reset(now time.Time) {
 	p.ep = episode{}
+	p.gentleStep = false
 	p.cleanProbe = 0
 	switch {
 	case p.rate > 0:
@@ -318,16 +323,23 @@ func (p *pacer) retryAfterCut(now time.Time, s stamp, probeOvershot bool) {
 		p.hi = atPace
 	}
 	p.hiAt = now
+	gentle := p.gentleStep
+	p.gentleStep = false // startupCut sets it
 	switch {
 	case p.startup:
 		p.startup = false
-		p.pace = p.startupCut(s)
+		p.pace = p.startupCut(now, s)
 	case !probeOvershot && (now.Sub(p.paceSetAt) >= defaultProbePeriod ||
 		p.fleetGrows && !p.trustAt.IsZero() && now.Sub(p.trustAt) <= hiMemory):
 		// A pace that ran clean for a probe period (or, in a fleet, whose
 		// last Retry-After was forgiven as its members' jitter): the
 		// capacity moved a little, or jitter again; step down gently.
 		p.pace = 0.9 * math.Min(p.pace, atPace)
+	case !probeOvershot && gentle:
+		// A fleet's pace at the startup step below the one that
+		// overshot, not yet proven: the overshoot was the step before
+		// (the rejection came back late), one more step down.
+		p.pace = math.Min(p.pace, atPace) / FleetGentleGrowth
 	case !probeOvershot:
 		// A pace never yet proven (just after startup or a cut): step
 		// down hard, or every step costs another pause.
@@ -363,10 +375,11 @@ func (p *pacer) forgive(now time.Time) bool {
 		// jitter (50 processes on their places) draws lone Retry-Afters
 		// at any pace close to the capacity.
 		return true
-	case p.fleetGrows && p.estimate > 0:
+	case p.fleetGrows && p.estimate > 0 &&
+		(p.hi == 0 || now.Sub(p.hiAt) >= hiMemory || now.Sub(p.paceSetAt) >= defaultProbePeriod):
 		// A fleet at 95 % of the capacity it measured, or at the startup
-		// step that ran clean below the one that overshot (up to 15 %
-		// under it), its ceiling further: a lone Retry-After is its
+		// step below the one that overshot (up to 15 % under it) and
+		// proven there for a probe period: a lone Retry-After is its
 		// members' jitter too (one cut 10 s into a herd kept the next
 		// herd at 0.86 C).
 		return p.pace <= cruiseGain*p.estimate*1.001 && p.pace >= 0.9*cruiseGain*p.estimate
@@ -374,8 +387,8 @@ func (p *pacer) forgive(now time.Time) bool {
 	return false
 }
 
-// startupCut returns the pace after startup's first Retry-After, for an
-// attempt admitted under s, and sets the ceiling for the probes after it.
+// startupCut returns the pace after startup's first Retry-After, received
+// at now for an attempt admitted under s, and sets the ceiling for the probes after it.
 //
 // Halving (back to the last pace that ran clean) leaves the pace anywhere
 // between C/2 and C, and finding C from there costs a pause per overshoot.
@@ -388,9 +401,9 @@ func (p *pacer) forgive(now time.Time) bool {
 // ceiling. The count is believed only between the clean pace and the pace
 // that overshot; otherwise (a token bucket, a window of another length)
 // the gate halves as before.
-func (p *pacer) startupCut(s stamp) float64 {
+func (p *pacer) startupCut(now time.Time, s stamp) float64 {
 	if p.fleetGrows {
-		return p.fleetStartupCut(s)
+		return p.fleetStartupCut(now, s)
 	}
 	clean := p.pace / 2
 	period := p.startupPeriod()
@@ -409,25 +422,27 @@ func (p *pacer) startupCut(s stamp) float64 {
 // the fleet's admissions, so it counts the fleet's schedule instead: what
 // the fleet's queue, full during a herd, admitted since the window began at
 // the paces it followed (fleetAdmitted). The pace that overshot is the one
-// the fleet followed when the rejected attempt went (fleetPaceAt), not a
-// step set just before it, and the clean pace is the step before that.
+// the fleet followed when the rejected attempt went (fleetPaceAt, with the
+// rejection's round trip as the destination's delay), not a step set just
+// before it, and the clean pace is the step before that.
 //
 // The schedule is not what arrived: members late on their places (a loaded
 // host) make it too high, and an overshoot from here costs a pause and a
 // hard cut. So the count is trusted only between the clean pace and the
 // pace that overshot (at most 1.25 × the clean pace), and is the ceiling
 // too (a probe towards a count 15 % high cost the fleet a second pause).
-func (p *pacer) fleetStartupCut(s stamp) float64 {
-	over, _ := p.fleetPaceAt(s.at)
+func (p *pacer) fleetStartupCut(now time.Time, s stamp) float64 {
+	over, _ := p.fleetPaceAt(s.at, max(now.Sub(s.at), 0))
 	clean := p.fleetStepBack(over)
-	p.hi = over // the ceiling for the probes
+	p.hi = over                     // the ceiling for the probes
+	p.gentleStep = over < 1.5*clean // a gentle step, not a doubling
 	if over < 4*p.initialRate {
 		// Not two doublings yet: nothing says the queue was full.
 		return clean
 	}
 	period := p.startupPeriod()
 	from := s.at.Add(p.minRTT / 2).Truncate(period).Add(-p.minRTT / 2) // as startupCut
-	est := math.Min(p.fleetAdmitted(from, s.at)/period.Seconds(), 1.25*clean)
+	est := math.Min(p.fleetAdmitted(from, s.at, max(now.Sub(s.at), 0))/period.Seconds(), 1.25*clean)
 	if cruiseGain*est <= clean || est >= over {
 		return clean
 	}
@@ -458,16 +473,20 @@ func (p *pacer) fleetStepBack(pace float64) float64 {
 	return pace / 2
 }
 
-// fleetLag is how long after the store sets a startup pace the fleet's
-// admissions follow it, on average: a member reckons the place it holds
-// again every startup period.
-func (p *pacer) fleetLag() time.Duration { return p.startupPeriod() / 2 }
+// fleetLag is how long after the store sets a startup pace its rejection
+// may come back, for a destination that answers after delay: a member
+// reckons the place it holds again every startup period, and a destination
+// that answers late (queued) counts its windows late by as much (a step
+// set 87 ms before a rejection, against Kamailio at load 10, had not
+// overshot; at load 9 one set 100 ms before, with 40 ms answers, had not).
+func (p *pacer) fleetLag(delay time.Duration) time.Duration { return p.startupPeriod() + delay }
 
 // fleetPaceAt returns the startup pace the fleet's admissions followed at
-// at, and since when: each of the last few paces took effect fleetLag after
-// the store set it, one fleetGrowPeriod after the one before.
-func (p *pacer) fleetPaceAt(at time.Time) (float64, time.Time) {
-	pace, from := p.pace, p.paceSetAt.Add(p.fleetLag())
+// at, as far as a destination answering after delay could tell, and since
+// when: each of the last few paces took effect fleetLag after the store
+// set it, one fleetGrowPeriod after the one before.
+func (p *pacer) fleetPaceAt(at time.Time, delay time.Duration) (float64, time.Time) {
+	pace, from := p.pace, p.paceSetAt.Add(p.fleetLag(delay))
 	for range 4 {
 		if !from.After(at) {
 			break
@@ -478,11 +497,12 @@ func (p *pacer) fleetPaceAt(at time.Time) (float64, time.Time) {
 }
 
 // fleetAdmitted is what the fleet's queue admitted in [from, to) in
-// startup: at the pace it followed at to (fleetPaceAt), at the pace before
-// that for the step before, and at the one before that down to from.
-func (p *pacer) fleetAdmitted(from, to time.Time) float64 {
+// startup: at the pace it followed at to (fleetPaceAt, for a destination
+// answering after delay), at the pace before that for the step before, and
+// at the one before that down to from.
+func (p *pacer) fleetAdmitted(from, to time.Time, delay time.Duration) float64 {
 	n := 0.0
-	pace, start := p.fleetPaceAt(to)
+	pace, start := p.fleetPaceAt(to, delay)
 	end := to
 	for i := range 3 {
 		if i == 2 {
@@ -680,6 +700,8 @@ func (p *pacer) adopt(now time.Time, f FleetPace, setAt time.Time) {
 	if pace <= p.pace {
 		p.probeFrom = 0
 	}
+	// A startup's first cut, by a gentle step (see fleetStartupCut).
+	p.gentleStep = p.startup && !f.Startup && f.Ceiling > 0 && f.Ceiling < 1.5*pace
 	p.pace = pace
 	p.estimate = f.Estimate
 	p.startup = f.Startup

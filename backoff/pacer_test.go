@@ -269,23 +269,27 @@ func TestPacerForgivesJitterUnderCeiling(t *testing.T) {
 // period, so that its first overshoot is at most 15 % above the capacity. At
 // its first Retry-After the pace that overshot is the one the fleet's
 // admissions followed when the rejected attempt went: a step the store set
-// just before (its members had not reckoned their places at it yet) did not
-// overshoot, the step before it did, and the fleet goes back to the step
-// before that (before, it went back to 212.8 against C = 200 after a step
-// to 244.7 set 22 ms before the rejected attempt, and the next second drew
-// a second pause and a 40 % cut). A lone Retry-After at that clean step
-// later is its members' jitter: forgiven (before, a 503 at 185 with the
-// ceiling 212.8 cut the fleet to 166.5, 10 s into the herd).
+// within a period before (its members had not reckoned their places at it
+// yet, or the destination answered late) did not overshoot, the step before
+// it did, and the fleet goes back to the step before that (before, it went
+// back to 212.8 against C = 200 after a step to 244.7 set 22 ms, and in
+// another run 87 ms, before the rejected attempt, and the next second drew a
+// second pause and a 40 % cut). If that step draws a Retry-After before it
+// is proven, one more step down; a lone Retry-After there once it is proven
+// is its members' jitter: forgiven (before, a 503 at 185 with the ceiling
+// 212.8 cut the fleet to 166.5, 10 s into the herd).
 func TestPacerFleetStartupCutTheStepThatOvershot(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // a window's start
 	cases := []struct {
 		name        string
 		setBefore   time.Duration // the last step, before the rejected attempt
+		answer      time.Duration // the rejection's round trip
 		wantPace    float64
 		wantCeiling float64
 	}{
-		{"last step 22 ms before", 22 * time.Millisecond, 160.9, 185},
-		{"last step 150 ms before", 150 * time.Millisecond, 185, 212.8},
+		{"last step 90 ms before", 90 * time.Millisecond, time.Millisecond, 160.9, 185},
+		{"last step 150 ms before", 150 * time.Millisecond, time.Millisecond, 185, 212.8},
+		{"last step 120 ms before, answered in 40 ms", 120 * time.Millisecond, 40 * time.Millisecond, 160.9, 185},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -294,18 +298,39 @@ func TestPacerFleetStartupCutTheStepThatOvershot(t *testing.T) {
 			at := t0.Add(60 * time.Millisecond)
 			p.adopt(at, FleetPace{Pace: 212.8, Startup: true}, at.Add(-c.setBefore))
 			s := p.stamp(at)
-			p.rejected(at.Add(time.Millisecond), time.Second, s)
+			p.rejected(at.Add(c.answer), time.Second, s)
 			if p.startup || math.Abs(p.pace-c.wantPace) > 0.1 || math.Abs(p.hi-c.wantCeiling) > 0.1 {
 				t.Fatalf("pace %v ceiling %v startup %v, want %v, %v, false", p.pace, p.hi, p.startup, c.wantPace, c.wantCeiling)
 			}
-			// A lone Retry-After at that clean step, 8 s later (the
-			// members' jitter), pauses without a cut.
-			now := at.Add(8 * time.Second)
+			p.resumed(at.Add(time.Second)) // the pause's end
+			q := p
+			// Right after the pause, a Retry-After at that step (not
+			// proven yet): the overshoot was the step before, one more
+			// step down.
+			now := at.Add(1100 * time.Millisecond)
+			q.rejected(now, time.Second, q.stamp(now))
+			if want := c.wantPace / FleetGentleGrowth; math.Abs(q.pace-want) > 0.1 {
+				t.Fatalf("a 503 just after the pause at the unproven step %v: pace %v, want %v", c.wantPace, q.pace, want)
+			}
+			// A lone Retry-After at that step 8 s later (the members'
+			// jitter) pauses without a cut.
+			now = at.Add(8 * time.Second)
 			p.rejected(now, time.Second, p.stamp(now))
 			if math.Abs(p.pace-c.wantPace) > 0.1 {
-				t.Fatalf("a lone 503 at the clean step %v cut the pace to %v", c.wantPace, p.pace)
+				t.Fatalf("a lone 503 at the proven step %v cut the pace to %v", c.wantPace, p.pace)
 			}
 		})
+	}
+	// Another member, which adopts that cut, steps down the same way.
+	p := newPacer(0, 20, 1, t0)
+	p.fleetGrows = true
+	p.adopt(t0, FleetPace{Pace: 212.8, Startup: true}, t0)
+	p.adopt(t0.Add(time.Second), FleetPace{Pace: 185, Estimate: 185 / cruiseGain, Ceiling: 212.8}, t0.Add(time.Second))
+	p.resumed(t0.Add(2 * time.Second))
+	now := t0.Add(2100 * time.Millisecond)
+	p.rejected(now, time.Second, p.stamp(now))
+	if want := 185 / FleetGentleGrowth; math.Abs(p.pace-want) > 0.1 {
+		t.Fatalf("a member that adopted the cut, after a 503 just after the pause: pace %v, want %v", p.pace, want)
 	}
 	if p := newPacer(0, 20, 1, t0); p.fleetGentleFrom() != 80 {
 		t.Fatalf("gentle growth from %v, want 80 (4 × InitialRate)", p.fleetGentleFrom())
