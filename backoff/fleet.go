@@ -70,7 +70,7 @@ type FleetMember interface {
 
 // FleetGentleGrowth is the factor by which a fleet's startup pace grows per
 // FleetRequest.Grow period once it has reached FleetRequest.Gentle.
-const FleetGentleGrowth = 1.15
+const FleetGentleGrowth = 1.1
 
 // FleetCallBound bounds every call a Gate makes to a FleetMember: no
 // admission waits on the fleet's store longer than this.
@@ -131,7 +131,7 @@ type FleetRequest struct {
 	// startup periods (100 ms at least).
 	Grow time.Duration
 	// Gentle, if positive, is the pace from which startup stops doubling
-	// and grows by FleetGentleGrowth (15 %) per Grow period instead. The
+	// and grows by FleetGentleGrowth (10 %) per Grow period instead. The
 	// gate asks for 4 × InitialRate (80/s by default): below it a doubling
 	// costs little; above it a doubling can land anywhere up to twice the
 	// capacity, and a fleet stops only once the rejection has come back

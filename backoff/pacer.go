@@ -368,17 +368,18 @@ func (p *pacer) forgive(now time.Time) bool {
 	case p.counted:
 		return p.pace >= 0.9*p.hi
 	case p.hi > 0 && now.Sub(p.hiAt) < hiMemory && p.pace >= 0.9*p.hi &&
-		(p.fleetGrows || now.Sub(p.paceSetAt) >= defaultProbePeriod):
+		(p.fleetGrows && !p.gentleStep || now.Sub(p.paceSetAt) >= defaultProbePeriod):
 		// Just under a ceiling it (or its fleet) overshot or counted, and
 		// not probing (a probe that overshoots is never forgiven): proven
-		// clean for a probe period, or in a fleet, whose members' timing
+		// clean for a probe period, or in a fleet (but for the step its
+		// startup went back to, until proven), whose members' timing
 		// jitter (50 processes on their places) draws lone Retry-Afters
 		// at any pace close to the capacity.
 		return true
 	case p.fleetGrows && p.estimate > 0 &&
 		(p.hi == 0 || now.Sub(p.hiAt) >= hiMemory || now.Sub(p.paceSetAt) >= defaultProbePeriod):
 		// A fleet at 95 % of the capacity it measured, or at the startup
-		// step below the one that overshot (up to 15 % under it) and
+		// step below the one that overshot (up to 10 % under it) and
 		// proven there for a probe period: a lone Retry-After is its
 		// members' jitter too (one cut 10 s into a herd kept the next
 		// herd at 0.86 C).

@@ -265,14 +265,14 @@ func TestPacerForgivesJitterUnderCeiling(t *testing.T) {
 	}
 }
 
-// A fleet's startup doubles to 4 × InitialRate, then grows by 15 % per
-// period, so that its first overshoot is at most 15 % above the capacity. At
+// A fleet's startup doubles to 4 × InitialRate, then grows by 10 % per
+// period, so that its first overshoot is at most 10 % above the capacity. At
 // its first Retry-After the pace that overshot is the one the fleet's
 // admissions followed when the rejected attempt went: a step the store set
 // within a period before (its members had not reckoned their places at it
 // yet, or the destination answered late) did not overshoot, the step before
 // it did, and the fleet goes back to the step before that (before, it went
-// back to 212.8 against C = 200 after a step to 244.7 set 22 ms, and in
+// back to 212.8 against C = 200 after a step (of 15 %) to 244.7 set 22 ms, and in
 // another run 87 ms, before the rejected attempt, and the next second drew a
 // second pause and a 40 % cut). If that step draws a Retry-After before it
 // is proven, one more step down; a lone Retry-After there once it is proven
@@ -280,6 +280,7 @@ func TestPacerForgivesJitterUnderCeiling(t *testing.T) {
 // 212.8 cut the fleet to 166.5, 10 s into the herd).
 func TestPacerFleetStartupCutTheStepThatOvershot(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // a window's start
+	const top, g = 212.8, FleetGentleGrowth           // the last step; the growth per step
 	cases := []struct {
 		name        string
 		setBefore   time.Duration // the last step, before the rejected attempt
@@ -287,16 +288,16 @@ func TestPacerFleetStartupCutTheStepThatOvershot(t *testing.T) {
 		wantPace    float64
 		wantCeiling float64
 	}{
-		{"last step 90 ms before", 90 * time.Millisecond, time.Millisecond, 160.9, 185},
-		{"last step 150 ms before", 150 * time.Millisecond, time.Millisecond, 185, 212.8},
-		{"last step 120 ms before, answered in 40 ms", 120 * time.Millisecond, 40 * time.Millisecond, 160.9, 185},
+		{"last step 90 ms before", 90 * time.Millisecond, time.Millisecond, top / g / g, top / g},
+		{"last step 150 ms before", 150 * time.Millisecond, time.Millisecond, top / g, top},
+		{"last step 120 ms before, answered in 40 ms", 120 * time.Millisecond, 40 * time.Millisecond, top / g / g, top / g},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			p := newPacer(0, 20, 1, t0.Add(-2*time.Second))
 			p.fleetGrows = true
 			at := t0.Add(60 * time.Millisecond)
-			p.adopt(at, FleetPace{Pace: 212.8, Startup: true}, at.Add(-c.setBefore))
+			p.adopt(at, FleetPace{Pace: top, Startup: true}, at.Add(-c.setBefore))
 			s := p.stamp(at)
 			p.rejected(at.Add(c.answer), time.Second, s)
 			if p.startup || math.Abs(p.pace-c.wantPace) > 0.1 || math.Abs(p.hi-c.wantCeiling) > 0.1 {

@@ -209,7 +209,7 @@ func TestReopenResetsAStartupPace(t *testing.T) {
 		// the pace twice more, and a's version is stale (its proposal alone would
 		// lose, even as a cut).
 		for range 2 {
-			time.Sleep(250 * time.Millisecond) // a fleet grows every 150 ms above 80/s
+			time.Sleep(250 * time.Millisecond) // a fleet grows every 100 ms
 			admitOne(t, other)
 		}
 		time.Sleep(500 * time.Millisecond) // the outage (a startup pace unchanged for two growth periods)
