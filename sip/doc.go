@@ -32,7 +32,8 @@
 //			Password:   acct.Password,
 //		})
 //	}
-//	err = fleet.Run(ctx) // until ctx ends; then every trunk unregisters
+//	err = fleet.Run(ctx) // until ctx ends; then every trunk unregisters,
+//	// at the registrar's pace, and the fleet's gates are closed
 //
 // A trunk with a primary and a backup registrar takes them both in
 // Registrars and gets one gate per address from its Fleet (or a private one
@@ -64,8 +65,15 @@
 // Every REGISTER transaction is admitted by the registrar's gate and reports
 // its outcome to it (a challenge round trip is two admissions: registrars
 // count REGISTERs). So is the unregistration on exit: a Fleet that stops
-// unregisters every trunk at once, and a 503 to it is retried after its
-// Retry-After within UnregisterTimeout.
+// unregisters every trunk at once, and its herd drains at the pace the
+// registrar serves. UnregisterTimeout bounds it by progress, not by a fixed
+// deadline: a trunk gives up when the registrar has served nobody through
+// its gate for that long (a silent registrar costs one bound, a herd of N
+// trunks about N ÷ the registrar's rate), or at once when a 503's
+// Retry-After is longer than the bound (logged at Warn); 12 bounds (1 min
+// by default), or the binding's end, cap it. When Run returns, the gates a
+// Fleet (or a Trunk) made are closed: a fleetgate member leaves Redis at
+// once. Gates the application passed in are left alone.
 // 401/407 are answered once, and the challenge is kept: the next refresh
 // carries credentials with nc counting up, so a refresh is one transaction,
 // not two (sipgo's own helper re-challenges every time). A challenge with
@@ -126,6 +134,16 @@
 //     WithTransactionLayerTerminateOnConnClose (set by NewUA) fails the
 //     transactions pending on it at once; and every trunk on it re-registers
 //     through the gate on a new connection.
+//   - A flow whose peer resets it (RST) or closes it (FIN) is dead at once,
+//     not at its next probe: sipgo's reader sees the reset or the EOF first
+//     but drops the connection without a word, so on Linux relink asks the
+//     kernel. One epoll instance per UserAgent (one goroutine, made with
+//     the first flow) holds a duplicate of each flow's TCP socket for
+//     EPOLLRDHUP, EPOLLHUP and EPOLLERR: the peer's FIN or RST, read
+//     without taking a byte from sipgo's reader. The duplicate keeps the
+//     socket from being closed (and its event lost) under the watch; it is
+//     closed when the flow dies or is retired. Elsewhere, the probe notices
+//     that the connection left sipgo's pool.
 //
 // A UserAgent not made by NewUA still works through WrapUA: relink cannot
 // see its reads, so it probes each flow with an OPTIONS request instead

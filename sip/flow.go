@@ -33,7 +33,8 @@ type flow struct {
 	raddr   string // sipgo's pool key: remote IP:port
 	key     flowKey
 
-	live atomic.Pointer[liveness.Monitor]
+	live   atomic.Pointer[liveness.Monitor]
+	hangID int32 // its id in the UA's hangups, 0 if not watched there; under hangups.mu
 
 	// CRLF keepalive fallback (RFC 5626 peers that never answer the ping):
 	// until the first pong each probe is a CRLF ping and an OPTIONS; after
@@ -141,6 +142,7 @@ type flowMonitor struct {
 	options func(f *flow) bool
 
 	deaths atomic.Uint64 // flows declared dead, for tests
+	hang   *hangups      // a peer's FIN or RST seen at once (Linux); nil in tests
 
 	mu     sync.RWMutex
 	byKey  map[flowKey]*flow
@@ -153,6 +155,7 @@ func (m *flowMonitor) init() {
 	if m.options == nil {
 		m.options = (*flow).optionsPing
 	}
+	m.hang = newHangups()
 	if m.callPref == (flowPref{}) {
 		m.callPref = flowPref{interval: DefaultKeepAlive, timeout: DefaultKeepAliveTimeout}
 	}
@@ -248,6 +251,9 @@ func (m *flowMonitor) attachAt(c sipmsg.Connection, network string, remote net.A
 		if fresh && network == "wss" && m.kit != nil {
 			m.kit.tuneKernel(c) // sipgo dialled it without relink's dialer
 		}
+		if fresh && network != "udp" {
+			m.hang.watch(f)
+		}
 		if f.add(sub, pref) {
 			return f
 		}
@@ -264,6 +270,7 @@ func (m *flowMonitor) remove(f *flow) {
 		delete(m.byKey, f.key)
 	}
 	m.mu.Unlock()
+	m.hang.forget(f)
 }
 
 // close retires every flow: their probes stop and nobody is told (the UA
@@ -277,6 +284,7 @@ func (m *flowMonitor) close() {
 	clear(m.byConn)
 	clear(m.byKey)
 	m.mu.Unlock()
+	m.hang.close()
 	for _, f := range all {
 		f.mu.Lock()
 		f.dead = true
