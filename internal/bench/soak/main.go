@@ -24,7 +24,9 @@
 // proxy (internal/faultproxy).
 //
 // Faults, drawn with a seeded random generator (-seed: a run repeats its
-// sequence), one every -fault-every, each cleared after a bounded hold:
+// sequence), one every -fault-every (a fault that overruns its slot, with
+// its recovery and a due sample, delays the next, which then starts at
+// once), each cleared after a bounded hold:
 // blackhole (netns: nft drops both ports' packets both ways; embedded: the
 // proxies freeze), peer-rst (netns: ss -K aborts the server side's sockets,
 // which sends the client a RST; embedded: the proxies reset), registrar-restart

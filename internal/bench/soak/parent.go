@@ -146,7 +146,7 @@ func (s *soak) loop(ctx context.Context) error {
 		switch {
 		case now >= s.o.duration:
 			return s.takeSample("end")
-		case now >= nextSample:
+		case now >= nextSample && nextSample < s.o.duration:
 			tag := ""
 			if s.sum.Base == nil && now >= s.o.baseline() {
 				tag = "base"
@@ -158,18 +158,17 @@ func (s *soak) loop(ctx context.Context) error {
 				nextSample += s.o.sample // marks missed during a fault: one sample for them all
 			}
 			continue
-		case now >= nextFault && nextFault+s.o.faultEvery <= s.o.duration:
+		case now >= nextFault && now+s.o.faultEvery <= s.o.duration:
 			if err := s.runFault(ctx); err != nil {
 				return err
 			}
-			// A fault that overran its slot skips the slots it covered.
-			for nextFault <= time.Since(s.start) {
-				nextFault += s.o.faultEvery
-			}
+			// A fault that overran its slot delays the next one, which
+			// then starts at once: the run keeps its count of faults.
+			nextFault += s.o.faultEvery
 			continue
 		}
 		next := min(nextSample, s.o.duration)
-		if nextFault+s.o.faultEvery <= s.o.duration {
+		if max(nextFault, now)+s.o.faultEvery <= s.o.duration {
 			next = min(next, nextFault)
 		}
 		if !ctxtime.Sleep(ctx, next-now) {
