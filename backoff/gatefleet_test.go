@@ -125,3 +125,46 @@ func TestGateFleetPause(t *testing.T) {
 		}
 	})
 }
+
+// A fleet forgives one lone Retry-After in 10 s, not one per member: a pause
+// another member told without a cut (it forgave its Retry-After) makes this
+// member's own Retry-After within 10 s a cut. (Before, 50 members each
+// forgave one, and a second herd paid four 1 s pauses in 7 s at an
+// unchanged pace.)
+func TestGateFleetForgivesOnceForTheFleet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var seq uint64
+		pause := time.Duration(0)
+		f := &fakeFleet{members: 2}
+		f.admit = func(_ context.Context, req FleetRequest) (FleetReply, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			rep := FleetReply{Pace: FleetPace{Pace: 95, Version: 1}, Paused: pause}
+			pause = 0
+			if req.Book {
+				seq++
+				rep.Seq = seq
+			}
+			if req.Held != 0 {
+				rep.Due = rep.Paused
+			}
+			return rep, nil
+		}
+		g := NewGate(GateConfig{Rate: 100, Fleet: f})
+		defer g.Close()
+		admitN(t, g, 2)
+		mu.Lock()
+		pause = 300 * time.Millisecond // another member's, forgiven: version unchanged
+		mu.Unlock()
+		admitN(t, g, 2)
+		p, err := g.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Done(Overload(time.Second))
+		if r := g.Stats().Rate; r >= 95 {
+			t.Fatalf("pace %v after a Retry-After 1 s after the fleet forgave one, want a cut below 95", r)
+		}
+	})
+}
