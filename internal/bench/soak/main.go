@@ -46,9 +46,15 @@
 // Output, one JSON object per line with -json: a "sample" at every -sample
 // mark, a "fault" per fault, and a final "summary". A sample is taken in a
 // quiet state: faults run one at a time and the parent takes a due sample
-// only between them, after the fault in progress was cleared and every
-// trunk and Link recovered, so a sample may come up to a fault's length
-// after its mark. Heap is HeapInuse + StackInuse after a GC
+// only between them, after the fault in progress was cleared, every trunk
+// and Link recovered, and -settle (35 s) passed for the baseline and end
+// samples (a third of it for the others), so a sample may come up to a
+// fault's length and its settle after its mark. The settle is there
+// because, after a recovery, the client holds what its burst of REGISTERs
+// allocated (sipgo requests, responses and client transactions, relink's
+// REGISTER building, as heap profiles taken every 4 s across a fault show)
+// for 20 to 30 s, then releases it at once: 0.5 to 1 MiB per 1,000 trunks,
+// a few percent of the heap, that would otherwise decide the comparison. Heap is HeapInuse + StackInuse after a GC
 // (runtime.GC, debug.FreeOSMemory); fds counts /proc/self/fd. The
 // baseline is the first sample at or after min(5 min, -duration/6); the
 // end sample is taken at -duration, after the last fault (none starts
@@ -130,7 +136,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.expires, "expires", 120*time.Second, "the trunks' Expires (refreshed at 75-85 %)")
 	fs.DurationVar(&o.echoEvery, "echo-every", 2*time.Second, "a busy Link echoes a line this often")
 	fs.DurationVar(&o.recoverCap, "recover-cap", 60*time.Second, "a unit not recovered this long after a fault's clear is stuck")
-	fs.DurationVar(&o.settle, "settle", 10*time.Second, "a sample waits this long after a fault's recovery (a quiet state)")
+	fs.DurationVar(&o.settle, "settle", 35*time.Second, "the baseline and end samples wait this long after a fault's recovery, the others a third of it (a recovery's REGISTERs stay on the heap for 20-30 s)")
 	fs.DurationVar(&o.startCap, "start-cap", 2*time.Minute, "give up when the client is not registered and ready after this long")
 	fs.StringVar(&o.env, "env", "auto", "netns (root: Kamailio in network namespaces, nft), embedded (loopback, freeze proxies) or auto (netns when it can)")
 	fs.StringVar(&o.faults, "faults", "", "draw only from these faults (comma-separated; default all)")
