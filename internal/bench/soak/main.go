@@ -80,7 +80,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -184,13 +186,18 @@ func main() {
 		os.Exit(2)
 	}
 	if o.role == "client" {
+		// A ^C reaches the whole process group: the parent stops the
+		// client (its stdin closes), so that it unregisters first.
+		signal.Ignore(os.Interrupt)
 		if err := runClient(o, os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "soak client:", err)
 			os.Exit(1)
 		}
 		return
 	}
-	sum, err := run(context.Background(), o, newPrinter(os.Stdout, o.asJSON))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sum, err := run(ctx, o, newPrinter(os.Stdout, o.asJSON))
+	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		os.Exit(2)

@@ -42,7 +42,7 @@ func TestSoakShort(t *testing.T) {
 	envName := shortEnv(t)
 	o, err := parseFlags([]string{"-env", envName, "-duration", "60s", "-trunks", "200", "-links", "100",
 		"-fault-every", "10s", "-sample", "10s", "-keepalive", "2s", "-timeout", "1s", "-echo-every", "1s",
-		"-recover-cap", "30s", "-settle", "5s", "-seed", "42", "-pprof", t.TempDir()})
+		"-recover-cap", "30s", "-settle", "20s", "-seed", "42", "-pprof", t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
