@@ -145,13 +145,13 @@ func (s *soak) loop(ctx context.Context) error {
 		now := time.Since(s.start)
 		switch {
 		case now >= s.o.duration:
-			return s.takeSample("end")
+			return s.takeSample(ctx, "end")
 		case now >= nextSample && nextSample < s.o.duration:
 			tag := ""
 			if s.sum.Base == nil && now >= s.o.baseline() {
 				tag = "base"
 			}
-			if err := s.takeSample(tag); err != nil {
+			if err := s.takeSample(ctx, tag); err != nil {
 				return err
 			}
 			for nextSample <= time.Since(s.start) {
@@ -178,12 +178,14 @@ func (s *soak) loop(ctx context.Context) error {
 }
 
 // takeSample asks the client for a sample (and profiles when tagged).
-func (s *soak) takeSample(tag string) error {
+func (s *soak) takeSample(ctx context.Context, tag string) error {
 	settle := s.o.settle
 	if tag == "" {
 		settle /= 3 // a point of the curve only
 	}
-	time.Sleep(time.Until(s.quietAt.Add(settle)))
+	if !ctxtime.Sleep(ctx, time.Until(s.quietAt.Add(settle))) {
+		return context.Cause(ctx)
+	}
 	r, err := s.cl.ask(command{Op: "sample", Profile: tag}, time.Minute)
 	if err != nil {
 		return err
