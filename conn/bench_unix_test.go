@@ -98,8 +98,8 @@ func TestScaleIdleConns(t *testing.T) {
 	if perConn > 1024 {
 		t.Errorf("%.0f extra heap bytes per connection, goal ≤ 1024", perConn)
 	}
-	if g1 != g0 {
-		t.Errorf("wrapping added %d goroutines", g1-g0)
+	if g1 > g0+1 { // the process's timing wheel: one goroutine for all
+		t.Errorf("wrapping added %d goroutines, want at most 1 in all", g1-g0)
 	}
 }
 

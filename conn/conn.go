@@ -36,27 +36,34 @@ import (
 // middle of it.
 type Conn struct {
 	nc           net.Conn
-	raw          syscall.RawConn   // the TCP socket underneath, for SIOCINQ/TCP_INFO; may be nil
-	mon          *liveness.Monitor // nil without probing
-	prober       Prober
-	strip        Stripper   // removes probe replies from inbound bytes; nil: none
-	rmu          sync.Mutex // serialises Reads when strip is set
-	sock         net.Conn   // the connection under a *tls.Conn nc; nil otherwise
+	raw          syscall.RawConn // the TCP socket underneath, for SIOCINQ/TCP_INFO and probes; may be nil
+	sock         net.Conn        // the connection under a *tls.Conn nc; nil otherwise
+	prober       Prober          // nil: no probing (mon is not started)
+	strip        Stripper        // removes probe replies from inbound bytes; nil: none
+	log          *slog.Logger    // nil: discard
+	inst         *instruments
 	probeTimeout time.Duration
 	writeTimeout time.Duration
-	wsem         chan struct{} // write lock shared with probes; nil without probing
-	log          *slog.Logger  // nil: discard
-	inst         *instruments
+
+	mon liveness.Monitor // started when prober is set
+
+	rmu sync.Mutex // serialises Reads when strip is set
 
 	broken atomic.Bool // the underlying conn is closed or being closed
 	closed atomic.Bool // nc.Close was called
+	direct bool        // nc is the socket: probes may be written on raw without blocking
 
 	dlmu sync.Mutex
 	wdl  time.Time // the caller's write deadline, restored after a probe
 
 	mu   sync.Mutex
 	err  error
-	done chan struct{}
+	done chan struct{} // made by Done (nil until then), closed by die
+	// The write side, shared by Writes and probes when probing: held by
+	// one of them (wbusy); the others wait for wwait (made by the first
+	// to wait, closed when the holder releases it or the Conn dies).
+	wbusy bool
+	wwait chan struct{}
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -85,7 +92,6 @@ func wrap(nc net.Conn, cfg *Config, applyOpts bool) *Conn {
 		writeTimeout: cfg.writeTimeout(),
 		log:          cfg.Logger,
 		inst:         instrumentsFor(cfg.MeterProvider),
-		done:         make(chan struct{}),
 	}
 	if tc, ok := nc.(*tls.Conn); ok {
 		c.sock = tc.NetConn()
@@ -108,17 +114,13 @@ func wrap(nc net.Conn, cfg *Config, applyOpts bool) *Conn {
 			c.strip = rf.NewStripper()
 		}
 		c.probeTimeout = timeout
-		c.wsem = make(chan struct{}, 1)
-		// Under mu: the monitor's callbacks read c.mon (in die) under mu.
+		_, isTCP := nc.(*net.TCPConn)
+		c.direct = isTCP && c.raw != nil && canWriteNow
+		// Under mu: the monitor's callbacks (die) take mu, so none runs
+		// before the Conn is complete.
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		c.mon = liveness.New(liveness.Config{
-			Interval: interval,
-			Timeout:  timeout,
-			Probe:    c.probe,
-			Unread:   c.unread,
-			OnDead:   c.onDead,
-		})
+		c.mon.Start(interval, timeout, (*target)(c), liveness.Default())
 	}
 	return c
 }
@@ -173,7 +175,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 	}
 	for {
 		n, err := c.nc.Read(b)
-		if n > 0 && c.mon != nil {
+		if n > 0 && c.prober != nil {
 			c.mon.Seen()
 		}
 		all := n > 0 && c.strip != nil
@@ -194,15 +196,11 @@ func (c *Conn) Read(b []byte) (int, error) {
 // WriteTimeout set, it is bounded by it. After the flow died, Write returns
 // an error carrying the cause (see Err) without writing.
 func (c *Conn) Write(b []byte) (int, error) {
-	if c.wsem != nil {
-		select {
-		case c.wsem <- struct{}{}:
-		default:
-			if err := c.lockWriteSlow(); err != nil {
-				return 0, err
-			}
+	if c.prober != nil {
+		if err := c.lockWrite(); err != nil {
+			return 0, err
 		}
-		defer func() { <-c.wsem }()
+		defer c.unlockWrite()
 	}
 	if c.broken.Load() {
 		return 0, c.deadError("write")
@@ -223,18 +221,54 @@ func (c *Conn) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// lockWriteSlow waits for the write lock held by a probe or another Write,
-// giving up when the connection is closed under it.
-func (c *Conn) lockWriteSlow() error {
-	select {
-	case c.wsem <- struct{}{}:
-		return nil
-	case <-c.done:
+// lockWrite takes the write side, shared with probes, waiting for its
+// holder; it gives up when the connection dies under it (a Prober may
+// block past the death).
+func (c *Conn) lockWrite() error {
+	c.mu.Lock()
+	for c.wbusy {
 		if c.broken.Load() {
+			c.mu.Unlock()
 			return c.deadError("write")
 		}
-		c.wsem <- struct{}{} // only EOF: writing may still work
-		return nil
+		if c.wwait == nil {
+			c.wwait = make(chan struct{})
+		}
+		wait := c.wwait
+		c.mu.Unlock()
+		<-wait
+		c.mu.Lock()
+	}
+	c.wbusy = true
+	c.mu.Unlock()
+	return nil
+}
+
+// tryLockWrite takes the write side if it is free at once.
+func (c *Conn) tryLockWrite() bool {
+	if !c.mu.TryLock() {
+		return false
+	}
+	free := !c.wbusy
+	c.wbusy = true
+	c.mu.Unlock()
+	return free
+}
+
+// unlockWrite releases the write side and wakes who waits for it.
+func (c *Conn) unlockWrite() {
+	c.mu.Lock()
+	c.wbusy = false
+	c.wakeWritersLocked()
+	c.mu.Unlock()
+}
+
+// wakeWritersLocked wakes the goroutines waiting for the write side. c.mu
+// must be held.
+func (c *Conn) wakeWritersLocked() {
+	if c.wwait != nil {
+		close(c.wwait)
+		c.wwait = nil
 	}
 }
 
@@ -252,7 +286,24 @@ func (c *Conn) Close() error {
 
 // Done returns a channel closed when the connection ends: its peer is
 // declared dead or closed its side (EOF), or Close was called.
-func (c *Conn) Done() <-chan struct{} { return c.done }
+func (c *Conn) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		if c.err != nil {
+			return closedChan
+		}
+		c.done = make(chan struct{}) // made on demand: most Conns are never asked
+	}
+	return c.done
+}
+
+// closedChan is Done's channel for a Conn that ended before Done was called.
+var closedChan = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
 
 // Err returns nil while the connection is alive, and then why it ended:
 // an error matching ErrUnresponsive (no answer to a probe, or the kernel's
@@ -359,72 +410,13 @@ func (c *Conn) opError(op string, cause error) error {
 	return &net.OpError{Op: op, Net: network, Source: la, Addr: c.nc.RemoteAddr(), Err: cause}
 }
 
-// probe is the Monitor's Probe: it writes one probe under the write lock,
-// with a write deadline of ProbeTimeout.
-func (c *Conn) probe() error {
-	select {
-	case c.wsem <- struct{}{}:
-	case <-c.done:
-		return nil
-	}
-	defer func() { <-c.wsem }()
-	if c.broken.Load() {
-		return nil
-	}
-	c.dlmu.Lock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.probeTimeout))
-	c.dlmu.Unlock()
-	if c.strip != nil {
-		c.strip.Probed() // before the reply can arrive
-	}
-	err := c.prober.Probe(c.nc)
-	c.dlmu.Lock()
-	_ = c.nc.SetWriteDeadline(c.wdl)
-	c.dlmu.Unlock()
-	c.inst.probeSent()
-	if c.log != nil && c.log.Enabled(context.Background(), slog.LevelDebug) {
-		c.log.LogAttrs(context.Background(), slog.LevelDebug, "conn: probe sent",
-			slog.String("remote", c.nc.RemoteAddr().String()), slog.Any("error", err))
-	}
-	if err != nil && c.broken.Load() {
-		return nil // closed meanwhile; the cause is already recorded
-	}
-	return err
-}
-
-// unread is the Monitor's Unread: the bytes waiting unread in the kernel.
-// While their count changes the reader is slow, not the peer gone; the
-// Monitor decides (an unchanged count excuses one probe only).
-func (c *Conn) unread() int {
-	if c.raw == nil {
-		return 0
-	}
-	n, err := unreadBytes(c.raw)
-	if err != nil {
-		return 0
-	}
-	return n
-}
-
 // lastInbound returns the time of the last inbound byte, or zero when the
 // Conn does not probe (it does not track it then).
 func (c *Conn) lastInbound() time.Time {
-	c.mu.Lock()
-	mon := c.mon
-	c.mu.Unlock()
-	if mon == nil {
+	if c.prober == nil {
 		return time.Time{}
 	}
-	return mon.LastSeen()
-}
-
-// onDead is the Monitor's OnDead.
-func (c *Conn) onDead(err error) {
-	cause, reason := error(errNoResponse), reasonUnresponsive
-	if pe, ok := errors.AsType[*liveness.ProbeError](err); ok {
-		cause, reason = probeFailure(pe.Err)
-	}
-	c.die(cause, reason, true)
+	return c.mon.LastSeen()
 }
 
 // die records the connection's end, once: the first cause wins. It closes
@@ -445,14 +437,16 @@ func (c *Conn) die(cause error, reason int, closeNC bool) bool {
 	if closeNC || reason == reasonClosed {
 		c.broken.Store(true) // before Done: woken writers must see it
 	}
-	close(c.done)
-	mon := c.mon
+	if c.done != nil {
+		close(c.done)
+	}
+	c.wakeWritersLocked() // they give up if broken, or wait on (EOF)
 	c.mu.Unlock()
 
 	var lastSeen time.Time
-	if mon != nil {
-		mon.Stop()
-		lastSeen = mon.LastSeen()
+	if c.prober != nil {
+		c.mon.Stop()
+		lastSeen = c.mon.LastSeen()
 	}
 	if reason == reasonClosed {
 		return true

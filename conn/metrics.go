@@ -37,6 +37,7 @@ type instruments struct {
 var (
 	attrTCP  = attribute.String("network.transport", "tcp")
 	optTCP   = metric.WithAttributeSet(attribute.NewSet(attrTCP))
+	addTCP   = []metric.AddOption{optTCP} // passed as addTCP...: no slice made per call
 	optByWhy = func() (o [numReasons]metric.MeasurementOption) {
 		for i, name := range reasonNames {
 			o[i] = metric.WithAttributeSet(attribute.NewSet(attrTCP, attribute.String("error.type", name)))
@@ -79,7 +80,7 @@ func instrumentsFor(mp metric.MeterProvider) *instruments {
 
 func (in *instruments) probeSent() {
 	if in.probes != nil {
-		in.probes.Add(context.Background(), 1, optTCP)
+		in.probes.Add(context.Background(), 1, addTCP...)
 	}
 }
 

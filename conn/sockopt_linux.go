@@ -3,6 +3,7 @@
 package conn
 
 import (
+	"errors"
 	"os"
 	"syscall"
 	"time"
@@ -62,3 +63,14 @@ func tcpInfo(rc syscall.RawConn) (tcpState, bool) {
 		unacked:     info.Unacked,
 	}, true
 }
+
+// canWriteNow reports whether a probe can be written on the socket without
+// blocking (probeBuf.writeFD).
+const canWriteNow = true
+
+// writeFD writes pb.b on the socket fd without waiting: fd is
+// non-blocking, so a full send buffer gives a short count or EAGAIN.
+func (pb *probeBuf) writeFD(fd uintptr) { pb.n, pb.errno = unix.Write(int(fd), pb.b) }
+
+// wouldBlock reports whether errno means the send buffer is full.
+func wouldBlock(errno error) bool { return errors.Is(errno, unix.EAGAIN) }
