@@ -48,6 +48,10 @@
 // registrar's gate, at the registrar's pace), and stop_503, the 503s the
 // registrars answered during it.
 //
+// testdata/matrix.jsonl keeps the last full run the README's table comes
+// from: a first line with the command, date and load average, then one row
+// per line as -json prints it.
+//
 // The exit status is 1 when a row fails what issue 14 asks (recovered = all,
 // stuck, orphans, stale and false deaths 0, detection within bound + 0.1 s),
 // 2 on a setup error.
