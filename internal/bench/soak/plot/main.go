@@ -148,14 +148,15 @@ func draw(w io.Writer, s *series) error {
 	return err
 }
 
-// panel draws one figure against minutes, its axis from 0 to 1.2 × its
-// maximum, with the fault ticks and the base and end samples circled.
+// panel draws one figure against minutes, its axis from 0 to about 1.2 ×
+// its maximum, with a tick per fault, the base and end samples circled and
+// dashed lines 5 % either side of the base.
 func panel(b *strings.Builder, s *series, y0, tmax float64, name, color string, get func(point) float64) {
 	vmax := 0.0
 	for _, p := range s.samples {
 		vmax = math.Max(vmax, get(p))
 	}
-	vmax = niceCeil(vmax * 1.2)
+	vmax = 4 * niceCeil(vmax*1.2/4) // four round steps
 	x := func(t float64) float64 { return left + t/tmax*plotW }
 	y := func(v float64) float64 { return y0 + panelH - v/vmax*panelH }
 	fmt.Fprintf(b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="none" stroke="#888"/>`+"\n", left, y0, plotW, panelH)
@@ -168,6 +169,15 @@ func panel(b *strings.Builder, s *series, y0, tmax float64, name, color string, 
 	for _, f := range s.faults {
 		t := f.Start / 60
 		fmt.Fprintf(b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#ccc"><title>%s</title></line>`+"\n", x(t), x(t), y0+panelH-8, y0+panelH, escape(f.Name))
+	}
+	for _, p := range s.samples {
+		if p.Tag != "base" {
+			continue
+		}
+		for _, f := range []float64{0.95, 1.05} { // the ±5 % the end must stay within
+			fmt.Fprintf(b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="%s" stroke-dasharray="4 4" opacity="0.6"/>`+"\n",
+				left, left+plotW, y(get(p)*f), y(get(p)*f), color)
+		}
 	}
 	var pts []string
 	for _, p := range s.samples {
