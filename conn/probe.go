@@ -104,6 +104,9 @@ func (pb *probeBuf) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// maxPooledProbe is the largest probe buffer kept for reuse.
+const maxPooledProbe = 4 << 10
+
 var probeBufs = sync.Pool{New: func() any {
 	pb := &probeBuf{b: make([]byte, 0, 64)}
 	pb.write = pb.writeFD
@@ -120,7 +123,11 @@ func (c *Conn) tryProbe() (bool, error) {
 		return true, nil // dead: the cause is already recorded
 	}
 	pb := probeBufs.Get().(*probeBuf)
-	defer probeBufs.Put(pb)
+	defer func() {
+		if cap(pb.b) <= maxPooledProbe {
+			probeBufs.Put(pb)
+		}
+	}()
 	pb.b = pb.b[:0]
 	if err := c.prober.Probe(pb); err != nil {
 		c.unlockWrite()
