@@ -27,7 +27,7 @@ func TestDirectProbeIntoFullSendBuffer(t *testing.T) {
 	ping := make([]byte, 256<<10)
 	d := &conn.Dialer{Config: conn.Config{ProbeInterval: pi, ProbeTimeout: pt, UserTimeout: -1,
 		WriteTimeout: 200 * time.Millisecond,
-		Probe: conn.ProberFunc(func(w io.Writer) error { _, err := w.Write(ping); return err })}}
+		Probe:        conn.ProberFunc(func(w io.Writer) error { _, err := w.Write(ping); return err })}}
 	c, err := d.DialContext(t.Context(), "tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
