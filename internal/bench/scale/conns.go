@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -43,8 +44,17 @@ type ConnsResult struct {
 	ProbeCPUPctCore float64 `json:"probe_cpu_pct_core"`
 	WrappedCPUPct   float64 `json:"wrapped_cpu_pct_core"`
 	PlainCPUPct     float64 `json:"plain_cpu_pct_core"`
-	ProbesPerS      float64 `json:"probes_per_s"`     // writes by the wrapped run (its probes) per second
+	ProbesPerS      float64 `json:"probes_per_s"`     // the wrapped run's probes per second
 	CPUUsPerProbe   float64 `json:"cpu_us_per_probe"` // ProbeCPUPctCore's CPU per probe
+	// The floor: a third run of plain connections in which one goroutine
+	// per client writes conn.CRLF's 4 bytes on each connection once per
+	// probe interval, a share every 10 ms (the wheel's tick), the echo
+	// server answering as it answers probes. WritesCPUPctCore is its CPU
+	// less the plain run's: what the write and the reply's read cost
+	// without relink. 0 with -floor=false.
+	WritesCPUPctCore float64 `json:"writes_cpu_pct_core,omitempty"`
+	WritesPerS       float64 `json:"writes_per_s,omitempty"`
+	CPUUsPerWrite    float64 `json:"cpu_us_per_write,omitempty"`
 	// Dead are the connections that died (their reader got an error)
 	// in the plain and the wrapped run, by cause: 0 expected. Deaths
 	// beside LoopbackDrops are the kernel's: a loaded host's loopback
@@ -53,6 +63,7 @@ type ConnsResult struct {
 	DeadPlain   map[string]int64 `json:"dead_plain"`
 	DeadWrapped map[string]int64 `json:"dead_wrapped"`
 	Dead        int              `json:"dead"`
+	DeadWrites  int              `json:"dead_writes,omitempty"` // in the floor's run
 	// DeadAtHeap are the connections already dead when the heaps were
 	// taken (plain + wrapped): the heap figures hold only when it is 0.
 	DeadAtHeap    int     `json:"dead_at_heap"`
@@ -110,14 +121,21 @@ func connsRow(o *options) (*ConnsResult, error) {
 		}
 		addrs = append(addrs, rd.Addrs)
 	}
-	var runs [2]connsSum
+	modes := []string{"plain", "wrapped"}
+	if o.floor {
+		modes = append(modes, "writes")
+	}
+	runs := make([]connsSum, len(modes))
 	drops0 := loopbackDrops()
-	for i, mode := range []string{"plain", "wrapped"} {
+	for i, mode := range modes {
 		if err := connsRun(o, mode, addrs, &runs[i]); err != nil {
 			return nil, err
 		}
 	}
 	r := connsResult(o, runs[0], runs[1])
+	if o.floor {
+		floorResult(r, runs[0], runs[2])
+	}
 	r.Procs, r.LoopbackDrops = procs, loopbackDrops()-drops0
 	return r, nil
 }
@@ -177,6 +195,18 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// floorResult fills the floor's figures of r from the plain and writes runs.
+func floorResult(r *ConnsResult, plain, writes connsSum) {
+	r.WritesCPUPctCore = writes.cpuPct - plain.cpuPct
+	r.WritesPerS = writes.probesPer
+	if r.WritesPerS > 0 {
+		r.CPUUsPerWrite = r.WritesCPUPctCore / 100 / r.WritesPerS * 1e6
+	}
+	for _, v := range writes.dead {
+		r.DeadWrites += int(v)
+	}
 }
 
 func connsResult(o *options, plain, wrapped connsSum) *ConnsResult {
@@ -248,20 +278,18 @@ func serveEcho(o *options, in io.Reader, out io.Writer) error {
 	return nil
 }
 
-// counted counts the writes on a connection (a wrapped one's are its
-// probes: nothing else writes). Both runs dial through it, so that its few
-// bytes cancel out of the difference. NetConn lets conn find the socket.
-type counted struct {
-	net.Conn
-	writes *atomic.Int64
+// countingCRLF is conn.CRLF (its pongs stripped) that counts the probes
+// written.
+type countingCRLF struct{ n *atomic.Int64 }
+
+func (p countingCRLF) Probe(w io.Writer) error {
+	p.n.Add(1)
+	return conn.CRLF.Probe(w)
 }
 
-func (c counted) Write(b []byte) (int, error) {
-	c.writes.Add(1)
-	return c.Conn.Write(b)
+func (countingCRLF) NewStripper() conn.Stripper {
+	return conn.CRLF.(conn.ReplyFilter).NewStripper()
 }
-
-func (c counted) NetConn() net.Conn { return c.Conn }
 
 // connsClient is one conns child's connections.
 type connsClient struct {
@@ -286,6 +314,11 @@ func runConns(o *options, out io.Writer) error {
 		return err
 	}
 	res := connsChild{Mode: o.mode, DialS: time.Since(start).Seconds()}
+	if o.mode == "writes" {
+		stop := make(chan struct{})
+		defer close(stop)
+		go cc.writeFloor(o, stop)
+	}
 	time.Sleep(2 * time.Second) // let the readers block and the first probes settle
 	held := snapshot().minus(base)
 	if err := writeProfiles(o.pprof, "conns-"+o.mode+o.id); err != nil {
@@ -308,23 +341,42 @@ func runConns(o *options, out io.Writer) error {
 	return nil
 }
 
+// writeFloor is the writes mode's writer: conn.CRLF's ping on each
+// connection once per probe interval, a share of them every 10 ms, until
+// stop closes.
+func (cc *connsClient) writeFloor(o *options, stop <-chan struct{}) {
+	const tick = 10 * time.Millisecond
+	interval := cmp.Or(o.probeInterval, conn.DefaultProbeInterval)
+	perTick := max(1, int(int64(len(cc.conns))*int64(tick)/int64(interval)))
+	ping := []byte("\r\n\r\n")
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for i := 0; ; {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		for range perTick {
+			if _, err := cc.conns[i].Write(ping); err == nil {
+				cc.writes.Add(1)
+			}
+			i = (i + 1) % len(cc.conns)
+		}
+	}
+}
+
 // dialAll dials the connections, 32 at a time, round robin over addrs,
 // and starts a reader on each.
 func (cc *connsClient) dialAll(o *options, addrs []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
-	cfg := conn.Config{Probe: conn.CRLF, ProbeInterval: o.probeInterval}
+	cfg := conn.Config{Probe: countingCRLF{&cc.writes}, ProbeInterval: o.probeInterval}
 	if o.connKeep != 0 {
 		cfg.KeepAlive = net.KeepAliveConfig{Enable: o.connKeep > 0, Idle: o.connKeep}
 	}
 	raw := cfg.NetDialer()
-	cd := conn.Dialer{Config: cfg, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		nc, err := raw.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return counted{Conn: nc, writes: &cc.writes}, nil
-	}}
+	cd := conn.Dialer{Config: cfg}
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, 32)
@@ -340,7 +392,7 @@ func (cc *connsClient) dialAll(o *options, addrs []string) error {
 						c = wc
 					}
 				} else {
-					c, err = cd.Dial(ctx, "tcp", addr)
+					c, err = raw.DialContext(ctx, "tcp", addr)
 				}
 				if err != nil {
 					errs <- fmt.Errorf("dial %d to %s: %w", i, addr, err)

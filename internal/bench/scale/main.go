@@ -27,7 +27,12 @@
 // -probe-interval). Relink's cost per connection is the difference of the
 // two runs' heap (HeapInuse + StackInuse after a GC), and its probing CPU
 // the difference of their CPU over -conn-window (at least two probe
-// intervals), as a percentage of one core. When the file limit (which only
+// intervals), as a percentage of one core. A third run (-floor, on by
+// default) writes the probe's 4 bytes on plain connections at the same rate
+// from one goroutine per client, paced every 10 ms: the CPU that the write
+// and the reply's read cost without relink, which no prober can go below
+// (on loopback the write also pays for delivering the segment to the echo
+// server's socket). When the file limit (which only
 // CAP_SYS_RESOURCE raises above the hard limit) is below -conns, the
 // connections are shared by -procs client processes, each with an echo
 // server of its own, run at once; their heaps, goroutines and CPU add up.
@@ -79,7 +84,8 @@ type options struct {
 	connWindow    time.Duration
 	probeInterval time.Duration
 	connKeep      time.Duration // kernel keepalive idle of the connections; 0 default, negative off
-	mode          string        // conns role: plain or wrapped
+	mode          string        // conns role: plain, wrapped or writes
+	floor         bool          // conns row: also run the writes mode
 	addrs         string        // conns role: the echo server's addresses, comma-separated
 
 	pprof  string
@@ -104,7 +110,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.connWindow, "conn-window", 30*time.Second, "CPU window of the conns row (at least two probe intervals)")
 	fs.DurationVar(&o.probeInterval, "probe-interval", 0, "ProbeInterval of the wrapped connections (0: the default, 10 s)")
 	fs.DurationVar(&o.connKeep, "conn-keepalive", 0, "kernel keepalive idle of both runs' connections (0: conn's default, 5 s; negative: off)")
-	fs.StringVar(&o.mode, "mode", "", "internal: plain or wrapped (conns role)")
+	fs.StringVar(&o.mode, "mode", "", "internal: plain, wrapped or writes (conns role)")
+	fs.BoolVar(&o.floor, "floor", true, "conns row: also measure plain connections written to at the probes' rate (the write's floor)")
 	fs.StringVar(&o.addrs, "addrs", "", "internal: the echo server's addresses (conns role)")
 	fs.StringVar(&o.pprof, "pprof", "", "write heap, goroutine and CPU profiles of the measured clients into this directory")
 	fs.BoolVar(&o.asJSON, "json", false, "print one JSON object per row")

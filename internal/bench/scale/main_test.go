@@ -69,7 +69,12 @@ func checkConns(t *testing.T, r *ConnsResult) {
 	if r.ProbesPerS < 50 || r.ProbesPerS > 400 {
 		t.Errorf("%.0f probes/s, want about 250", r.ProbesPerS)
 	}
-	// relink's Conn has no goroutine of its own.
+	// The floor's run wrote each connection once per interval: 250/s.
+	if r.WritesPerS < 50 || r.WritesPerS > 400 || r.DeadWrites != 0 {
+		t.Errorf("floor: %.0f writes/s (want about 250), %d dead", r.WritesPerS, r.DeadWrites)
+	}
+	// relink's Conn has no goroutine of its own (the process's timing
+	// wheel has one, 0.02 per connection here).
 	if r.GoroutinesPerConn > 0.1 || r.HeapPerConnB <= 0 || r.HeapPerConnTotalB <= r.HeapPerConnB {
 		t.Errorf("%.2f goroutines and %.0f B (of %.0f B) per connection", r.GoroutinesPerConn, r.HeapPerConnB,
 			r.HeapPerConnTotalB)
