@@ -66,8 +66,10 @@ func TestFleetStopAtCapacityLeavesNoBinding(t *testing.T) {
 
 // TestUnregisterGivesUpOnLongRetryAfter: a 503 whose Retry-After the bound
 // cannot hold ends the unregistration at once (logged), rather than
-// waiting the bound out in vain; and a registrar that stops answering costs
-// one bound, not the cap.
+// waiting the bound out in vain; a registrar that stops answering costs
+// one bound, not the cap; and a 503 without Retry-After is retried after
+// the trunk's backoff within the bound (before: at once, as fast as the
+// gate admitted).
 func TestUnregisterGivesUpOnLongRetryAfter(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -76,11 +78,16 @@ func TestUnregisterGivesUpOnLongRetryAfter(t *testing.T) {
 		min   time.Duration
 		max   time.Duration
 		log   string
+		regs  uint64 // at most this many REGISTERs during the stop; 0: any
 	}{
 		{name: "retry-after 60 s", fault: func(r *registrar.Registrar) { r.SetOverload(time.Minute) },
 			max: time.Second, log: "Retry-After beyond its bound"},
 		{name: "silent", fault: func(r *registrar.Registrar) { r.SetSilent(true) },
 			min: time.Second, max: 3 * time.Second, log: "binding stays until it expires"},
+		// A 503 without Retry-After pauses nobody: the unregistration
+		// retries after the trunk's backoff, not at the gate's pace.
+		{name: "503 without retry-after", fault: func(r *registrar.Registrar) { r.SetOverload(0) },
+			min: time.Second, max: 3 * time.Second, log: "binding stays until it expires", regs: 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := newRegistrar(t, registrar.Config{Password: testPassword, MinExpires: -1})
@@ -90,9 +97,13 @@ func TestUnregisterGivesUpOnLongRetryAfter(t *testing.T) {
 			stop := running(t, tr)
 			waitState(t, tr, Registered, 5*time.Second)
 			tc.fault(reg)
+			before := reg.Stats().Registers
 			start := time.Now()
 			stop()
 			took := time.Since(start)
+			if n := reg.Stats().Registers - before; tc.regs > 0 && n > tc.regs {
+				t.Errorf("%d REGISTERs during the stop, want at most %d", n, tc.regs)
+			}
 			if took < tc.min || took > tc.max {
 				t.Errorf("Run returned %v after the stop, want %v to %v", took, tc.min, tc.max)
 			}

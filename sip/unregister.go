@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/relinkgo/relink/backoff"
+	"github.com/relinkgo/relink/internal/ctxtime"
 )
 
 // maxUnregisterBounds caps a stop's unregistration at this many
@@ -52,11 +53,23 @@ func (r *runner) unregisterFrom(ctx context.Context, tg *regTarget) {
 				slog.Duration("bound", bound), slog.Time("binding_until", tg.held))
 			return
 		}
+		if res.retryAfter == 0 && !r.unregisterBackOff(uctx) {
+			res = result{act: stopped, err: context.Cause(uctx)}
+			break
+		}
 	}
 	if res.act != registered && t.log.Enabled(ctx, slog.LevelInfo) {
 		t.log.LogAttrs(ctx, slog.LevelInfo, "sip unregister failed: the binding stays until it expires",
 			slog.String("registrar", tg.raw), slog.Any("error", res.err), slog.Time("binding_until", tg.held))
 	}
+}
+
+// unregisterBackOff waits after a 503 without Retry-After, which paused
+// nobody: the trunk's own backoff, as for a REGISTER, within the bound;
+// false when the bound ended first or the policy says never again.
+func (r *runner) unregisterBackOff(ctx context.Context) bool {
+	d := r.nextBackOff()
+	return d >= 0 && ctxtime.Sleep(ctx, d)
 }
 
 // unregWatch bounds an unregistration by progress: it ends it (stalled)
