@@ -125,7 +125,9 @@ type Config struct {
 	// (DefaultProbeTimeout); negative = off: no application probe, as with
 	// a nil Probe (a probe that can never fail proves nothing). Positive
 	// values below MinProbeInterval are raised to it. Ignored when Probe is
-	// nil.
+	// nil. Probes are scheduled on a 10 ms tick: a silent peer is declared
+	// dead within ProbeInterval + ProbeTimeout + 10 ms (+ 20 ms when
+	// ProbeTimeout is not a multiple of 10 ms).
 	ProbeTimeout time.Duration
 
 	// WriteTimeout bounds each Write: zero = none (the default); negative =

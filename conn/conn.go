@@ -33,7 +33,9 @@ import (
 // Conn's methods are safe for concurrent use, as net.Conn's are. Read and
 // Write do not allocate: Read adds one clock read and one atomic store when
 // probing; Write, when probing, takes a lock that keeps probes out of the
-// middle of it.
+// middle of it. Probes are scheduled on a timing wheel shared by the
+// process (see the package doc's Cost): the detection bound is one 10 ms
+// tick coarser than ProbeInterval + ProbeTimeout.
 type Conn struct {
 	nc           net.Conn
 	raw          syscall.RawConn // the TCP socket underneath, for SIOCINQ/TCP_INFO and probes; may be nil

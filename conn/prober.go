@@ -6,11 +6,16 @@ import "io"
 // byte that follows (the pong, or other traffic) proves the peer alive.
 //
 // Probe is called at most once at a time, with exclusive use of the write
-// side (it never interleaves with a Write) and a write deadline of
-// ProbeTimeout, from a timer's goroutine. w is the underlying connection:
-// Probe must write to it and return, not read from it or keep it. An error
-// declares the flow dead, with the error wrapped in Err (as ErrUnresponsive
-// when the write timed out). On a TLS Conn, w encrypts what Probe writes.
+// side (it never interleaves with a Write). Probe must write to w and
+// return, not read from it, keep it or block on anything else: on a plain
+// TCP Conn it is called from the process's probe scheduler, which serves
+// every Conn. There w is a buffer whose bytes are written on the socket in
+// one non-blocking write once Probe returns (the rest, if the send buffer
+// is full, under a write deadline of ProbeTimeout); otherwise w is the
+// underlying net.Conn, with a write deadline of ProbeTimeout, and Probe
+// runs on a goroutine of its own. An error declares the flow dead, with the
+// error wrapped in Err (as ErrUnresponsive when the write timed out). On a
+// TLS Conn, w encrypts what Probe writes.
 //
 // The peer's reply arrives among the protocol's own bytes. A Prober that
 // also implements ReplyFilter (CRLF does) has its replies removed by
