@@ -75,7 +75,21 @@
 // outlives the herd, with the ceiling the fleet last overshot and the
 // destination's Retry-After, so that a process joining later (a second herd,
 // a restart) starts at the learned pace and probes above it no more eagerly
-// than the process that drew the Retry-After. Admission never waits on the shared store longer than
-// FleetCallBound; without it each process admits at its share of the last
-// known fleet pace.
+// than the process that drew the Retry-After. Admission never waits on the
+// shared store longer than FleetCallBound; without it each process admits at
+// its share of the last known fleet pace.
+//
+// A fleet reacts to a rejection later than one process does (the rejection
+// comes back through a member and the store, while the other members admit
+// on places they already hold), so its startup grows gently near a capacity
+// it does not know: it doubles every startup period up to 4 × InitialRate,
+// then grows by FleetGentleGrowth (10 %) per period, and its first overshoot
+// is about one step, not up to twice the capacity (a doubling to 1.6 × C
+// sent a window of 1.6 × what the destination admits). At its first
+// Retry-After it goes back to the step below the one its admissions followed
+// when the rejected attempt went (a startup period plus the rejection's round
+// trip earlier: a step set just before had not taken effect), or one more
+// step down if that step draws a Retry-After before it has run clean for a
+// second. The fleet forgives one lone Retry-After in 10 s, not one per
+// member.
 package backoff

@@ -19,7 +19,7 @@ import (
 //   - the closed state's scout lease: one scout probes a dead destination
 //     for the whole fleet, and its success reopens every member's gate;
 //   - the learned pace (FleetPace): what one process learns (a Retry-After
-//     cut, a measured capacity, a startup doubling) becomes every process's,
+//     cut, a measured capacity, a startup growth step) becomes every process's,
 //     and it outlives the herd (a TTL) for the next herd and a restarted
 //     process.
 //
@@ -92,7 +92,7 @@ type FleetPace struct {
 	Pace float64
 	// Estimate is the capacity the fleet measured, or zero.
 	Estimate float64
-	// Startup is true while the pace is still doubling from InitialRate.
+	// Startup is true while the pace is still growing from InitialRate.
 	Startup bool
 	// Ceiling is a pace that drew a Retry-After within the last 10 s, or a
 	// capacity counted at startup's first Retry-After: no member probes
@@ -123,12 +123,12 @@ type FleetRequest struct {
 	// PushBack, if positive, pauses the destination fleet-wide for that
 	// long (overlapping pauses end at the latest end).
 	PushBack time.Duration
-	// Grow is the startup's doubling period: while the stored pace is in
-	// startup and a place is booked, the store doubles the pace (up to
-	// Ceiling) once it is Grow old, so that the fleet doubles once per
-	// period whichever member happens to call. The gate's own pacer does
-	// not double while it has a fleet; the gate asks for one of its
-	// startup periods (100 ms at least).
+	// Grow is the startup's growth period: while the stored pace is in
+	// startup and a place is booked, the store doubles the pace (below
+	// Gentle; up to Ceiling) once it is Grow old, so that the fleet grows
+	// once per period whichever member happens to call. The gate's own
+	// pacer does not grow while it has a fleet; the gate asks for one of
+	// its startup periods (100 ms at least).
 	Grow time.Duration
 	// Gentle, if positive, is the pace from which startup stops doubling
 	// and grows by FleetGentleGrowth (10 %) per Grow period instead. The

@@ -86,7 +86,8 @@ type GateConfig struct {
 	// InitialRate is an adaptive gate's starting pace, in attempts per
 	// second, before it has measured the destination. Zero means
 	// DefaultInitialRate (20/s). The pace doubles every 100 ms (or every
-	// round trip, if longer) while attempts queue and none is rejected.
+	// round trip, if longer) while attempts queue and none is rejected;
+	// with a Fleet, only up to 4 × InitialRate, and by 10 % from there.
 	// Negative turns that startup off: the gate starts at MinRate and grows
 	// only by its cruise probes (10 % and up, once a second).
 	InitialRate float64

@@ -38,10 +38,13 @@
 // An admission is one EVALSHA of a Lua script on Redis's own clock (TIME),
 // so no process's clock matters. It stores a pause told by this process,
 // compares-and-sets the fleet pace if this process's controller changed it
-// (a cut beats a concurrent doubling; startup doubles in the script, once per
-// FleetRequest.Grow whoever calls; a gate that reopens after an outage resets
-// a pace still in startup, so that a warm-up's doublings do not greet the
-// next herd), reckons when the place this process holds is due,
+// (a cut beats a concurrent growth step; startup grows in the script, once
+// per FleetRequest.Grow whoever calls: it doubles up to FleetRequest.Gentle,
+// 4 × InitialRate, and grows by backoff.FleetGentleGrowth, 10 %, from there,
+// so that the fleet's first overshoot of a destination's capacity is about
+// 10 %, not up to 100 %; a gate that reopens after an outage resets a pace
+// still in startup, so that a warm-up's growth does not greet the next
+// herd), reckons when the place this process holds is due,
 // and books its next place. The queue is a GCRA counted in places rather
 // than times: a virtual clock runs at the fleet pace (standing still during
 // a pause, never running ahead of the queue, so an idle fleet saves no
@@ -49,8 +52,12 @@
 // therefore moves when the pace changes and lands after a pause told later:
 // a process confirms its place a few round trips before it is due (the call
 // that also books its next), and waits on its place rather than polling for
-// one. Measured on loopback: 1.01 calls per admission for two processes,
-// 1.05–1.45 for fifty (more while the pace doubles in startup).
+// one. A process admits on its place at most one place's interval late
+// (2 ms at least) and leaves a place it missed by more unused, so that
+// processes held up together by a loaded host do not come back with their
+// late places at once. Measured on loopback: 1.01 calls per admission for
+// two processes, 1.05–1.45 for fifty (more while the pace grows in
+// startup).
 //
 // github.com/go-redis/redis_rate is a GCRA too, but of fixed times at a rate
 // given per call: the pause, the pace's compare-and-set and the booking would
