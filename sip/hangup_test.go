@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	sipmsg "github.com/emiago/sipgo/sip"
 
 	"github.com/relinkgo/relink/internal/faultproxy"
+	"github.com/relinkgo/relink/internal/kamailio"
 	"github.com/relinkgo/relink/internal/registrar"
 )
 
@@ -81,6 +83,46 @@ func TestPeerHangupSeenAtOnce(t *testing.T) {
 			waitState(t, tr, Registered, 5*time.Second)
 			if n := reg.Stats().Accepted; n < 2 {
 				t.Errorf("%d connections through the proxy, want a new one", n)
+			}
+		})
+	}
+}
+
+// TestPeerHangupKamailio: the same over each of TCP, TLS, WS and WSS to a
+// real Kamailio, its connections reset (RST) by a proxy in front of it:
+// with a 10 s KeepAlive every trunk leaves Registered within 2 s and
+// registers again on a new connection. (Before: at the next probe, up to
+// 10 s.)
+func TestPeerHangupKamailio(t *testing.T) {
+	k := kamailio.Start(t, kamailio.Options{TLS: true, WebSocket: true})
+	for _, tp := range []string{"tcp", "tls", "ws", "wss"} {
+		t.Run(tp, func(t *testing.T) {
+			uri, addr := kamTarget(k, tp)
+			px, err := faultproxy.New(addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { px.Close() })
+			uri = strings.Replace(uri, addr, px.Addr(), 1)
+			ua := newSecureUA(t, k)
+			tr, err := NewTrunk(ua, TrunkConfig{Registrars: []string{uri}, AOR: "sip:hangup-" + tp + "@relink.test",
+				Password: k.Password(), KeepAlive: 10 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			running(t, tr)
+			waitState(t, tr, Registered, 5*time.Second)
+			cut := time.Now()
+			px.Reset()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if !tr.WaitForStateChange(ctx, Registered) {
+				t.Fatalf("%s: still Registered 2 s after the reset (KeepAlive 10 s)", tp)
+			}
+			t.Logf("%s: left Registered %v after the reset", tp, time.Since(cut))
+			waitState(t, tr, Registered, 5*time.Second)
+			if d := ua.mon.deaths.Load(); d != 1 {
+				t.Errorf("%s: %d flow deaths, want 1", tp, d)
 			}
 		})
 	}
