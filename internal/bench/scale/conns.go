@@ -67,8 +67,9 @@ type ConnsResult struct {
 	// DeadAtHeap are the connections already dead when the heaps were
 	// taken (plain + wrapped): the heap figures hold only when it is 0.
 	DeadAtHeap    int     `json:"dead_at_heap"`
-	LoopbackDrops uint64  `json:"loopback_drops"` // /proc/net/softnet_stat, whole host, during both runs
-	DialS         float64 `json:"dial_s"`         // time to dial the wrapped run's connections
+	LoopbackDrops uint64  `json:"loopback_drops"`     // /proc/net/softnet_stat, whole host, during the runs
+	Backlog       int     `json:"netdev_max_backlog"` // in force during the runs
+	DialS         float64 `json:"dial_s"`             // time to dial the wrapped run's connections
 }
 
 // connsChild is what one conns child (one mode) measured.
@@ -121,6 +122,11 @@ func connsRow(o *options) (*ConnsResult, error) {
 		}
 		addrs = append(addrs, rd.Addrs)
 	}
+	backlog, restore, err := raiseBacklog(o.backlog)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "scale:", err)
+	}
+	defer restore()
 	modes := []string{"plain", "wrapped"}
 	if o.floor {
 		modes = append(modes, "writes")
@@ -136,7 +142,7 @@ func connsRow(o *options) (*ConnsResult, error) {
 	if o.floor {
 		floorResult(r, runs[0], runs[2])
 	}
-	r.Procs, r.LoopbackDrops = procs, loopbackDrops()-drops0
+	r.Procs, r.LoopbackDrops, r.Backlog = procs, loopbackDrops()-drops0, backlog
 	return r, nil
 }
 

@@ -151,3 +151,26 @@ func loopbackDrops() uint64 {
 	}
 	return n
 }
+
+// backlogFile is the host's per-CPU input backlog, which loopback segments
+// go through.
+const backlogFile = "/proc/sys/net/core/netdev_max_backlog"
+
+// raiseBacklog sets net.core.netdev_max_backlog to at least n (root only)
+// and returns the value in force and a function that restores the old one;
+// n ≤ 0 changes nothing.
+func raiseBacklog(n int) (inForce int, restore func(), err error) {
+	restore = func() {}
+	b, err := os.ReadFile(backlogFile)
+	if err != nil {
+		return 0, restore, err
+	}
+	old, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n <= old {
+		return old, restore, err
+	}
+	if err := os.WriteFile(backlogFile, []byte(strconv.Itoa(n)), 0o644); err != nil {
+		return old, restore, fmt.Errorf("scale: set netdev_max_backlog (root only): %w", err)
+	}
+	return n, func() { _ = os.WriteFile(backlogFile, []byte(strconv.Itoa(old)), 0o644) }, nil
+}
