@@ -37,6 +37,8 @@ func printSummary(w io.Writer, s *Summary) {
 	if s.Base != nil && s.End != nil {
 		fmt.Fprintf(w, "  heap       %8.2f MiB at %.1f min -> %8.2f MiB at %.1f min (%+.1f %%)\n",
 			mib(s.Base.Heap), s.Base.Min, mib(s.End.Heap), s.End.Min, s.HeapPct)
+		fmt.Fprintf(w, "  live heap  %8.2f MiB -> %8.2f MiB (%+.1f %%; HeapAlloc + StackInuse, not judged)\n",
+			mib(s.Base.HeapAlloc+s.Base.StackInuse), mib(s.End.HeapAlloc+s.End.StackInuse), s.LivePct)
 		fmt.Fprintf(w, "  goroutines %8d -> %8d (%+.1f %%)\n", s.Base.Goroutines, s.End.Goroutines, s.GorPct)
 		fmt.Fprintf(w, "  fds        %8d -> %8d (%+.1f %%)\n", s.Base.FDs, s.End.FDs, s.FDsPct)
 	}

@@ -62,6 +62,11 @@ type Summary struct {
 	Base        *Sample  `json:"base"`
 	End         *Sample  `json:"end"`
 	HeapPct     float64  `json:"heap_change_pct"`
+	// LivePct is the change of the live heap (HeapAlloc + StackInuse),
+	// not judged: HeapInuse also counts the free slots of spans that hold
+	// a live object, which moves a few percent either way as allocations
+	// come and go with no object more alive.
+	LivePct     float64  `json:"live_change_pct"`
 	GorPct      float64  `json:"goroutines_change_pct"`
 	FDsPct      float64  `json:"fds_change_pct"`
 	MaxRecoverS float64  `json:"max_recover_s"`
@@ -311,6 +316,7 @@ func (s *soak) judge() {
 		sm.Problems = append(sm.Problems, "no baseline or end sample")
 	} else {
 		sm.HeapPct = pct(float64(sm.Base.Heap), float64(sm.End.Heap))
+		sm.LivePct = pct(float64(sm.Base.HeapAlloc+sm.Base.StackInuse), float64(sm.End.HeapAlloc+sm.End.StackInuse))
 		sm.GorPct = pct(float64(sm.Base.Goroutines), float64(sm.End.Goroutines))
 		sm.FDsPct = pct(float64(sm.Base.FDs), float64(sm.End.FDs))
 		for _, c := range []struct {
