@@ -241,7 +241,11 @@ func (m *Monitor) Probes() uint64 {
 // Stop stops the Monitor; OnDead will not be called after Stop returns
 // (unless it was already running). It reports whether the Monitor was
 // running: false after an earlier Stop or after OnDead.
-func (m *Monitor) Stop() bool {
+func (m *Monitor) Stop() bool { return m.end() }
+
+// end makes m done, if it was not, and releases its scheduling; it reports
+// whether it did.
+func (m *Monitor) end() bool {
 	m.mu.Lock()
 	if m.state == done {
 		m.mu.Unlock()
@@ -345,18 +349,7 @@ func (m *Monitor) probe() {
 // caller then calls OnDead.
 func (m *Monitor) probeFailed(err error) bool {
 	m.inProbe.Store(false)
-	if err == nil {
-		return false
-	}
-	m.mu.Lock()
-	if m.state == done {
-		m.mu.Unlock()
-		return false
-	}
-	m.state = done
-	m.mu.Unlock()
-	m.ended()
-	return true
+	return err != nil && m.end()
 }
 
 // excuse reports whether bytes waiting unread excuse a probe left without
