@@ -114,7 +114,6 @@ func run(ctx context.Context, out io.Writer, c config) error {
 	}
 	// The fleet's gates leave the fleet-wide gate (if any) when we are done:
 	// this process's share is released at once.
-	defer closeGates(fleet, c.registrar)
 	shared := ""
 	if c.redis != "" {
 		shared = " (gate shared on Redis " + c.redis + ")"
@@ -173,15 +172,6 @@ func gateConfig(addr string) (backoff.GateConfig, func(), error) {
 		return backoff.GateConfig{}, nil, err
 	}
 	return backoff.GateConfig{Fleet: f}, func() { rdb.Close() }, nil
-}
-
-// closeGates closes the gates the fleet made for the registrars.
-func closeGates(fleet *sip.Fleet, registrars string) {
-	for _, r := range strings.Split(registrars, ",") {
-		if g := fleet.Gate(r); g != nil {
-			_ = g.Close()
-		}
-	}
 }
 
 func printChange(out io.Writer, sc sip.TrunkStateChange) {
