@@ -26,22 +26,22 @@
 // Faults, drawn with a seeded random generator (-seed: a run repeats its
 // sequence), one every -fault-every (a fault that overruns its slot, with
 // its recovery and a due sample, delays the next, which then starts at
-// once), each cleared after a bounded hold:
-// blackhole (netns: nft drops both ports' packets both ways; embedded: the
-// proxies freeze), peer-rst (netns: ss -K aborts the server side's sockets,
-// which sends the client a RST; embedded: the proxies reset), registrar-restart
-// (Kamailio or the registrar stopped and started again 2 s later on its
-// address: bindings, nonces and their secret lost), 503-storm (the SIP flow
-// reset into a registrar serving trunks/4 REGISTERs per second, 503
-// Retry-After 5 s beyond, for 10 s), link-half-close (the echo peer sends a
-// FIN on every connection and keeps reading), peer-hung (Kamailio
-// SIGSTOPped, the embedded registrar silent, the echo peer reading and
-// discarding, for the detection bound + 2 s). After the clear, the parent
-// waits until every unit the fault affects has noticed it and come back (a
-// trunk Registered again, a Link Ready with an echo answered on a new
-// connection) and every other unit is Registered or Ready, up to
-// -recover-cap: that is the fault's recover_s (from the clear), or its
-// stuck units.
+// once), each cleared after a bounded hold: blackhole for the detection
+// bound + 2 s (netns: nft drops both ports' packets both ways; embedded:
+// the proxies freeze), peer-rst (netns: ss -K aborts the server side's
+// sockets, which sends the client a RST; embedded: the proxies reset),
+// registrar-restart (Kamailio or the registrar stopped and started again
+// 2 s later on its address: bindings, nonces and their secret lost),
+// 503-storm (the SIP flow reset into a registrar serving trunks/4
+// REGISTERs per second, 503 Retry-After 5 s beyond, for 10 s or half a
+// shorter -fault-every), link-half-close (the echo peer sends a FIN on
+// every connection and keeps reading), peer-hung for the bound + 2 s
+// (Kamailio SIGSTOPped, the embedded registrar silent, the echo peer
+// reading and discarding). After the clear, the parent waits until every
+// unit the fault affects has noticed it and come back (a trunk Registered
+// again, a Link Ready with an echo answered on a new connection) and every
+// other unit is Registered or Ready, up to -recover-cap: that is the
+// fault's recover_s (from the clear), or its stuck units.
 //
 // Output, one JSON object per line with -json: a "sample" at every -sample
 // mark, a "fault" per fault, and a final "summary". A sample is taken in a
@@ -54,21 +54,27 @@
 // allocated (sipgo requests, responses and client transactions, relink's
 // REGISTER building, as heap profiles taken every 4 s across a fault show)
 // for 20 to 30 s, then releases it at once: 0.5 to 1 MiB per 1,000 trunks,
-// a few percent of the heap, that would otherwise decide the comparison. Heap is HeapInuse + StackInuse after a GC
-// (runtime.GC, debug.FreeOSMemory); fds counts /proc/self/fd. The
+// a few percent of the heap, which would otherwise decide the comparison.
+//
+// Heap is HeapInuse + StackInuse after a GC (runtime.GC,
+// debug.FreeOSMemory); heap_alloc (HeapAlloc, the live objects) is
+// reported beside it and not judged; fds counts /proc/self/fd. The
 // baseline is the first sample at or after min(5 min, -duration/6); the
-// end sample is taken at -duration, after the last fault (none starts
-// later than -duration - -fault-every) has cleared and recovered. The
-// summary compares them (change in %), counts stuck units (not recovered
-// from a fault by -recover-cap, or whose Run did not return at the stop),
-// orphan bindings (held by the registrar after the fleet stopped),
-// stale_registered (trunks Registered at the end without a binding), and
-// false deaths (flow deaths and Links leaving Ready outside an affecting
-// fault's window: from its cut to its clear + the detection bound + 2 s).
-// pass is true when heap, goroutines and fds changed by at most 5 % and
-// every count is 0. With -pprof DIR the client writes heap and goroutine
-// profiles at the baseline and the end (base-heap.pb.gz, end-heap.pb.gz,
-// ...) for a diff: go tool pprof -diff_base DIR/base-heap.pb.gz DIR/end-heap.pb.gz.
+// end sample is due at -duration, and waits for the last fault (none
+// starts later than -duration - -fault-every) to clear and recover and for
+// -settle. The summary compares them (change in %; live_change_pct for the
+// live heap), counts stuck units (not recovered from a fault by
+// -recover-cap, or whose Run did not return at the stop), orphan bindings
+// (held by the registrar after the fleet stopped), stale_registered
+// (trunks Registered at the end without a binding), and false deaths
+// (flow deaths and Links leaving Ready outside an affecting fault's
+// window: from its cut to its clear + the detection bound + 2 s). pass is
+// true when heap, goroutines and fds changed by at most 5 % and every
+// count is 0. With -pprof DIR the client writes heap and goroutine
+// profiles at the baseline and the end (base-heap.pb.gz,
+// end-goroutine.txt, ...) for a diff:
+//
+//	go tool pprof -diff_base DIR/base-heap.pb.gz DIR/end-heap.pb.gz
 //
 // The exit status is 1 when the summary does not pass, 2 on a setup error.
 package main
