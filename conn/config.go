@@ -126,7 +126,7 @@ type Config struct {
 	// a nil Probe (a probe that can never fail proves nothing). Positive
 	// values below MinProbeInterval are raised to it. Ignored when Probe is
 	// nil. Probes are scheduled on a 10 ms tick: a silent peer is declared
-	// dead within ProbeInterval + ProbeTimeout + 10 ms (+ 20 ms when
+	// dead within ProbeInterval + ProbeTimeout + 10 ms (20 ms when
 	// ProbeTimeout is not a multiple of 10 ms).
 	ProbeTimeout time.Duration
 

@@ -169,7 +169,7 @@
 //
 // The wheel's tick adds up to 10 ms to the detection bound: a silent peer
 // is declared dead within ProbeInterval + ProbeTimeout + 10 ms of its last
-// byte (+ 20 ms when ProbeTimeout is not a whole number of 10 ms). Inside a
+// byte (20 ms when ProbeTimeout is not a whole number of 10 ms). Inside a
 // testing/synctest bubble (whose clock starts in 2000) Conns get a runtime
 // timer each instead, exact to the nanosecond.
 //
