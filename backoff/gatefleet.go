@@ -219,12 +219,6 @@ func (g *Gate) fleetAdmittedLocked(now time.Time, req FleetRequest, rep FleetRep
 		// Another member's Retry-After: a probe's price, for this pacer
 		// too. The places held stay valid: the queue resumes after it.
 		g.pacer.lastRA = max(g.pacer.lastRA, rep.Paused)
-		if now.After(g.pausedUntil) && rep.Pace.Version == req.Pace.Version {
-			// A new pause, and the fleet pace did not change with it:
-			// the member that drew it forgave it (timing jitter). The
-			// fleet forgives one in 10 s, not one per member.
-			g.pacer.forgaveAt(now)
-		}
 		ev = g.pushBackLocked(now, rep.Paused)
 	}
 	// Reckoned just now: the slot is confirmed if it is near enough.

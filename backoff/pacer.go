@@ -388,14 +388,6 @@ func (p *pacer) forgive(now time.Time) bool {
 	return false
 }
 
-// forgaveAt notes at now that another member of the fleet forgave a
-// Retry-After without a cut: a second within 10 s, at any member, cuts.
-func (p *pacer) forgaveAt(now time.Time) {
-	if !p.startup && p.adaptive() && !p.unlimited() {
-		p.trustAt = now
-	}
-}
-
 // startupCut returns the pace after startup's first Retry-After, received
 // at now for an attempt admitted under s, and sets the ceiling for the probes after it.
 //
