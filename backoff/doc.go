@@ -90,6 +90,7 @@
 // when the rejected attempt went (a startup period plus the rejection's round
 // trip earlier: a step set just before had not taken effect), or one more
 // step down if that step draws a Retry-After before it has run clean for a
-// second. The fleet forgives one lone Retry-After in 10 s, not one per
-// member.
+// second. Each member forgives one lone Retry-After in 10 s at a proven pace
+// (a pause, no cut): a cut the fleet made for its members' timing jitter
+// would be the pace the next herd starts from.
 package backoff

@@ -51,9 +51,9 @@ import (
 // with the work queued to win it back. A pace within 10 % under a recent
 // ceiling that ran clean for a second forgives one lone Retry-After in 10 s
 // (timing jitter), as a configured Rate does; with a Fleet at once, and at
-// 95 % of the fleet's estimate too, and a second within 10 s, at any member
-// of the fleet, cuts by 10 % (the jitter of many processes on their places).
-// A fleet's startup grows gently near the capacity (see the package doc). With a configured Rate, a lone
+// 95 % of the fleet's estimate too, and a second within 10 s cuts by 10 %
+// (the jitter of many processes on their places). A fleet's startup grows
+// gently near the capacity (see the package doc). With a configured Rate, a lone
 // Retry-After at a pace within 10 % of the ceiling pauses without a cut
 // (timing jitter at a server limited to exactly Rate); a second within 10 s
 // cuts. Outcomes of attempts admitted before the gate last reopened do not
