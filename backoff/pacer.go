@@ -84,6 +84,10 @@ type pacer struct {
 	// cut (the members' random phases against the server's windows, not
 	// the pace, make most of them).
 	fleetGrows, fleetHeld bool
+	// members is how many gates share the pace: 1 for a gate of its own,
+	// the fleet's live members while its store answers. A member sees its
+	// share of the fleet's outcomes (see exercised).
+	members int
 }
 
 // episode is a measurement of the destination's acceptance while it rejects.
@@ -127,6 +131,28 @@ func (p *pacer) acceptedIn(from, to time.Time) int {
 		}
 	}
 	return n
+}
+
+// exercised reports whether the pace was put to use by now: over the last
+// probe period (longer for a slow pace: four intervals, up to 10 s), the
+// attempts admitted came back accepted at half the pace or more (in a
+// fleet, this member's accepted attempts times the members: each holds an
+// even share of the herd). A pace that drew no rejection only because
+// little was asked of it (a few refreshes, or attempts that came back
+// unreachable while a path was down) proves nothing about the
+// destination: probing up from it inflates the pace, and at its first
+// Retry-After it is cut as a pace never proven. TCP grows its window only
+// while the window limits what is sent (RFC 7661) for the same reason.
+func (p *pacer) exercised(now time.Time) bool {
+	if !(p.pace > 0) || math.IsInf(p.pace, 1) {
+		return true
+	}
+	members := float64(max(p.members, 1))
+	share := p.pace / members
+	w := min(max(defaultProbePeriod.Seconds(), 4/share), hiMemory.Seconds())
+	need := math.Min(0.5*share*w, okRing/2)
+	from := now.Add(-time.Duration(w * float64(time.Second)))
+	return float64(p.acceptedIn(from, now)) >= need
 }
 
 // stamp is what an admitted attempt carries back to the pacer with its
@@ -329,11 +355,13 @@ func (p *pacer) retryAfterCut(now time.Time, s stamp, probeOvershot bool) {
 	case p.startup:
 		p.startup = false
 		p.pace = p.startupCut(now, s)
-	case !probeOvershot && (now.Sub(p.paceSetAt) >= defaultProbePeriod ||
+	case !probeOvershot && p.exercised(now) && (now.Sub(p.paceSetAt) >= defaultProbePeriod ||
 		p.fleetGrows && !p.trustAt.IsZero() && now.Sub(p.trustAt) <= hiMemory):
-		// A pace that ran clean for a probe period (or, in a fleet, whose
-		// last Retry-After was forgiven as its members' jitter): the
-		// capacity moved a little, or jitter again; step down gently.
+		// A pace that ran clean and in use for a probe period (or, in a
+		// fleet, whose last Retry-After was forgiven as its members'
+		// jitter): the capacity moved a little, or jitter again; step
+		// down gently. A pace that ran clean with little asked of it is
+		// not proven (exercised): it falls to the cases below.
 		p.pace = 0.9 * math.Min(p.pace, atPace)
 	case !probeOvershot && gentle:
 		// A fleet's pace at the startup step below the one that
@@ -367,7 +395,7 @@ func (p *pacer) forgive(now time.Time) bool {
 		return p.pace >= 0.9*p.ceiling()
 	case p.counted:
 		return p.pace >= 0.9*p.hi
-	case p.hi > 0 && now.Sub(p.hiAt) < hiMemory && p.pace >= 0.9*p.hi &&
+	case p.hi > 0 && now.Sub(p.hiAt) < hiMemory && p.pace >= 0.9*p.hi && p.exercised(now) &&
 		(p.fleetGrows && !p.gentleStep || now.Sub(p.paceSetAt) >= defaultProbePeriod):
 		// Just under a ceiling it (or its fleet) overshot or counted, and
 		// not probing (a probe that overshoots is never forgiven): proven
@@ -580,7 +608,7 @@ func (p *pacer) control(now time.Time, queued int) {
 		// The last probe went unpunished: probe more often again.
 		p.probeEvery = max(p.probeEvery/2, defaultProbePeriod)
 	}
-	if queued == 0 || now.Sub(p.rejectedAt) < defaultProbePeriod || p.pace >= p.ceiling() {
+	if queued == 0 || now.Sub(p.rejectedAt) < defaultProbePeriod || p.pace >= p.ceiling() || !p.exercised(now) {
 		return
 	}
 	if target, ok := p.probeTarget(now, queued); ok {

@@ -11,8 +11,8 @@ import (
 // creation, an event, and the pace expected after it.
 type pacerStep struct {
 	at   time.Duration
-	ev   string // control, admit, accept, reject, reopen
-	arg  int    // control: attempts queued; admit, accept, reject: a stamp's slot
+	ev   string // control, admit, accept, reject, reopen, busy
+	arg  int    // control: attempts queued; admit, accept, reject: a stamp's slot; busy: accepted attempts
 	n    int    // repeat the event n times (0: once)
 	ra   time.Duration
 	pace float64          // the pace expected after the step; 0: not checked
@@ -36,6 +36,8 @@ func runPacer(t *testing.T, p *pacer, t0 time.Time, steps []pacerStep) {
 				p.rejected(now, s.ra, stamps[s.arg])
 			case "reopen":
 				p.reopen(now)
+			case "busy":
+				busy(p, now, s.arg, time.Second)
 			default:
 				t.Fatalf("step %d: unknown event %q", i, s.ev)
 			}
@@ -48,6 +50,14 @@ func runPacer(t *testing.T, p *pacer, t0 time.Time, steps []pacerStep) {
 				t.Fatalf("step %d (%v %s %d): %v", i, s.at, s.ev, s.arg, bad)
 			}
 		}
+	}
+}
+
+// busy records n accepted attempts admitted evenly over the d before now:
+// the evidence that the pace was in use (pacer.exercised).
+func busy(p *pacer, now time.Time, n int, d time.Duration) {
+	for i := range n {
+		p.countAccepted(now.Add(-d + time.Duration(i)*d/time.Duration(n)))
 	}
 }
 
@@ -90,16 +100,28 @@ func TestPacerTable(t *testing.T) {
 			pacerStep{at: 400 * ms, ev: "admit", arg: 2},
 			pacerStep{at: 500 * ms, ev: "reject", arg: 2, ra: time.Second, pace: 24}, // 180 ms after the last cut
 			pacerStep{at: 1600 * ms, ev: "admit", arg: 3},
-			pacerStep{at: 1600 * ms, ev: "reject", arg: 3, ra: time.Second, pace: 21.6, // ran clean 1.1 s
+			pacerStep{at: 1600 * ms, ev: "busy", arg: 12}, // half the pace accepted in the last second
+			pacerStep{at: 1600 * ms, ev: "reject", arg: 3, ra: time.Second, pace: 21.6, // ran clean and in use 1.1 s
 				also: wantField("estimate", func(p *pacer) float64 { return math.Round(p.estimate*1e6) / 1e6 }, math.Round(21.6/cruiseGain*1e6)/1e6)},
+		)},
+		{name: "Retry-After cut: a pace clean for a second with little asked of it is not proven, ×0.6", steps: append(startupTo40[:len(startupTo40):len(startupTo40)],
+			pacerStep{at: 400 * ms, ev: "admit", arg: 2},
+			pacerStep{at: 500 * ms, ev: "reject", arg: 2, ra: time.Second, pace: 24},
+			pacerStep{at: 1600 * ms, ev: "admit", arg: 3},
+			pacerStep{at: 1600 * ms, ev: "busy", arg: 11}, // under half the pace: a few refreshes
+			pacerStep{at: 1600 * ms, ev: "reject", arg: 3, ra: time.Second, pace: 14.4},
 		)},
 		{name: "probeWorthIt: no probe near the end of a herd, a quarter-way probe with work queued", steps: append(startupTo40[:len(startupTo40):len(startupTo40)],
 			pacerStep{at: 1000 * ms, ev: "control", arg: 1000, pace: 40}, // under 1 s since the rejection
+			pacerStep{at: 2000 * ms, ev: "busy", arg: 20},
 			pacerStep{at: 2000 * ms, ev: "control", arg: 10, pace: 40},   // 0.25 s of work left: not worth a pause
-			pacerStep{at: 3000 * ms, ev: "control", arg: 1000, pace: 50, // 25 s left: 40 + (80-40)/4
+			pacerStep{at: 3000 * ms, ev: "control", arg: 1000, pace: 40}, // the pace was not in use in the last second
+			pacerStep{at: 4000 * ms, ev: "busy", arg: 20},
+			pacerStep{at: 4000 * ms, ev: "control", arg: 1000, pace: 50, // 25 s left: 40 + (80-40)/4
 				also: wantField("probeFrom", func(p *pacer) float64 { return p.probeFrom }, 40)},
 		)},
 		{name: "a probe that overshoots: back to the pace before it, probe half as often", steps: append(startupTo40[:len(startupTo40):len(startupTo40)],
+			pacerStep{at: 2000 * ms, ev: "busy", arg: 20},
 			pacerStep{at: 2000 * ms, ev: "control", arg: 1000, pace: 50},
 			pacerStep{at: 2100 * ms, ev: "admit", arg: 4},
 			pacerStep{at: 2200 * ms, ev: "reject", arg: 4, ra: time.Second, pace: 40,
@@ -116,6 +138,7 @@ func TestPacerTable(t *testing.T) {
 			{at: 5 * time.Second, ev: "admit", arg: 0},
 			{at: 5 * time.Second, ev: "reject", arg: 0, ra: time.Second, pace: 190},
 			{at: 7 * time.Second, ev: "admit", arg: 1},
+			{at: 7 * time.Second, ev: "busy", arg: 95},
 			{at: 7 * time.Second, ev: "reject", arg: 1, ra: time.Second, pace: 171}, // proven pace: ×0.9
 			{at: 19 * time.Second, ev: "admit", arg: 2},
 			{at: 19 * time.Second, ev: "reject", arg: 2, ra: time.Second, pace: 171}, // 14 s later: forgiven again
@@ -140,7 +163,9 @@ func TestPacerTable(t *testing.T) {
 		}},
 		{name: "negative InitialRate: no startup, from the floor", initial: -1, minRate: 2, steps: []pacerStep{
 			{at: 100 * ms, ev: "control", arg: 5, pace: 2},
-			{at: 1000 * ms, ev: "control", arg: 5, pace: 2.2}, // a cruise probe: 1.1×
+			{at: 1000 * ms, ev: "control", arg: 5, pace: 2}, // nothing accepted: no probe
+			{at: 2000 * ms, ev: "busy", arg: 2},
+			{at: 2000 * ms, ev: "control", arg: 5, pace: 2.2}, // a cruise probe: 1.1×
 		}},
 	}
 	for _, c := range cases {
@@ -227,7 +252,9 @@ func TestPacerAdoptsFleetCeiling(t *testing.T) {
 		p := newPacer(0, 20, 1, t0)
 		p.adopt(t0, f, t0.Add(-7*time.Second))
 		for i := range 30 {
-			p.control(t0.Add(time.Duration(i)*100*time.Millisecond), queued)
+			now := t0.Add(time.Duration(i) * 100 * time.Millisecond)
+			busy(&p, now, 19, 100*time.Millisecond) // the pace in use
+			p.control(now, queued)
 		}
 		return p.pace
 	}
@@ -254,6 +281,7 @@ func TestPacerForgivesJitterUnderCeiling(t *testing.T) {
 	p := newPacer(0, 20, 1, t0)
 	p.adopt(t0, FleetPace{Pace: 190, Estimate: 200, Ceiling: 210, RetryAfter: time.Second}, t0)
 	now := t0.Add(2 * time.Second)
+	busy(&p, now, 190, time.Second)
 	p.rejected(now, time.Second, p.stamp(now))
 	if p.pace != 190 {
 		t.Fatalf("a lone 503 at 190 under the ceiling 210, clean for 2 s: pace %v, want 190", p.pace)
