@@ -172,9 +172,11 @@
 //
 // No REGISTER or OPTIONS waits on a connection nobody watches: each connects
 // through relink (every attempt bounded by UAConfig.ConnectTimeout and
-// redialled with a fresh SYN, so a restored path is reached within about
-// that bound rather than at the kernel's next SYN retransmission, up to 31 s
-// later), also when the Contact is configured or kept and no connection is
+// redialled with a fresh SYN rather than left to the kernel's next SYN
+// retransmission, up to 31 s later; after an attempt whose connect timed
+// out, a bare TCP connect probes the path every 250 ms and a lost attempt
+// is redialled as soon as one gets through, so a restored path is reached
+// within about 250 ms), also when the Contact is configured or kept and no connection is
 // asked for before the request; the transaction's flow is subscribed to
 // while it waits (TCP, TLS, WS, WSS: pinged; UDP: killed by its trunks'
 // failed qualify), so the flow's death ends the wait at once; the qualify

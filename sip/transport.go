@@ -127,7 +127,11 @@ func tcpUnder(c any) *net.TCPConn {
 // it dials), as TransportLayer.ClientRequestConnection does, with each
 // connection attempt bounded: after the UA's connect timeout without a
 // connection the attempt is abandoned and a new one starts at once (a
-// fresh SYN), until ctx ends. An attempt whose TCP connect succeeded but
+// fresh SYN), until ctx ends. While an attempt follows one whose TCP
+// connect timed out, a bare TCP connect probes the path every 250 ms
+// (pathProbe): when one gets through, the waiting attempt, whose SYN was
+// lost, is abandoned and redialled at once, so a restored path is seen
+// within about 250 ms rather than within the bound. An attempt whose TCP connect succeeded but
 // whose TLS or WebSocket handshake ran out of time gets twice the bound
 // next time (at most 8 s). tlsCfg, if set, is the trunk's TLS
 // configuration for a TLS or WSS connection it dials. The caller must
@@ -154,24 +158,41 @@ func (m *flowMonitor) connect(ctx context.Context, req *sipmsg.Request, tlsCfg *
 			m.tls.dialIP(ap.Addr(), tlsCfg)
 		}
 	}
-	bound := m.connectTimeout
-	if bound <= 0 || network == "udp" {
+	if m.connectTimeout <= 0 || network == "udp" {
 		return m.tp.ClientRequestConnection(ctx, req)
 	}
+	return m.connectBounded(ctx, req)
+}
+
+// connectBounded is connect's loop of bounded attempts (see connect).
+func (m *flowMonitor) connectBounded(ctx context.Context, req *sipmsg.Request) (sipmsg.Connection, error) {
+	bound := m.connectTimeout
+	lost := false // the last attempt's TCP connect timed out: a black hole, maybe
 	for {
 		actx, cancel := context.WithTimeout(ctx, bound)
 		start := time.Now()
+		var probe *pathProbe
+		if lost {
+			probe = startPathProbe(actx, cancel, m.probeDialer(), req.Destination())
+		}
 		c, err := m.tp.ClientRequestConnection(actx, req)
+		back := probe != nil && probe.end()
 		cancel()
 		switch {
 		case err == nil:
 			return c, nil
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("%w (connecting to %s)", context.Cause(ctx), req.Destination())
+		case back:
+			// The path is back and this attempt's SYN was lost: a fresh
+			// one at once, with no probe (the path answers).
+			lost = false
+			continue
 		case !attemptTimedOut(actx, err):
 			return nil, err
 		}
-		if !connectFailed(err) {
+		lost = connectFailed(err)
+		if !lost {
 			bound = min(2*bound, maxConnectTimeout) // connected: the handshake needs longer
 		}
 		// A fresh SYN at once; but never spin on an error that came at
@@ -180,6 +201,14 @@ func (m *flowMonitor) connect(ctx context.Context, req *sipmsg.Request, tlsCfg *
 			return nil, context.Cause(ctx)
 		}
 	}
+}
+
+// probeDialer is the dialer of the path probes: the UA's kernel options.
+func (m *flowMonitor) probeDialer() net.Dialer {
+	if m.kit != nil {
+		return m.kit.netDialer(nil)
+	}
+	return net.Dialer{}
 }
 
 // attemptTimedOut reports whether a connection attempt ended because its

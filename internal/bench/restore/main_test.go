@@ -71,12 +71,16 @@ func TestRoundSmall(t *testing.T) {
 // have spread out (1 s apart four times, then 2, 4, 8 s): a scout connect
 // left to them sent its next SYN about 6 s after the restore (p99 4.6 s in
 // the bench before the bounded connect); a connect redialled every second
-// with a fresh SYN is seen within about a second. The bound here is
-// generous (2 s) for a busy CI machine.
+// with a fresh SYN is seen within about a second, and since the path
+// probes (a bare TCP connect every 250 ms while an attempt whose SYN may
+// be lost waits) within about 250 ms (bench: max 0.26-0.28 s). The bound
+// here, 0.75 s, is generous for a busy CI machine and still fails the
+// one-second redial alone with 8 trunks (all 8 within 0.75 s of the
+// restore by chance: 0.75^8, one run in ten).
 func TestFirstRegisterWithinBound(t *testing.T) {
 	netns.Require(t)
 	kamailio.Require(t)
-	o := &options{procs: 4, rounds: 1, hole: 14 * time.Second, restartAfter: time.Second, capAfter: 30 * time.Second,
+	o := &options{procs: 8, rounds: 1, hole: 14 * time.Second, restartAfter: time.Second, capAfter: 30 * time.Second,
 		keepAlive: time.Second, timeout: time.Second, logDir: t.TempDir()}
 	var got []Result
 	if _, err := run(context.Background(), o, func(r Result) { got = append(got, r) }); err != nil {
@@ -91,8 +95,8 @@ func TestFirstRegisterWithinBound(t *testing.T) {
 	if r.Stuck != 0 || r.NoRegisterSeen != 0 {
 		t.Fatalf("%d stuck, %d without a REGISTER", r.Stuck, r.NoRegisterSeen)
 	}
-	if r.FirstRegisterMaxS > 2 {
-		t.Errorf("the slowest trunk's first REGISTER reached the restored registrar %.3f s after the restore, want ≤ 2 s",
+	if r.FirstRegisterMaxS > 0.75 {
+		t.Errorf("the slowest trunk's first REGISTER reached the restored registrar %.3f s after the restore, want ≤ 0.75 s",
 			r.FirstRegisterMaxS)
 	}
 }

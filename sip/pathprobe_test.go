@@ -1,0 +1,77 @@
+package sip
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// An attempt whose SYN was lost waits on; a probe that connects to the
+// destination cancels it after its grace, and end reports it.
+func TestPathProbeCancelsLostAttempt(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	p := startPathProbe(actx, cancel, net.Dialer{}, ln.Addr().String())
+	<-actx.Done() // the lost attempt: it waits until cancelled
+	took := time.Since(start)
+	if !p.end() {
+		t.Fatalf("the path answers, yet end reports no probe got through (attempt ended after %v: %v)", took, actx.Err())
+	}
+	// The first probe goes one period in, and its grace is 20 ms plus
+	// three loopback round trips; generous bounds for a loaded machine.
+	if took < pathProbeEvery || took > 2*time.Second {
+		t.Fatalf("attempt cancelled after %v, want about %v", took, pathProbeEvery)
+	}
+}
+
+// An attempt that ends by itself is not reported as cancelled by a probe,
+// and a destination that refuses every connect never cancels an attempt.
+func TestPathProbeLeavesAttempts(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	t.Run("attempt done first", func(t *testing.T) {
+		actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p := startPathProbe(actx, cancel, net.Dialer{}, "127.0.0.1:1")
+		time.Sleep(10 * time.Millisecond) // the attempt connects before any probe
+		if p.end() {
+			t.Fatal("end reports a cancellation for an attempt that ended by itself")
+		}
+		if actx.Err() != nil {
+			t.Fatalf("the attempt's context ended: %v", actx.Err())
+		}
+	})
+	t.Run("destination refuses", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close() // nothing listens: every probe is refused at once
+		actx, cancel := context.WithTimeout(context.Background(), 800*time.Millisecond)
+		defer cancel()
+		p := startPathProbe(actx, cancel, net.Dialer{}, addr)
+		<-actx.Done()
+		if p.end() || actx.Err() != context.DeadlineExceeded {
+			t.Fatalf("a refusing destination cancelled the attempt (%v)", actx.Err())
+		}
+	})
+}
