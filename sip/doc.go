@@ -174,10 +174,10 @@
 // through relink (every attempt bounded by UAConfig.ConnectTimeout and
 // redialled with a fresh SYN rather than left to the kernel's next SYN
 // retransmission, up to 31 s later; after an attempt whose connect timed
-// out, a bare TCP connect probes the path every 250 ms and a lost attempt
+// out, a bare TCP connect probes the path every 100 ms and a lost attempt
 // is redialled as soon as one gets through, so a restored path is reached
-// within about 250 ms), also when the Contact is configured or kept and no connection is
-// asked for before the request; the transaction's flow is subscribed to
+// within about 100 ms), also when the Contact is configured or kept and no
+// connection is asked for before the request; the transaction's flow is subscribed to
 // while it waits (TCP, TLS, WS, WSS: pinged; UDP: killed by its trunks'
 // failed qualify), so the flow's death ends the wait at once; the qualify
 // OPTIONS waits the short qualify timeout. What is left is bounded by

@@ -11,7 +11,7 @@ import (
 // pathProbeEvery is how often, while a connection attempt waits on a
 // destination whose previous attempt timed out (a black hole), relink
 // sends a bare TCP connect (one SYN) to see whether the path is back.
-const pathProbeEvery = 250 * time.Millisecond
+const pathProbeEvery = 100 * time.Millisecond
 
 // pathProbe watches the path to a destination while a connection attempt
 // that may have lost its SYN waits: every pathProbeEvery it starts a bare

@@ -128,12 +128,12 @@ func tcpUnder(c any) *net.TCPConn {
 // connection attempt bounded: after the UA's connect timeout without a
 // connection the attempt is abandoned and a new one starts at once (a
 // fresh SYN), until ctx ends. While an attempt follows one whose TCP
-// connect timed out, a bare TCP connect probes the path every 250 ms
+// connect timed out, a bare TCP connect probes the path every 100 ms
 // (pathProbe): when one gets through, the waiting attempt, whose SYN was
 // lost, is abandoned and redialled at once, so a restored path is seen
-// within about 250 ms rather than within the bound. An attempt whose TCP connect succeeded but
-// whose TLS or WebSocket handshake ran out of time gets twice the bound
-// next time (at most 8 s). tlsCfg, if set, is the trunk's TLS
+// within about 100 ms rather than within the bound. An attempt whose TCP
+// connect succeeded but whose TLS or WebSocket handshake ran out of time
+// gets twice the bound next time (at most 8 s). tlsCfg, if set, is the trunk's TLS
 // configuration for a TLS or WSS connection it dials. The caller must
 // TryClose the connection (it holds a reference).
 func (m *flowMonitor) connect(ctx context.Context, req *sipmsg.Request, tlsCfg *tls.Config) (sipmsg.Connection, error) {

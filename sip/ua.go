@@ -68,11 +68,11 @@ type UAConfig struct {
 	// raise it there (1 s is several times most round trips, and the
 	// kernel's own first SYN retransmission is at 1 s). While an attempt
 	// follows one whose connect timed out, relink also sends a bare TCP
-	// connect to the destination every 250 ms; when one gets through, the
+	// connect to the destination every 100 ms; when one gets through, the
 	// waiting attempt (its SYN was lost) is abandoned and redialled at once,
-	// so a restored path is seen within about 250 ms, and a slow path still
-	// gets the whole bound. Zero means
-	// DefaultConnectTimeout (1 s); negative turns the bound off (the
+	// so a restored path is seen within about 100 ms, and a slow path still
+	// gets the whole bound. Zero means DefaultConnectTimeout (1 s);
+	// negative turns the bound off (the
 	// kernel's SYN schedule, within the trunk's RequestTimeout). The
 	// application's own requests are dialled by sipgo without it.
 	ConnectTimeout time.Duration

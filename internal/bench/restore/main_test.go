@@ -72,8 +72,8 @@ func TestRoundSmall(t *testing.T) {
 // left to them sent its next SYN about 6 s after the restore (p99 4.6 s in
 // the bench before the bounded connect); a connect redialled every second
 // with a fresh SYN is seen within about a second, and since the path
-// probes (a bare TCP connect every 250 ms while an attempt whose SYN may
-// be lost waits) within about 250 ms (bench: max 0.26-0.28 s). The bound
+// probes (a bare TCP connect every 100 ms while an attempt whose SYN may
+// be lost waits) within about 100 ms (bench: max 0.12-0.13 s). The bound
 // here, 0.75 s, is generous for a busy CI machine and still fails the
 // one-second redial alone with 8 trunks (all 8 within 0.75 s of the
 // restore by chance: 0.75^8, one run in ten).
