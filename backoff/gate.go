@@ -375,7 +375,6 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 		g.pacer.members = 1
 		if g.pacer.fleetGrows {
 			g.pacer.members = g.fleet.m.Members()
-			g.pacer.fleetRTT = g.fleet.rtt
 		}
 		g.pacer.control(now, g.fleetQueued())
 	}

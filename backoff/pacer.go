@@ -84,9 +84,6 @@ type pacer struct {
 	// cut (the members' random phases against the server's windows, not
 	// the pace, make most of them).
 	fleetGrows, fleetHeld bool
-	// fleetRTT is the gate's smoothed round trip of its calls to the
-	// fleet's store (see fleetLag).
-	fleetRTT time.Duration
 	// members is how many gates share the pace: 1 for a gate of its own,
 	// the fleet's live members while its store answers. A member sees its
 	// share of the fleet's outcomes (see exercised).
@@ -507,22 +504,11 @@ func (p *pacer) fleetStepBack(pace float64) float64 {
 
 // fleetLag is how long after the store sets a startup pace its rejection
 // may come back, for a destination that answers after delay: a member
-// reckons the place it holds again every startup period, half a period
-// late on average, later by its calls' round trips to the store on a busy
-// host, and a destination that answers late (queued) counts its windows
-// late by as much. So half a startup period plus two of this member's
-// smoothed store round trips (fleetRTT), at most a period, plus delay.
-// On a loaded host (load 9-10, store round trips of tens of ms) a step set
-// 87 ms, or 100 ms with 40 ms answers, before a rejection had not
-// overshot; on an idle one (round trips of 1-3 ms) the window that drew
-// the rejection, 103 ms after a step was set, had run at that step (21
-// arrivals for 20.75), and a full period's lag blamed the step before
-// (0.87 C for the whole herd, in 2 runs of 15, and the next herd started
-// from it).
-func (p *pacer) fleetLag(delay time.Duration) time.Duration {
-	period := p.startupPeriod()
-	return min(period, period/2+2*p.fleetRTT) + delay
-}
+// reckons the place it holds again every startup period, and a destination
+// that answers late (queued) counts its windows late by as much (a step
+// set 87 ms before a rejection, against Kamailio at load 10, had not
+// overshot; at load 9 one set 100 ms before, with 40 ms answers, had not).
+func (p *pacer) fleetLag(delay time.Duration) time.Duration { return p.startupPeriod() + delay }
 
 // fleetPaceAt returns the startup pace the fleet's admissions followed at
 // at, as far as a destination answering after delay could tell, and since

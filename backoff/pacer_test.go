@@ -302,10 +302,7 @@ func TestPacerForgivesJitterUnderCeiling(t *testing.T) {
 // it did, and the fleet goes back to the step before that (before, it went
 // back to 212.8 against C = 200 after a step (of 15 %) to 244.7 set 22 ms, and in
 // another run 87 ms, before the rejected attempt, and the next second drew a
-// second pause and a 40 % cut). "Within a period" is half a period plus two
-// of the member's round trips to the store, at most a period (fleetLag): on
-// an idle host a step set 90 ms before had taken effect, on a loaded one
-// not. If that step draws a Retry-After before it
+// second pause and a 40 % cut). If that step draws a Retry-After before it
 // is proven, one more step down; a lone Retry-After there once it is proven
 // is its members' jitter: forgiven (before, a 503 at 185 with the ceiling
 // 212.8 cut the fleet to 166.5, 10 s into the herd).
@@ -316,21 +313,17 @@ func TestPacerFleetStartupCutTheStepThatOvershot(t *testing.T) {
 		name        string
 		setBefore   time.Duration // the last step, before the rejected attempt
 		answer      time.Duration // the rejection's round trip
-		storeRTT    time.Duration // the member's round trip to the store: the host's load
 		wantPace    float64
 		wantCeiling float64
 	}{
-		{"last step 90 ms before, loaded host", 90 * time.Millisecond, time.Millisecond, 20 * time.Millisecond, top / g / g, top / g},
-		{"last step 90 ms before, idle host", 90 * time.Millisecond, time.Millisecond, 2 * time.Millisecond, top / g, top},
-		{"last step 50 ms before, idle host", 50 * time.Millisecond, time.Millisecond, 2 * time.Millisecond, top / g / g, top / g},
-		{"last step 150 ms before", 150 * time.Millisecond, time.Millisecond, 20 * time.Millisecond, top / g, top},
-		{"last step 120 ms before, answered in 40 ms, loaded host", 120 * time.Millisecond, 40 * time.Millisecond, 20 * time.Millisecond, top / g / g, top / g},
+		{"last step 90 ms before", 90 * time.Millisecond, time.Millisecond, top / g / g, top / g},
+		{"last step 150 ms before", 150 * time.Millisecond, time.Millisecond, top / g, top},
+		{"last step 120 ms before, answered in 40 ms", 120 * time.Millisecond, 40 * time.Millisecond, top / g / g, top / g},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			p := newPacer(0, 20, 1, t0.Add(-2*time.Second))
 			p.fleetGrows = true
-			p.fleetRTT = c.storeRTT
 			at := t0.Add(60 * time.Millisecond)
 			p.adopt(at, FleetPace{Pace: top, Startup: true}, at.Add(-c.setBefore))
 			s := p.stamp(at)
