@@ -30,8 +30,9 @@ import (
 // destination actually accepts (the pace times the accepted fraction of the
 // outcomes since the first rejection) and paces just below it; every second
 // without rejections, while the pace is in use (the attempts accepted in
-// that second reach half the pace: see below), it probes upward. This follows a server that rejects at
-// once (an instant 503), which an in-flight limit alone cannot, and avoids
+// that second reach half the pace: see below), it probes upward. This
+// follows a server that rejects at once (an instant 503), which an
+// in-flight limit alone cannot, and avoids
 // AIMD's saw-tooth between C/2 and C. A rejection that carries a Retry-After
 // pauses everyone (PushBack), so nothing can be measured while the server
 // rejects. At startup's first such rejection the gate counts the attempts
@@ -48,15 +49,15 @@ import (
 // second, in a fleet this member's times the members, reach half the pace, so a
 // pace that drew no rejection only because little was asked of it, a few
 // refreshes or attempts lost on a dead path, neither grows nor is trusted),
-// and probes back
-// up every second a quarter of the way to the ceiling (at least 5 %, at most
+// and probes back up every second a quarter of the way to the ceiling (at
+// least 5 %, at most
 // half-way), only while the faster pace over the work still queued outweighs
 // the risk of another pause; while its probes draw Retry-Afters it probes
 // half as often, down to every 16 s; once the ceiling is forgotten, a probe
 // against such a server steps 5 % and is taken for an even bet, made only
 // with the work queued to win it back. A pace within 10 % under a recent
-// ceiling that ran clean and in use for a second forgives one lone Retry-After in 10 s
-// (timing jitter), as a configured Rate does; with a Fleet at once, and at
+// ceiling that ran clean and in use for a second forgives one lone
+// Retry-After in 10 s (timing jitter), as a configured Rate does; with a Fleet at once, and at
 // 95 % of the fleet's estimate too, and a second within 10 s cuts by 10 %
 // (the jitter of many processes on their places). A fleet's startup grows
 // gently near the capacity (see the package doc). With a configured Rate, a lone
@@ -372,11 +373,8 @@ func (g *Gate) dispatchLocked(now time.Time) []GateStateChange {
 	if g.state == GateOpen {
 		g.pacer.fleetGrows = g.fleet.connected()
 		g.pacer.fleetHeld = g.fleet.m != nil && !g.pacer.fleetGrows
-		g.pacer.members = 1
-		if g.pacer.fleetGrows {
-			g.pacer.members = g.fleet.m.Members()
-		}
-		g.pacer.control(now, g.fleetQueued())
+		g.pacer.members = g.fleetMembers()
+		g.pacer.control(now, g.queued()*g.pacer.members)
 	}
 	g.bucket.refill(now, g.localPace())
 	for g.queued() > 0 {

@@ -85,15 +85,16 @@ func (g *Gate) localPace() float64 {
 	return fallbackShare * g.pacer.pace / float64(n)
 }
 
-// fleetQueued is the attempts queued for the destination: this gate's, or,
-// with a fleet, this gate's times the live members (the herd is taken as
-// spread evenly), so that the pacer weighs a probe against the fleet's
-// remaining work, not a member's share of it.
-func (g *Gate) fleetQueued() int {
+// fleetMembers is how many gates share this gate's pace: the fleet's live
+// members while its store answers, else 1. The herd is taken as spread
+// evenly over them: the pacer weighs a probe against the fleet's remaining
+// work (this gate's queue times the members), not a member's share of it,
+// and counts a member's accepted attempts as its share of the fleet's.
+func (g *Gate) fleetMembers() int {
 	if !g.fleet.connected() {
-		return g.queued()
+		return 1
 	}
-	return g.queued() * g.fleet.m.Members()
+	return g.fleet.m.Members()
 }
 
 // openLocked reports whether an attempt may go at now while the gate is
