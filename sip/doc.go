@@ -177,12 +177,12 @@
 // out, a bare TCP connect probes the path every 100 ms and a lost attempt
 // is redialled as soon as one gets through, so a restored path is reached
 // within about 100 ms), also when the Contact is configured or kept and no
-// connection is asked for before the request; the transaction's flow is subscribed to
-// while it waits (TCP, TLS, WS, WSS: pinged; UDP: killed by its trunks'
-// failed qualify), so the flow's death ends the wait at once; the qualify
-// OPTIONS waits the short qualify timeout. What is left is bounded by
-// RequestTimeout: a UDP REGISTER to a silent registrar, and a trunk whose
-// KeepAlive is off (it asked for no pings).
+// connection is asked for before the request; the transaction's flow is
+// subscribed to while it waits (TCP, TLS, WS, WSS: pinged; UDP: killed by
+// its trunks' failed qualify), so the flow's death ends the wait at once;
+// the qualify OPTIONS waits the short qualify timeout. What is left is
+// bounded by RequestTimeout: a UDP REGISTER to a silent registrar, and a
+// trunk whose KeepAlive is off (it asked for no pings).
 //
 // # RFC 5626 outbound and the binding
 //

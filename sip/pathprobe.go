@@ -23,18 +23,17 @@ const pathProbeEvery = 100 * time.Millisecond
 // the end of its bound. A slow path loses nothing: the attempt keeps its
 // whole bound unless a later SYN got through first.
 type pathProbe struct {
-	up     atomic.Bool // a probe connected and cancelled the attempt
-	stop   context.CancelFunc
-	wg     sync.WaitGroup
-	cancel context.CancelFunc // the attempt's
+	stop    context.CancelFunc // ends the probes
+	wg      sync.WaitGroup
+	claimed atomic.Bool // a probe connected: it alone may cancel the attempt
+	up      atomic.Bool // it did cancel the attempt
 }
 
 // startPathProbe starts probing address over TCP with d until actx ends or
-// stop is called; cancel ends the attempt. The caller must call stop.
+// end is called; cancel ends the attempt. The caller must call end.
 func startPathProbe(actx context.Context, cancel context.CancelFunc, d net.Dialer, address string) *pathProbe {
 	pctx, stop := context.WithCancel(actx)
-	p := &pathProbe{stop: stop, cancel: cancel}
-	var once sync.Once
+	p := &pathProbe{stop: stop}
 	p.wg.Go(func() {
 		t := time.NewTicker(pathProbeEvery)
 		defer t.Stop()
@@ -52,16 +51,17 @@ func startPathProbe(actx context.Context, cancel context.CancelFunc, d net.Diale
 				}
 				rtt := time.Since(start)
 				_ = c.Close()
-				once.Do(func() {
-					grace := time.NewTimer(3*rtt + 20*time.Millisecond)
-					defer grace.Stop()
-					select {
-					case <-pctx.Done(): // the attempt ended by itself
-					case <-grace.C:
-						p.up.Store(true)
-						p.cancel()
-					}
-				})
+				if !p.claimed.CompareAndSwap(false, true) {
+					return
+				}
+				grace := time.NewTimer(3*rtt + 20*time.Millisecond)
+				defer grace.Stop()
+				select {
+				case <-pctx.Done(): // the attempt ended by itself
+				case <-grace.C:
+					p.up.Store(true)
+					cancel()
+				}
 			})
 		}
 	})

@@ -12,25 +12,12 @@ import (
 // An attempt whose SYN was lost waits on; a probe that connects to the
 // destination cancels it after its grace, and end reports it.
 func TestPathProbeCancelsLostAttempt(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
+	noLeak(t)
+	addr := acceptAll(t)
 	actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	start := time.Now()
-	p := startPathProbe(actx, cancel, net.Dialer{}, ln.Addr().String())
+	p := startPathProbe(actx, cancel, net.Dialer{}, addr)
 	<-actx.Done() // the lost attempt: it waits until cancelled
 	took := time.Since(start)
 	if !p.end() {
@@ -43,20 +30,53 @@ func TestPathProbeCancelsLostAttempt(t *testing.T) {
 	}
 }
 
+// noLeak checks, after the test's other cleanups (its listeners), that
+// the test left no goroutine behind.
+func noLeak(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+// acceptAll listens on loopback, accepts and closes every connection until
+// the test ends, and returns its address: a path that answers.
+func acceptAll(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
 // An attempt that ends by itself is not reported as cancelled by a probe,
-// and a destination that refuses every connect never cancels an attempt.
+// and nothing probes after end (to a path that answers, a probe left
+// running would cancel the attempt); a destination that refuses every
+// connect never cancels an attempt.
 func TestPathProbeLeavesAttempts(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	noLeak(t)
 	t.Run("attempt done first", func(t *testing.T) {
 		actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		p := startPathProbe(actx, cancel, net.Dialer{}, "127.0.0.1:1")
+		p := startPathProbe(actx, cancel, net.Dialer{}, acceptAll(t))
 		time.Sleep(10 * time.Millisecond) // the attempt connects before any probe
 		if p.end() {
 			t.Fatal("end reports a cancellation for an attempt that ended by itself")
 		}
+		time.Sleep(3 * pathProbeEvery) // a probe still running would connect and cancel
 		if actx.Err() != nil {
-			t.Fatalf("the attempt's context ended: %v", actx.Err())
+			t.Fatalf("the attempt's context ended after end: %v", actx.Err())
 		}
 	})
 	t.Run("destination refuses", func(t *testing.T) {

@@ -133,9 +133,9 @@ func tcpUnder(c any) *net.TCPConn {
 // lost, is abandoned and redialled at once, so a restored path is seen
 // within about 100 ms rather than within the bound. An attempt whose TCP
 // connect succeeded but whose TLS or WebSocket handshake ran out of time
-// gets twice the bound next time (at most 8 s). tlsCfg, if set, is the trunk's TLS
-// configuration for a TLS or WSS connection it dials. The caller must
-// TryClose the connection (it holds a reference).
+// gets twice the bound next time (at most 8 s). tlsCfg, if set, is the
+// trunk's TLS configuration for a TLS or WSS connection it dials. The
+// caller must TryClose the connection (it holds a reference).
 func (m *flowMonitor) connect(ctx context.Context, req *sipmsg.Request, tlsCfg *tls.Config) (sipmsg.Connection, error) {
 	network := sipmsg.NetworkToLower(req.Transport())
 	if tlsCfg != nil && (network == "tls" || network == "wss") {
