@@ -7,13 +7,15 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/relinkgo/relink/internal/testkit"
 )
 
 // An attempt whose SYN was lost waits on; a probe that connects to the
 // destination cancels it after its grace, and end reports it.
 func TestPathProbeCancelsLostAttempt(t *testing.T) {
 	noLeak(t)
-	addr := acceptAll(t)
+	addr := answering(t)
 	actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -37,27 +39,16 @@ func noLeak(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
 }
 
-// acceptAll listens on loopback, accepts and closes every connection until
-// the test ends, and returns its address: a path that answers.
-func acceptAll(t *testing.T) string {
+// answering starts a loopback server (testkit's echo) until the test
+// ends and returns its address: a path that answers.
+func answering(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	e, err := testkit.ListenEcho("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return ln.Addr().String()
+	t.Cleanup(func() { _ = e.Close() })
+	return e.Addr()
 }
 
 // An attempt that ends by itself is not reported as cancelled by a probe,
@@ -69,7 +60,7 @@ func TestPathProbeLeavesAttempts(t *testing.T) {
 	t.Run("attempt done first", func(t *testing.T) {
 		actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		p := startPathProbe(actx, cancel, net.Dialer{}, acceptAll(t))
+		p := startPathProbe(actx, cancel, net.Dialer{}, answering(t))
 		time.Sleep(10 * time.Millisecond) // the attempt connects before any probe
 		if p.end() {
 			t.Fatal("end reports a cancellation for an attempt that ended by itself")
