@@ -63,6 +63,10 @@ func ExampleProxy_ForgetReset() {
 	defer p.Close()
 	old, _ := net.Dial("tcp", p.Addr())
 	defer old.Close()
+	// A round trip first: the connection has reached the far end, as a
+	// working flow has (one only accepted when the freeze begins is
+	// connected and forwarded when it ends).
+	fmt.Println("old connection echoes:", testkit.EchoOnce(old, "ping", 5*time.Second) == nil)
 
 	p.Freeze()
 	old.Write([]byte("REGISTER")) // sent into the silence
@@ -76,6 +80,7 @@ func ExampleProxy_ForgetReset() {
 	defer fresh.Close()
 	fmt.Println("new connection echoes:", testkit.EchoOnce(fresh, "ping", 5*time.Second) == nil)
 	// Output:
+	// old connection echoes: true
 	// old connection reset: true
 	// new connection echoes: true
 }
