@@ -10,6 +10,15 @@ import (
 // its FleetMember failed, before it asks the store again.
 const fleetFallback = time.Second
 
+// fleetFirstRetry is how soon a gate whose store has never answered it asks
+// again after a failed call, doubling for each of the next two failures
+// (100, 200, 400 ms), before it falls back for whole fleetFallbacks: the
+// first calls of a process pay for its connections to the store (a dial,
+// the scripts' loading), and a loaded host can take them past the store's
+// bound while the store is fine. Meanwhile the gate admits locally on its
+// own initial pace, not knowing the fleet's.
+const fleetFirstRetry = 100 * time.Millisecond
+
 // fleetLink is a Gate's side of its FleetMember. Its fields are guarded by
 // the gate's lock; calls to the member run outside it, one goroutine each,
 // counted by wg so that Close can wait for them.
@@ -24,6 +33,8 @@ type fleetLink struct {
 	rtt       time.Duration // the smoothed round trip of Admit calls
 	calledAt  time.Time     // when the last Admit call started
 	downUntil time.Time     // admitting locally until then: the store failed
+	answered  bool          // the store has answered a call of this gate
+	firstFail int           // calls failed before the store first answered
 	synced    FleetPace     // the fleet pace last seen or stored
 	opened    uint64        // the fleet's reopenings, last seen
 	closedAt  uint64        // opened when this gate last closed
@@ -52,10 +63,22 @@ func (f *fleetLink) connected() bool { return f.m != nil && f.downUntil.IsZero()
 // fail puts the gate on local admission after a failed call, until the
 // next whole fleetFallback of the wall clock: the members that lost the
 // store together rejoin together, rather than one at the full fleet pace
-// while the others still admit at their shares.
+// while the others still admit at their shares. A gate the store has never
+// answered asks again sooner (fleetFirstRetry): it holds no fleet pace to
+// rejoin at.
 func (f *fleetLink) fail(now time.Time) {
-	f.downUntil = now.Add(fleetFallback).Truncate(fleetFallback)
 	f.drop()
+	if !f.answered && f.firstFail < 3 {
+		f.downUntil = now.Add(fleetFirstRetry << f.firstFail)
+		f.firstFail++
+		return
+	}
+	f.downUntil = now.Add(fleetFallback).Truncate(fleetFallback)
+}
+
+// ok notes an answer from the store: the gate admits through its fleet.
+func (f *fleetLink) ok() {
+	f.downUntil, f.answered = time.Time{}, true
 }
 
 // drop forgets the gate's slots.
@@ -113,7 +136,11 @@ func (g *Gate) fleetMembers() int {
 func (g *Gate) openLocked(now time.Time) (time.Time, bool) {
 	f := &g.fleet
 	if !f.on(now) || g.pacer.unlimited() {
-		return g.paceLocked(now)
+		at, ok := g.paceLocked(now)
+		if !ok && f.m != nil && f.downUntil.After(now) && f.downUntil.Before(at) {
+			at = f.downUntil // back to the fleet then, not at the next local token
+		}
+		return at, ok
 	}
 	if f.slot.seq != 0 && f.validated && now.Sub(f.slot.at) <= f.late(g.pacer.pace) {
 		if now.Before(f.slot.at) {
@@ -194,7 +221,7 @@ func (g *Gate) fleetAdmittedLocked(now time.Time, req FleetRequest, rep FleetRep
 		}
 		return g.dispatchLocked(now)
 	}
-	f.downUntil = time.Time{}
+	f.ok()
 	f.opened = max(f.opened, rep.Opened)
 	g.fleetPaceLocked(now, req, rep.Pace, rep.PaceAge)
 	if req.Held != 0 && req.Held == f.slot.seq {
@@ -307,7 +334,7 @@ func (g *Gate) fleetScoutedLocked(now time.Time, rep FleetScout, err error) []Ga
 		g.nextScout = now
 		return g.dispatchLocked(now)
 	}
-	f.downUntil = time.Time{}
+	f.ok()
 	f.opened = max(f.opened, rep.Opened)
 	if g.state == GateClosed && f.opened > f.closedAt {
 		// Another member's attempt got through: the destination answers.

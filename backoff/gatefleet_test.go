@@ -61,19 +61,27 @@ func admitN(t *testing.T, g *Gate, n int) time.Duration {
 }
 
 // A store that hangs costs an admission at most FleetCallBound; then the
-// gate admits locally at its share of the fleet pace (pace ÷ members), and
-// Close leaves the fleet.
+// gate admits locally at its share of the fleet pace (pace ÷ members) until
+// the next whole second, and Close leaves the fleet.
 func TestGateFleetHungStore(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := &fakeFleet{members: 2, admit: func(ctx context.Context, _ FleetRequest) (FleetReply, error) {
+		answered := false
+		f := &fakeFleet{members: 2}
+		f.admit = func(ctx context.Context, req FleetRequest) (FleetReply, error) {
+			if !answered {
+				// One answer first: a gate the store never answered
+				// asks again sooner (TestGateFleetFirstAnswer).
+				answered = true
+				return FleetReply{Pace: FleetPace{Pace: 95, Version: 1}, Seq: 1}, nil
+			}
 			<-ctx.Done()
 			return FleetReply{}, context.Cause(ctx)
-		}}
+		}
 		g := NewGate(GateConfig{Rate: 100, Fleet: f}) // fleet pace 95/s
-		// The call's bound, then a random point of the first interval at
-		// the share: 0.7 × 95/2 = 33/s.
-		if d := admitN(t, g, 1); d > FleetCallBound+2*time.Second/33 {
-			t.Fatalf("first admission took %v with a hung store, want ≤ %v and two intervals", d, FleetCallBound)
+		// The place booked, then the call's bound, then a random point of
+		// the first interval at the share: 0.7 × 95/2 = 33/s.
+		if d := admitN(t, g, 2); d > FleetCallBound+2*time.Second/33 {
+			t.Fatalf("two admissions took %v with a hung store, want ≤ %v and two intervals", d, FleetCallBound)
 		}
 		// 20 more, within the fallback (to the next whole second): local,
 		// at the share (30/s with the 100 ms guard: 3 per 100 ms).
@@ -81,12 +89,53 @@ func TestGateFleetHungStore(t *testing.T) {
 		if rate := 20 / d.Seconds(); rate < 27 || rate > 36 {
 			t.Fatalf("%.1f/s while the store hangs, want 30–33 (0.7 × 95/s ÷ 2 members)", rate)
 		}
-		if f.calls != 1 {
-			t.Fatalf("%d calls to a hung store within the fallback second, want 1", f.calls)
+		if f.calls != 2 {
+			t.Fatalf("%d calls to the store, want 2: one answered, one hung, none more within the fallback second", f.calls)
 		}
 		g.Close()
 		if !f.left {
 			t.Fatal("Close did not leave the fleet")
+		}
+	})
+}
+
+// A gate the store has never answered asks again 100 ms after a failed
+// call, then 200 and 400 ms later, not at the next whole second: a
+// process's first calls pay for its connections, and a member admitting
+// locally holds no fleet pace or share. Once answered, it admits through
+// the fleet.
+func TestGateFleetFirstAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		var calls []time.Duration
+		var seq uint64
+		f := &fakeFleet{members: 10}
+		f.admit = func(_ context.Context, req FleetRequest) (FleetReply, error) {
+			calls = append(calls, time.Since(start))
+			if time.Since(start) < 250*time.Millisecond {
+				return FleetReply{}, errors.New("fake: i/o timeout")
+			}
+			rep := FleetReply{Pace: FleetPace{Pace: 95, Version: 1}}
+			if req.Book {
+				seq++
+				rep.Seq = seq
+			}
+			return rep, nil
+		}
+		g := NewGate(GateConfig{Fleet: f})
+		defer g.Close()
+		admitN(t, g, 20)
+		want := []time.Duration{0, 100 * time.Millisecond, 300 * time.Millisecond}
+		if len(calls) < len(want) {
+			t.Fatalf("calls at %v, want the first three at %v", calls, want)
+		}
+		for i, at := range want {
+			if calls[i] != at {
+				t.Fatalf("calls at %v, want the first three at %v", calls, want)
+			}
+		}
+		if !g.fleet.connected() {
+			t.Fatal("the gate does not admit through the fleet after the store answered")
 		}
 	})
 }

@@ -18,6 +18,7 @@ type herdResult struct {
 	ratio, rejected float64 // × N/C; rejections ÷ N
 	peak            float64 // the most admissions the server saw in 100 ms ÷ (C/10)
 	calls           float64 // Redis calls per admission
+	failed          int64   // Redis calls that failed (timed out)
 	slowest         time.Duration
 }
 
@@ -103,6 +104,7 @@ func runHerd(t *testing.T, s *redistest.Server, procs, n int, c float64, rtt tim
 	var calls int64
 	for _, f := range fleets {
 		calls += f.calls.Load()
+		r.failed += f.failed.Load()
 		r.slowest = max(r.slowest, time.Duration(f.slowest.Load()))
 	}
 	r.calls = float64(calls) / float64(n+int(rej.Load()))
@@ -121,8 +123,8 @@ func TestFleetLearnsCapacity(t *testing.T) {
 		}
 	}
 	r := runHerd(t, s, procs, n, c, 5*time.Millisecond)
-	t.Logf("shared: %d procs, N %d, C %v: %.2f × N/C, %.1f %% rejected, peak %.2f, %.2f calls per attempt, slowest %v",
-		procs, n, c, r.ratio, 100*r.rejected, r.peak, r.calls, r.slowest)
+	t.Logf("shared: %d procs, N %d, C %v: %.2f × N/C, %.1f %% rejected, peak %.2f, %.2f calls per attempt (%d failed), slowest %v",
+		procs, n, c, r.ratio, 100*r.rejected, r.peak, r.calls, r.failed, r.slowest)
 	if os.Getenv("RELINK_FLEET_CONTROL") == "1" {
 		l := runHerd(t, nil, procs, n, c, 5*time.Millisecond)
 		t.Logf("local:  %d procs, N %d, C %v: %.2f × N/C, %.1f %% rejected, peak %.2f", procs, n, c, l.ratio, 100*l.rejected, l.peak)
@@ -130,7 +132,11 @@ func TestFleetLearnsCapacity(t *testing.T) {
 	// A fleet learns as one gate does, with one or two Retry-After pauses,
 	// each 0.2 × N/C at N/C = 5 s: 1.38 measured on a quiet machine. The
 	// bound is generous for a loaded CI machine under the race detector
-	// (2.23 seen there); internal/bench/fleet measures the figure.
+	// (2.23 seen there); internal/bench/fleet measures the figure. (A CI
+	// run read 5.47: the members' first calls timed out there, and each
+	// admitted locally for a second at a share of a pace it never learned,
+	// together twice the fleet pace; the fleet took the burst's 503 for its
+	// capacity. A gate the store never answered now asks again in 100 ms.)
 	if r.ratio > 2.8 || r.rejected > 0.03 || r.calls > 2 {
 		t.Errorf("shared herd: %.2f × N/C, %.1f %% rejected, %.2f calls per attempt; want ≤ 2.8, ≤ 3 %%, ≤ 2",
 			r.ratio, 100*r.rejected, r.calls)
