@@ -31,7 +31,10 @@ import (
 // (the members' admissions now fall at random against each other), held
 // there: no probe upward, and a rejection pauses the member without a cut —
 // after which it asks the store again and rejoins the fleet's queue without
-// a burst (so members cut off together rejoin together).
+// a burst (so members cut off together rejoin together). A gate the store
+// has never answered asks again 100, 200 and 400 ms after its first
+// failures (a process's first calls pay for its connections; it has no fleet
+// pace to rejoin at), and meanwhile admits on its own initial pace.
 //
 // A GateConfig.Rate given with a Fleet is the fleet's rate, not the
 // process's.
