@@ -34,7 +34,9 @@ import (
 // a burst (so members cut off together rejoin together). A gate the store
 // has never answered asks again 100, 200 and 400 ms after its first
 // failures (a process's first calls pay for its connections; it has no fleet
-// pace to rejoin at), and meanwhile admits on its own initial pace.
+// pace to rejoin at), and meanwhile admits at its MinRate (nor does it know
+// how many share the fleet: a fleet that starts together is counted one
+// process at a time).
 //
 // A GateConfig.Rate given with a Fleet is the fleet's rate, not the
 // process's.

@@ -2,6 +2,7 @@ package backoff
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 )
@@ -15,8 +16,12 @@ const fleetFallback = time.Second
 // (100, 200, 400 ms), before it falls back for whole fleetFallbacks: the
 // first calls of a process pay for its connections to the store (a dial,
 // the scripts' loading), and a loaded host can take them past the store's
-// bound while the store is fine. Meanwhile the gate admits locally on its
-// own initial pace, not knowing the fleet's.
+// bound while the store is fine. Meanwhile the gate admits locally at its
+// MinRate: it knows neither the fleet's pace nor how many share it (a
+// process's first heartbeats count the members one by one as they start),
+// and fifty processes starting together on their own initial paces (0.7 ×
+// 20/s each over a count of 1) drew a 503 from a registrar at 200/s that
+// the fleet then took for its capacity (0.4 C).
 const fleetFirstRetry = 100 * time.Millisecond
 
 // fleetLink is a Gate's side of its FleetMember. Its fields are guarded by
@@ -35,6 +40,7 @@ type fleetLink struct {
 	downUntil time.Time     // admitting locally until then: the store failed
 	answered  bool          // the store has answered a call of this gate
 	firstFail int           // calls failed before the store first answered
+	unknown   bool          // local until downUntil, never answered: at MinRate
 	synced    FleetPace     // the fleet pace last seen or stored
 	opened    uint64        // the fleet's reopenings, last seen
 	closedAt  uint64        // opened when this gate last closed
@@ -68,7 +74,8 @@ func (f *fleetLink) connected() bool { return f.m != nil && f.downUntil.IsZero()
 // rejoin at.
 func (f *fleetLink) fail(now time.Time) {
 	f.drop()
-	if !f.answered && f.firstFail < 3 {
+	f.unknown = !f.answered && f.firstFail < 3
+	if f.unknown {
 		f.downUntil = now.Add(fleetFirstRetry << f.firstFail)
 		f.firstFail++
 		return
@@ -78,7 +85,7 @@ func (f *fleetLink) fail(now time.Time) {
 
 // ok notes an answer from the store: the gate admits through its fleet.
 func (f *fleetLink) ok() {
-	f.downUntil, f.answered = time.Time{}, true
+	f.downUntil, f.answered, f.unknown = time.Time{}, true, false
 }
 
 // drop forgets the gate's slots.
@@ -100,6 +107,9 @@ func (g *Gate) localPace() float64 {
 	f := &g.fleet
 	if f.m == nil || f.connected() {
 		return g.pacer.pace
+	}
+	if f.unknown {
+		return math.Min(g.pacer.minRate, g.pacer.pace) // see fleetFirstRetry
 	}
 	n := f.m.Members()
 	if n <= 1 {

@@ -101,15 +101,15 @@ func TestGateFleetHungStore(t *testing.T) {
 
 // A gate the store has never answered asks again 100 ms after a failed
 // call, then 200 and 400 ms later, not at the next whole second: a
-// process's first calls pay for its connections, and a member admitting
-// locally holds no fleet pace or share. Once answered, it admits through
-// the fleet.
+// process's first calls pay for its connections. Meanwhile it admits at
+// its MinRate, not on its initial pace over a member count that may not
+// be counted yet (1 here). Once answered, it admits through the fleet.
 func TestGateFleetFirstAnswer(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		start := time.Now()
 		var calls []time.Duration
 		var seq uint64
-		f := &fakeFleet{members: 10}
+		f := &fakeFleet{members: 1}
 		f.admit = func(_ context.Context, req FleetRequest) (FleetReply, error) {
 			calls = append(calls, time.Since(start))
 			if time.Since(start) < 250*time.Millisecond {
@@ -124,7 +124,20 @@ func TestGateFleetFirstAnswer(t *testing.T) {
 		}
 		g := NewGate(GateConfig{Fleet: f})
 		defer g.Close()
-		admitN(t, g, 20)
+		early := 0
+		for range 20 {
+			p, err := g.Acquire(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if time.Since(start) < 250*time.Millisecond {
+				early++
+			}
+			p.Done(Success)
+		}
+		if early > 1 {
+			t.Errorf("%d admitted in the 250 ms before the store first answered, want at most 1 (MinRate, 1/s)", early)
+		}
 		want := []time.Duration{0, 100 * time.Millisecond, 300 * time.Millisecond}
 		if len(calls) < len(want) {
 			t.Fatalf("calls at %v, want the first three at %v", calls, want)

@@ -70,10 +70,12 @@
 // Every call is bounded by Config.Timeout (50 ms). A call that fails puts
 // the gate on local admission until the next whole second of the wall clock
 // (members cut off together rejoin together): at its share of the last known
-// fleet pace (pace ÷ live members, the count kept by heartbeats), with a
-// local pause and local scouts (a gate Redis never answered asks again
-// after 100, 200 and 400 ms first: its first calls pay for the connection
-// and the scripts' loading). Then it asks again and rejoins the queue,
+// fleet pace (pace ÷ live members, the count kept by heartbeats; a higher
+// count in any answer to Admit is taken at once), with a local pause and
+// local scouts. A gate Redis never answered asks again after 100, 200 and
+// 400 ms first, at its MinRate meanwhile: its first calls pay for the
+// connection and the scripts' loading, and it knows no pace or count yet.
+// Then it asks again and rejoins the queue,
 // which has no burst to give; a Redis restarted empty starts a new queue and
 // takes the pace from the first member that calls. A member that stops
 // (Gate.Close) leaves the count at once; one that crashes, within three

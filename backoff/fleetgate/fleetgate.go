@@ -132,7 +132,7 @@ func (f *Fleet) Join(destination string) backoff.FleetMember {
 	m := &member{
 		f:       f,
 		id:      f.cfg.ID + "/" + strconv.FormatUint(f.joins.Add(1), 10),
-		admit:   []string{k("tat"), k("pace"), k("pause"), k("opened")},
+		admit:   []string{k("tat"), k("pace"), k("pause"), k("opened"), k("members")},
 		scout:   []string{k("lease"), k("opened")},
 		members: []string{k("members")},
 		stop:    make(chan struct{}),
@@ -181,13 +181,30 @@ func (m *member) Admit(ctx context.Context, req backoff.FleetRequest) (backoff.F
 	if err != nil {
 		return backoff.FleetReply{}, fmt.Errorf("fleetgate: admit: %w", err)
 	}
-	return parseAdmit(v)
+	rep, live, err := parseAdmit(v)
+	if err == nil {
+		m.counted(live)
+	}
+	return rep, err
 }
 
-// parseAdmit reads admitScript's answer.
-func parseAdmit(v []string) (backoff.FleetReply, error) {
-	if len(v) != 13 {
-		return backoff.FleetReply{}, fmt.Errorf("fleetgate: admit: %d values, want 13", len(v))
+// counted takes a count of the live members from an answer to Admit: a
+// higher one at once (the processes of a fleet that starts together join
+// one by one, and a share reckoned on a count too low is a burst), a lower
+// one only from the heartbeats (see heartbeats).
+func (m *member) counted(live int64) {
+	for {
+		old := m.count.Load()
+		if live <= old || m.count.CompareAndSwap(old, live) {
+			return
+		}
+	}
+}
+
+// parseAdmit reads admitScript's answer, and the live members it counted.
+func parseAdmit(v []string) (backoff.FleetReply, int64, error) {
+	if len(v) != 14 {
+		return backoff.FleetReply{}, 0, fmt.Errorf("fleetgate: admit: %d values, want 14", len(v))
 	}
 	us := func(s string) time.Duration {
 		n, _ := strconv.ParseInt(s, 10, 64)
@@ -207,7 +224,8 @@ func parseAdmit(v []string) (backoff.FleetReply, error) {
 	rep.Pace.Ceiling, _ = strconv.ParseFloat(v[10], 64)
 	rep.Pace.CeilingAge = max(us(v[11]), 0)
 	rep.Pace.RetryAfter = max(us(v[12]), 0)
-	return rep, nil
+	live, _ := strconv.ParseInt(v[13], 10, 64)
+	return rep, live, nil
 }
 
 // Scout runs scoutScript.

@@ -371,6 +371,42 @@ func TestStoppedMemberReleasesItsShare(t *testing.T) {
 	t.Logf("a leaving member counted out in %v, a crashed one in %v (heartbeat %v)", left, crashed, cfg.Heartbeat)
 }
 
+// Members that start together are counted one by one as their first
+// heartbeats land; each answer to Admit carries the count as it is, so a
+// member's share does not wait for its next heartbeat (a second by
+// default) to reflect the processes that joined after it.
+func TestAdmitCountsTheMembers(t *testing.T) {
+	s := redistest.Start(t)
+	cfg := Config{Heartbeat: time.Hour} // one heartbeat each, at Join
+	fa, ca := newFleet(t, s, "a", cfg)
+	fb, _ := newFleet(t, s, "b", cfg)
+	key := DefaultPrefix + "{d}:members"
+	counted := func(want int64) {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Second); ca.ZCard(t.Context(), key).Val() != want; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d members heartbeaten, want %d", ca.ZCard(t.Context(), key).Val(), want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	ma := fa.Join("d")
+	defer ma.Leave()
+	counted(1)
+	mb := fb.Join("d")
+	defer mb.Leave()
+	counted(2)
+	if n := ma.Members(); n != 1 {
+		t.Fatalf("a counts %d members before b joined, want 1 (its one heartbeat)", n)
+	}
+	if _, err := ma.Admit(t.Context(), backoff.FleetRequest{Pace: backoff.FleetPace{Pace: 20, Startup: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := ma.Members(); n != 2 {
+		t.Fatalf("a counts %d members after an Admit, want 2", n)
+	}
+}
+
 // What one process learned is where a restarted process starts, until
 // PaceTTL passes with no admission.
 func TestLearnedPaceOutlivesAProcess(t *testing.T) {

@@ -198,7 +198,7 @@ func TestReopenResetsAStartupPace(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for g.Stats().Rate < 300 { // the warm-up: nothing rejected, startup grows
 		if time.Now().After(deadline) {
-			t.Fatalf("pace %v after 5 s of warm-up, want ≥ 300", g.Stats().Rate)
+			t.Fatalf("pace %v after 5 s of warm-up, want ≥ 300 (%d calls, %d failed)", g.Stats().Rate, f.calls.Load(), f.failed.Load())
 		}
 		admitOne(t, g)
 	}

@@ -16,7 +16,8 @@ import "github.com/redis/go-redis/v9"
 // past issued (an idle fleet saves no burst). Place n is due when the clock
 // reaches n.
 //
-// KEYS: queue, pace (a hash), pause, opened. ARGV: pace, estimate, startup
+// KEYS: queue, pace (a hash), pause, opened, members (see heartbeatScript).
+// ARGV: pace, estimate, startup
 // (0/1), the version the pace derives from, propose (0/1), book (0/1), the
 // place held (0: none), push-back (µs), the TTL of the pace and the queue
 // (ms, ≤ 0: none), the startup's doubling period (µs), the ceiling of the
@@ -30,8 +31,8 @@ import "github.com/redis/go-redis/v9"
 // pace, estimate, startup and version, the pause left (µs), the place
 // booked (0: none) and its wait (µs), the held place's wait (µs, negative
 // when overdue; "lost": a place this queue never gave, lost with Redis's
-// state), the reopenings, the pace's age (µs), and the pace's Ceiling, the
-// Ceiling's age (µs) and the last Retry-After (µs).
+// state), the reopenings, the pace's age (µs), the pace's Ceiling, the
+// Ceiling's age (µs), the last Retry-After (µs), and the live members.
 //
 // Times are µs and formatted with %.0f, paces with %.17g: Lua's default
 // number format would round them to 14 digits.
@@ -118,7 +119,8 @@ if tonumber(ARGV[9]) > 0 then
 end
 return {rec[1] or '0', rec[2] or '0', rec[3] or '0', fmt(ver or 0), fmt(math.max(pend - now, 0)),
   fmt(seq), fmt(wait), due, redis.call('GET', KEYS[4]) or '0', fmt(now - tonumber(rec[5] or now)),
-  rec[7] or '0', fmt(now - tonumber(rec[8] or now)), rec[9] or '0'}
+  rec[7] or '0', fmt(now - tonumber(rec[8] or now)), rec[9] or '0',
+  tostring(redis.call('ZCOUNT', KEYS[5], string.format('(%.0f', math.floor(now / 1000)), '+inf'))}
 `)
 
 // scoutScript takes or releases the scout lease (SET NX PX), and counts a
