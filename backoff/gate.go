@@ -29,42 +29,40 @@ import (
 // rejected; when the destination starts rejecting, it measures the rate the
 // destination actually accepts (the pace times the accepted fraction of the
 // outcomes since the first rejection) and paces just below it; every second
-// without rejections, while the pace is in use (the attempts accepted in
-// that second reach half the pace: see below), it probes upward. This
-// follows a server that rejects at once (an instant 503), which an
-// in-flight limit alone cannot, and avoids
-// AIMD's saw-tooth between C/2 and C. A rejection that carries a Retry-After
-// pauses everyone (PushBack), so nothing can be measured while the server
-// rejects. At startup's first such rejection the gate counts the attempts
-// the server accepted in its counting window (100 ms, or the startup period,
-// aligned on the clock, as Kamailio's counters and most fixed-window
-// limiters are): if that count lies between the last clean pace and the pace
-// that overshot, it paces at 95 % of it with the count as its ceiling, and
-// forgives one lone Retry-After there in 10 s (timing jitter); otherwise it
-// halves. After that it remembers the pace that drew a Retry-After as
-// a ceiling for 10 s, steps down once per overshoot (to the last clean pace
-// after a probe, by 10 % from a proven pace, by 40 % from an unproven one; the
-// rejections of attempts already in flight do not cut again; a pace is proven
-// when it ran clean for a second while in use: the attempts accepted over that
-// second, in a fleet this member's times the members, reach half the pace, so a
-// pace that drew no rejection only because little was asked of it, a few
-// refreshes or attempts lost on a dead path, neither grows nor is trusted),
-// and probes back up every second a quarter of the way to the ceiling (at
-// least 5 %, at most
-// half-way), only while the faster pace over the work still queued outweighs
-// the risk of another pause; while its probes draw Retry-Afters it probes
-// half as often, down to every 16 s; once the ceiling is forgotten, a probe
-// against such a server steps 5 % and is taken for an even bet, made only
-// with the work queued to win it back. A pace within 10 % under a recent
-// ceiling that ran clean and in use for a second forgives one lone
-// Retry-After in 10 s (timing jitter), as a configured Rate does; with a Fleet at once, and at
-// 95 % of the fleet's estimate too, and a second within 10 s cuts by 10 %
-// (the jitter of many processes on their places). A fleet's startup grows
-// gently near the capacity (see the package doc). With a configured Rate, a lone
-// Retry-After at a pace within 10 % of the ceiling pauses without a cut
-// (timing jitter at a server limited to exactly Rate); a second within 10 s
-// cuts. Outcomes of attempts admitted before the gate last reopened do not
-// steer the pace.
+// without rejections, while the pace is in use (the attempts accepted in that
+// second reach half the pace: see below), it probes upward. This follows a
+// server that rejects at once (an instant 503), which an in-flight limit
+// alone cannot, and avoids AIMD's saw-tooth between C/2 and C. A rejection
+// that carries a Retry-After pauses everyone (PushBack), so nothing can be
+// measured while the server rejects. At startup's first such rejection the
+// gate counts the attempts the server accepted in its counting window
+// (100 ms, or the startup period, aligned on the clock, as Kamailio's
+// counters and most fixed-window limiters are): if that count lies between
+// the last clean pace and the pace that overshot, it paces at 95 % of it with
+// the count as its ceiling, and forgives one lone Retry-After there in 10 s
+// (timing jitter); otherwise it halves. After that it remembers the pace that
+// drew a Retry-After as a ceiling for 10 s, steps down once per overshoot (to
+// the last clean pace after a probe, by 10 % from a proven pace, by 40 % from
+// an unproven one; the rejections of attempts already in flight do not cut
+// again; a pace is proven when it ran clean for a second while in use: the
+// attempts accepted over that second, in a fleet this member's times the
+// members, reach half the pace, so a pace that drew no rejection only because
+// little was asked of it, a few refreshes or attempts lost on a dead path,
+// neither grows nor is trusted), and probes back up every second a quarter of
+// the way to the ceiling (at least 5 %, at most half-way), only while the
+// faster pace over the work still queued outweighs the risk of another pause;
+// while its probes draw Retry-Afters it probes half as often, down to every
+// 16 s; once the ceiling is forgotten, a probe against such a server steps
+// 5 % and is taken for an even bet, made only with the work queued to win it
+// back. A pace within 10 % under a recent ceiling that ran clean and in use
+// for a second forgives one lone Retry-After in 10 s (timing jitter), as a
+// configured Rate does; with a Fleet at once, and at 95 % of the fleet's
+// estimate too, and a second within 10 s cuts by 10 % (the jitter of many
+// processes on their places). A fleet's startup grows gently near the
+// capacity (see the package doc). With a configured Rate, a lone Retry-After
+// at a pace within 10 % of the ceiling pauses without a cut (timing jitter at
+// a server limited to exactly Rate); a second within 10 s cuts. Outcomes of
+// attempts admitted before the gate last reopened do not steer the pace.
 //
 // When attempts come back Unreachable and nothing has succeeded since they
 // were admitted, the gate closes: callers queue, and one scout attempt at a

@@ -12,17 +12,20 @@ import (
 const fleetFallback = time.Second
 
 // fleetFirstRetry is how soon a gate whose store has never answered it asks
-// again after a failed call, doubling for each of the next two failures
-// (100, 200, 400 ms), before it falls back for whole fleetFallbacks: the
-// first calls of a process pay for its connections to the store (a dial,
-// the scripts' loading), and a loaded host can take them past the store's
-// bound while the store is fine. Meanwhile the gate admits locally at its
-// MinRate: it knows neither the fleet's pace nor how many share it (a
-// process's first heartbeats count the members one by one as they start),
-// and fifty processes starting together on their own initial paces (0.7 ×
-// 20/s each over a count of 1) drew a 503 from a registrar at 200/s that
-// the fleet then took for its capacity (0.4 C).
-const fleetFirstRetry = 100 * time.Millisecond
+// again after a failed call, doubling for each failure after it, for
+// fleetFirstRetries failures (100, 200, 400 ms), before it falls back for
+// whole fleetFallbacks: the first calls of a process pay for its connections
+// to the store (a dial, the scripts' loading), and a loaded host can take
+// them past the store's bound while the store is fine. Meanwhile the gate
+// admits locally at its MinRate: it knows neither the fleet's pace nor how
+// many share it (a process's first heartbeats count the members one by one as
+// they start), and fifty processes starting together on their own initial
+// paces (0.7 × 20/s each over a count of 1) drew a 503 from a registrar at
+// 200/s that the fleet then took for its capacity (0.4 C).
+const (
+	fleetFirstRetry   = 100 * time.Millisecond
+	fleetFirstRetries = 3
+)
 
 // fleetLink is a Gate's side of its FleetMember. Its fields are guarded by
 // the gate's lock; calls to the member run outside it, one goroutine each,
@@ -74,7 +77,7 @@ func (f *fleetLink) connected() bool { return f.m != nil && f.downUntil.IsZero()
 // rejoin at.
 func (f *fleetLink) fail(now time.Time) {
 	f.drop()
-	f.unknown = !f.answered && f.firstFail < 3
+	f.unknown = !f.answered && f.firstFail < fleetFirstRetries
 	if f.unknown {
 		f.downUntil = now.Add(fleetFirstRetry << f.firstFail)
 		f.firstFail++

@@ -56,25 +56,24 @@ type UAConfig struct {
 	// not with sipgo's WithUserAgenTLSConfig in UserAgentOptions, which
 	// relink's replaces. Verification is never turned off by relink.
 	TLSConfig *tls.Config
-	// ConnectTimeout bounds each connection attempt (TCP connect plus the
-	// TLS or WebSocket handshake) of a trunk's REGISTER or OPTIONS: an
-	// attempt into a black hole is abandoned after it and redialled at
-	// once with a fresh SYN, so that a restored registrar is reached
-	// within about this long instead of at the kernel's next SYN
-	// retransmission (1, 3, 7, 15 ... s after the first). An attempt whose
-	// connect succeeded but whose handshake ran out of time gets twice the
-	// bound next time, up to 8 s. A TCP connect is not given more: on a
-	// path whose round trip exceeds the bound no connection is made, so
-	// raise it there (1 s is several times most round trips, and the
-	// kernel's own first SYN retransmission is at 1 s). While an attempt
-	// follows one whose connect timed out, relink also sends a bare TCP
-	// connect to the destination every 100 ms; when one gets through, the
-	// waiting attempt (its SYN was lost) is abandoned and redialled at once,
-	// so a restored path is seen within about 100 ms, and a slow path still
-	// gets the whole bound. Zero means DefaultConnectTimeout (1 s);
-	// negative turns the bound off (the
-	// kernel's SYN schedule, within the trunk's RequestTimeout). The
-	// application's own requests are dialled by sipgo without it.
+	// ConnectTimeout bounds each connection attempt (TCP connect plus the TLS
+	// or WebSocket handshake) of a trunk's REGISTER or OPTIONS: an attempt
+	// into a black hole is abandoned after it and redialled at once with a
+	// fresh SYN, so that a restored registrar is reached within about this
+	// long instead of at the kernel's next SYN retransmission (1, 3, 7, 15
+	// ... s after the first). An attempt whose connect succeeded but whose
+	// handshake ran out of time gets twice the bound next time, up to 8 s. A
+	// TCP connect is not given more: on a path whose round trip exceeds the
+	// bound no connection is made, so raise it there (1 s is several times
+	// most round trips, and the kernel's own first SYN retransmission is at
+	// 1 s). While an attempt follows one whose connect timed out, relink also
+	// sends a bare TCP connect to the destination every 100 ms; when one gets
+	// through, the waiting attempt (its SYN was lost) is abandoned and
+	// redialled at once, so a restored path is seen within about 100 ms, and
+	// a slow path still gets the whole bound. Zero means
+	// DefaultConnectTimeout (1 s); negative turns the bound off (the kernel's
+	// SYN schedule, within the trunk's RequestTimeout). The application's own
+	// requests are dialled by sipgo without it.
 	ConnectTimeout time.Duration
 	// WatchCalls also watches the connections the application's own
 	// requests and calls use (every TCP, TLS, WS and WSS connection of
