@@ -85,12 +85,18 @@
 // it does not know: it doubles every startup period up to 4 × InitialRate,
 // then grows by FleetGentleGrowth (10 %) per period, and its first overshoot
 // is about one step, not up to twice the capacity (a doubling to 1.6 × C
-// sent a window of 1.6 × what the destination admits). At its first
-// Retry-After it goes back to the step below the one its admissions followed
-// when the rejected attempt went (a startup period plus the rejection's round
-// trip earlier: a step set just before had not taken effect), or one more
-// step down if that step draws a Retry-After before it has run clean for a
-// second. Each member forgives one lone Retry-After in 10 s at a proven pace
+// sent a window of 1.6 × what the destination admits). The store grows the
+// pace on a grid and reckons every place on the growth to come, so the
+// fleet's schedule of admissions is known to every member. At its first
+// Retry-After the fleet counts that schedule over the destination's windows
+// (a startup period, aligned on the clock): what it admitted in the
+// rejected attempt's window before it is the capacity (less 2.5 %, the
+// places a loaded fleet leaves unused), if it lies between the rates of
+// that window and the one before, and otherwise the rate of the window
+// before, which drew no rejection; the pace is 95 % of it. Of the cuts its
+// members make for one overshoot the lowest stands (the earliest rejected
+// attempt's count is the closest), and the fleet steps down once more if
+// that pace draws a Retry-After before it has run clean for a second. Each member forgives one lone Retry-After in 10 s at a proven pace
 // (a pause, no cut): a cut the fleet made for its members' timing jitter
 // would be the pace the next herd starts from.
 package backoff

@@ -89,8 +89,9 @@ const FleetCallBound = 100 * time.Millisecond
 // is the stored one, so that of two members changing the pace at once one
 // wins and the other adopts the winner's (one cut per overshoot, one probe
 // at a time, fleet-wide) — except that a cut (a lower pace) also replaces a
-// stored pace that was not itself a cut and came just after the proposal's
-// Version: a rejection beats a concurrent doubling or probe.
+// higher stored pace that came just after the proposal's Version: a
+// rejection beats a concurrent doubling or probe, and of the cuts members
+// make for one overshoot the lowest stands.
 type FleetPace struct {
 	// Pace is the fleet's admission pace in attempts per second; zero when
 	// unlimited.
@@ -131,7 +132,10 @@ type FleetRequest struct {
 	// Grow is the startup's growth period: while the stored pace is in
 	// startup and a place is booked, the store doubles the pace (below
 	// Gentle; up to Ceiling) once it is Grow old, so that the fleet grows
-	// once per period whichever member happens to call. The gate's own
+	// once per period whichever member happens to call, on a grid of Grow
+	// periods from the startup's first pace (after three periods without a
+	// booking, from the next booking); and it reckons the places due in the
+	// next periods at the steps to come. The gate's own
 	// pacer does not grow while it has a fleet; the gate asks for one of
 	// its startup periods (100 ms at least).
 	Grow time.Duration
@@ -165,7 +169,8 @@ type FleetRequest struct {
 // still during a pause, reaches n; a virtual clock with no place waiting does
 // not run ahead, so there is no burst. It is a GCRA counted in places rather
 // than times: a place booked at one pace moves when the pace changes, and
-// one booked before a pause is due after it.
+// one booked before a pause is due after it. In startup the clock follows
+// the growth to come (see FleetRequest.Grow).
 type FleetReply struct {
 	// Pace is the fleet pace after the request.
 	Pace FleetPace

@@ -328,6 +328,11 @@ func (g *Gate) closedLocked(now time.Time) (time.Time, bool) {
 func (g *Gate) fleetPaceLocked(now time.Time, req FleetRequest, got FleetPace, age time.Duration) {
 	f := &g.fleet
 	if got.sameAs(req.Pace) || !req.Reopened && got.Version == f.synced.Version {
+		if got.Version != f.synced.Version {
+			// Ours, stored (or the same): the fleet's schedule runs from when the
+			// store set it (see pacer.fleetPaceAt).
+			g.pacer.paceSetAt = now.Add(-age)
+		}
 		f.synced = got
 		return
 	}

@@ -294,59 +294,91 @@ func TestPacerForgivesJitterUnderCeiling(t *testing.T) {
 }
 
 // A fleet's startup doubles to 4 × InitialRate, then grows by 10 % per
-// period, so that its first overshoot is at most 10 % above the capacity. At
-// its first Retry-After the pace that overshot is the one the fleet's
-// admissions followed when the rejected attempt went: a step the store set
-// within a period before (its members had not reckoned their places at it
-// yet, or the destination answered late) did not overshoot, the step before
-// it did, and the fleet goes back to the step before that (before, it went
-// back to 212.8 against C = 200 after a step (of 15 %) to 244.7 set 22 ms, and in
-// another run 87 ms, before the rejected attempt, and the next second drew a
-// second pause and a 40 % cut). If that step draws a Retry-After before it
-// is proven, one more step down; a lone Retry-After there once it is proven
-// is its members' jitter: forgiven (before, a 503 at 185 with the ceiling
-// 212.8 cut the fleet to 166.5, 10 s into the herd).
+// period on the store's grid, so that its first overshoot is at most 10 %
+// above the capacity. At its first Retry-After the fleet counts its schedule
+// over the destination's windows (100 ms, aligned on the clock): the window
+// before the rejected attempt's ran at the clean rate, its own at the rate
+// that overshot, and what it admitted before the rejected attempt is the
+// capacity, less the places a loaded fleet leaves unused
+// (fleetScheduleBias), when it lies between the two; the pace is 95 % of it.
+// A step set just before the rejected attempt had only begun (before, a
+// step set 14 ms before it was taken for the one that overshot: the fleet
+// went back to a step above the capacity, and a second pause). If that pace
+// draws a Retry-After before it is proven, one more step down; a lone
+// Retry-After there once it is proven is its members' jitter: forgiven
+// (before, a 503 at 185 with the ceiling 212.8 cut the fleet to 166.5, 10 s
+// into the herd).
 func TestPacerFleetStartupCutTheStepThatOvershot(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // a window's start
 	const top, g = 212.8, FleetGentleGrowth           // the last step; the growth per step
+	const period = 100 * time.Millisecond
+	// admitted integrates the store's schedule (a step every period, the
+	// last, top, set at last) over [from, to), independently of the pacer.
+	admitted := func(last, from, to time.Time) float64 {
+		n := 0.0
+		for t := from; t.Before(to); t = t.Add(time.Millisecond) {
+			pace, set := top, last
+			for set.After(t) {
+				pace, set = pace/g, set.Add(-period)
+			}
+			n += pace / 1000
+		}
+		return n
+	}
 	cases := []struct {
-		name        string
-		setBefore   time.Duration // the last step, before the rejected attempt
-		answer      time.Duration // the rejection's round trip
-		wantPace    float64
-		wantCeiling float64
+		name      string
+		setBefore time.Duration // the last step, before the rejected attempt
+		heardLast bool          // the member heard of the last step
+		at        time.Duration // the rejected attempt, into its window
+		trusted   bool          // the count before it is taken
 	}{
-		{"last step 90 ms before", 90 * time.Millisecond, time.Millisecond, top / g / g, top / g},
-		{"last step 150 ms before", 150 * time.Millisecond, time.Millisecond, top / g, top},
-		{"last step 120 ms before, answered in 40 ms", 120 * time.Millisecond, 40 * time.Millisecond, top / g / g, top / g},
+		{"last step 14 ms before, late in the window", 14 * time.Millisecond, true, 95 * time.Millisecond, true},
+		{"last step not yet heard of", 14 * time.Millisecond, false, 95 * time.Millisecond, true},
+		{"last step 60 ms before", 60 * time.Millisecond, true, 95 * time.Millisecond, true},
+		{"early in the window: the count proves nothing", 10 * time.Millisecond, true, 30 * time.Millisecond, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			p := newPacer(0, 20, 1, t0.Add(-2*time.Second))
 			p.fleetGrows = true
-			at := t0.Add(60 * time.Millisecond)
-			p.adopt(at, FleetPace{Pace: top, Startup: true}, at.Add(-c.setBefore))
-			s := p.stamp(at)
-			p.rejected(at.Add(c.answer), time.Second, s)
-			if p.startup || math.Abs(p.pace-c.wantPace) > 0.1 || math.Abs(p.hi-c.wantCeiling) > 0.1 {
-				t.Fatalf("pace %v ceiling %v startup %v, want %v, %v, false", p.pace, p.hi, p.startup, c.wantPace, c.wantCeiling)
+			at := t0.Add(c.at)
+			last := at.Add(-c.setBefore)
+			if c.heardLast {
+				p.adopt(at, FleetPace{Pace: top, Startup: true}, last)
+			} else {
+				p.adopt(at, FleetPace{Pace: top / g, Startup: true}, last.Add(-period))
 			}
+			s := p.stamp(at)
+			p.rejected(at.Add(time.Millisecond), time.Second, s)
+			clean := admitted(last, t0.Add(-period), t0) / period.Seconds()
+			over := admitted(last, t0, t0.Add(period)) / period.Seconds()
+			want := clean
+			if c.trusted {
+				raw := admitted(last, t0, at) / period.Seconds()
+				if !(raw > 0.9*clean && raw < over) {
+					t.Fatalf("the case's count %v is not between %v and %v", raw, clean, over)
+				}
+				want = fleetScheduleBias * raw
+			}
+			if p.startup || math.Abs(p.pace-cruiseGain*want) > 0.3 || math.Abs(p.hi-want) > 0.3 {
+				t.Fatalf("pace %v ceiling %v startup %v, want %v, %v, false", p.pace, p.hi, p.startup, cruiseGain*want, want)
+			}
+			cut := p.pace
 			p.resumed(at.Add(time.Second)) // the pause's end
 			q := p
-			// Right after the pause, a Retry-After at that step (not
-			// proven yet): the overshoot was the step before, one more
-			// step down.
+			// Right after the pause, a Retry-After at that pace (not
+			// proven yet): one more step down.
 			now := at.Add(1100 * time.Millisecond)
 			q.rejected(now, time.Second, q.stamp(now))
-			if want := c.wantPace / FleetGentleGrowth; math.Abs(q.pace-want) > 0.1 {
-				t.Fatalf("a 503 just after the pause at the unproven step %v: pace %v, want %v", c.wantPace, q.pace, want)
+			if want := cut / FleetGentleGrowth; math.Abs(q.pace-want) > 0.1 {
+				t.Fatalf("a 503 just after the pause at the unproven pace %v: pace %v, want %v", cut, q.pace, want)
 			}
-			// A lone Retry-After at that step 8 s later (the members'
+			// A lone Retry-After at that pace 8 s later (the members'
 			// jitter) pauses without a cut.
 			now = at.Add(8 * time.Second)
 			p.rejected(now, time.Second, p.stamp(now))
-			if math.Abs(p.pace-c.wantPace) > 0.1 {
-				t.Fatalf("a lone 503 at the proven step %v cut the pace to %v", c.wantPace, p.pace)
+			if math.Abs(p.pace-cut) > 0.1 {
+				t.Fatalf("a lone 503 at the proven pace %v cut the pace to %v", cut, p.pace)
 			}
 		})
 	}

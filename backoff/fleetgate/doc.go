@@ -38,18 +38,24 @@
 // An admission is one EVALSHA of a Lua script on Redis's own clock (TIME),
 // so no process's clock matters. It stores a pause told by this process,
 // compares-and-sets the fleet pace if this process's controller changed it
-// (a cut beats a concurrent growth step; startup grows in the script, once
-// per FleetRequest.Grow whoever calls: it doubles up to FleetRequest.Gentle,
-// 4 × InitialRate, and grows by backoff.FleetGentleGrowth, 10 %, from there,
-// so that the fleet's first overshoot of a destination's capacity is about
-// 10 %, not up to 100 %; a gate that reopens after an outage resets a pace
-// still in startup, so that a warm-up's growth does not greet the next
-// herd), reckons when the place this process holds is due,
+// (a cut beats a concurrent growth step, and of two cuts from the same
+// version the lower stands; startup grows in the script, once per
+// FleetRequest.Grow on a grid whoever calls: it doubles up to
+// FleetRequest.Gentle, 4 × InitialRate, and grows by
+// backoff.FleetGentleGrowth, 10 %, from there, so that the fleet's first
+// overshoot of a destination's capacity is about 10 %, not up to 100 %; a
+// gate that reopens after an outage resets a pace still in startup, so that
+// a warm-up's growth does not greet the next herd), reckons when the place
+// this process holds is due,
 // and books its next place. The queue is a GCRA counted in places rather
 // than times: a virtual clock runs at the fleet pace (standing still during
 // a pause, never running ahead of the queue, so an idle fleet saves no
-// burst) and place n is due when it reaches n. A place booked at one pace
-// therefore moves when the pace changes and lands after a pause told later:
+// burst) and place n is due when it reaches n; while the pace grows in
+// startup the clock follows the growth to come (each step on its grid), so a
+// place reckoned before a step is due where a member hearing of the step
+// would put it, and a step takes effect when it is due. A place booked at
+// one pace therefore moves when the pace changes and lands after a pause
+// told later:
 // a process confirms its place a few round trips before it is due (the call
 // that also books its next), and waits on its place rather than polling for
 // one. A process admits on its place at most one place's interval late

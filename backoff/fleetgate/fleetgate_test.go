@@ -473,3 +473,70 @@ func TestFmtFloatHasNoExponent(t *testing.T) {
 		}
 	}
 }
+
+// During startup the store reckons every place on the growth to come: a
+// place booked now but due two steps later is spaced at the pace of its
+// step, not at today's. Before, a place reckoned before a step was due late,
+// and members that heard of the step caught up at once: against a
+// registrar counting per 100 ms, a window of 21 after one of 17, and a
+// first Retry-After blamed on the wrong step.
+func TestStartupPlacesFollowTheGrowth(t *testing.T) {
+	s := redistest.Start(t)
+	f, _ := newFleet(t, s, "a", Config{})
+	m := f.Join("registrar.test:5060")
+	defer m.Leave()
+	req := backoff.FleetRequest{Pace: backoff.FleetPace{Pace: 100, Startup: true}, Book: true,
+		Grow: 100 * time.Millisecond, Gentle: 50, Ceiling: 1e6}
+	var due []time.Time
+	for range 40 {
+		rep, err := m.Admit(t.Context(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		due = append(due, time.Now().Add(rep.Wait))
+	}
+	// Places 2–8 are due in the first step (100/s), 25–31 in the third
+	// (121/s): spaced 10 and 8.3 ms.
+	first, third := due[8].Sub(due[2])/6, due[31].Sub(due[25])/6
+	if ratio := float64(first) / float64(third); ratio < 1.12 || ratio > 1.35 {
+		t.Fatalf("places spaced %v in the first step and %v in the third (ratio %.2f), want 10 and 8.3 ms (1.21)",
+			first, third, ratio)
+	}
+}
+
+// Members that draw rejections in the same overshoot each propose a cut
+// from the version they last saw: the lowest stands (the earliest rejected
+// attempt's count is the closest to the capacity), a higher one does not
+// undo it, and a cut from an older version is refused.
+func TestLowestCutOfAnOvershootStands(t *testing.T) {
+	s := redistest.Start(t)
+	f, _ := newFleet(t, s, "a", Config{})
+	m := f.Join("registrar.test:5060")
+	defer m.Leave()
+	admit := func(pace float64, startup bool, from uint64) backoff.FleetPace {
+		t.Helper()
+		rep, err := m.Admit(t.Context(), backoff.FleetRequest{Propose: true, Ceiling: 1e6,
+			Pace: backoff.FleetPace{Pace: pace, Startup: startup, Version: from}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep.Pace
+	}
+	base := admit(220, true, 0) // the startup step that overshoots
+	got := admit(195, false, base.Version)
+	if got.Pace != 195 {
+		t.Fatalf("the first cut: pace %v, want 195", got.Pace)
+	}
+	if got = admit(190, false, base.Version); got.Pace != 190 {
+		t.Fatalf("a lower cut of the same overshoot: pace %v, want 190", got.Pace)
+	}
+	if got = admit(193, false, base.Version); got.Pace != 190 {
+		t.Fatalf("a higher cut of the same overshoot: pace %v, want 190 kept", got.Pace)
+	}
+	if got = admit(188, false, base.Version); got.Pace != 188 {
+		t.Fatalf("a third, lower cut of the same overshoot: pace %v, want 188", got.Pace)
+	}
+	if got = admit(150, false, base.Version-1); got.Pace != 188 {
+		t.Fatalf("a cut from an older version: pace %v, want 188 kept", got.Pace)
+	}
+}

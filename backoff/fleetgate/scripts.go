@@ -14,7 +14,14 @@ import "github.com/redis/go-redis/v9"
 // next place to give out; v0 is a virtual clock's reading at t0, and the
 // clock runs at the fleet pace from t0 (the end of a pause, if any), never
 // past issued (an idle fleet saves no burst). Place n is due when the clock
-// reaches n.
+// reaches n. In startup the pace grows on a grid (one step per growth
+// period from the pace's 'at'; after three periods without a booking, one
+// step from now), and while it does, and no pause is on, the clock runs at
+// the steps to come: a place is due at the same time whenever it is
+// reckoned. A cut replaces a higher pace stored just after the version it
+// derives from (a growth step or a probe), or a higher cut derived from the
+// same version (another member's cut of the same overshoot: 'from' is the
+// version a stored pace derived from).
 //
 // KEYS: queue, pace (a hash), pause, opened, members (see heartbeatScript).
 // ARGV: pace, estimate, startup
@@ -40,22 +47,78 @@ var admitScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function fmt(x) return string.format('%.0f', x) end
-local rec = redis.call('HMGET', KEYS[2], 'pace', 'est', 'startup', 'ver', 'at', 'cut', 'hi', 'hiat', 'ra')
+local rec = redis.call('HMGET', KEYS[2], 'pace', 'est', 'startup', 'ver', 'at', 'cut', 'hi', 'hiat', 'ra', 'from')
 local ver = tonumber(rec[4])
 local old = tonumber(rec[1] or '0') or 0
 local q = redis.call('HMGET', KEYS[1], 'v0', 't0', 'issued')
 local issued = tonumber(q[3] or '1')
 local v = tonumber(q[1] or '1')
 local t0 = tonumber(q[2] or fmt(now))
-if old > 0 and now > t0 then
-  v = v + (now - t0) * old / 1000000
-end
-v = math.min(v, issued)
 local want = tonumber(ARGV[1])
 local book = ARGV[6] == '1'
-local grow, gentle, gby = tonumber(ARGV[10]), tonumber(ARGV[16]), tonumber(ARGV[17])
+local grow, gentle, gby, cap = tonumber(ARGV[10]), tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[11])
+local pend = tonumber(redis.call('GET', KEYS[3]) or '0')
+local function up(p)
+  local by = 2
+  if gentle > 0 and p >= gentle then
+    by = gby
+  end
+  if cap > 0 then
+    return math.min(p * by, cap)
+  end
+  return p * by
+end
+-- The schedule of a pace p set at a: p, and, while ramp, up(p) every grow
+-- from a on. seek returns the pace at s and when its step ends.
+local function seek(p, a, ramp, s)
+  if not ramp then
+    return p, math.huge
+  end
+  local k = math.max(math.floor((s - a) / grow), 0)
+  for _ = 1, math.min(k, 64) do
+    p = up(p)
+  end
+  return p, a + (k + 1) * grow
+end
+-- gained is how many places the clock gains from s to e on the schedule.
+local function gained(p, a, ramp, s, e)
+  local edge
+  local g = 0
+  p, edge = seek(p, a, ramp, s)
+  for _ = 1, 64 do
+    if e <= edge then
+      break
+    end
+    g = g + (edge - s) * p / 1000000
+    s, p, edge = edge, up(p), edge + grow
+  end
+  return g + math.max(e - s, 0) * p / 1000000
+end
+-- reach is when the clock, from s, has gained n > 0 places on the schedule.
+local function reach(p, a, ramp, s, n)
+  local edge
+  p, edge = seek(p, a, ramp, s)
+  for _ = 1, 64 do
+    if s + n * 1000000 / p <= edge then
+      break
+    end
+    n = n - (edge - s) * p / 1000000
+    s, p, edge = edge, up(p), edge + grow
+  end
+  return s + n * 1000000 / p
+end
+-- live: the stored pace grows on schedule (startup, grown within the last
+-- three periods, no pause now).
+local function live(r)
+  return r[3] == '1' and grow > 0 and pend <= now and now - tonumber(r[5] or now) < 3 * grow
+end
+if old > 0 and now > t0 then
+  v = v + gained(old, tonumber(rec[5] or now), live(rec), t0, now)
+end
+v = math.min(v, issued)
 if want > 0 then
-  local cut = ver ~= nil and want < old and rec[6] ~= '1' and tonumber(ARGV[4]) == ver - 1
+  local cut = ver ~= nil and want < old and
+    (tonumber(ARGV[4]) == ver - 1 or rec[6] == '1' and ARGV[4] == rec[10])
   local reset = ARGV[15] == '1' and rec[3] == '1' and now - tonumber(rec[5] or now) > 2 * grow
   local cas = ARGV[5] == '1' and ARGV[15] ~= '1' and (tonumber(ARGV[4]) == ver or cut)
   if ver == nil or cas or reset then
@@ -72,22 +135,28 @@ if want > 0 then
     if tonumber(ARGV[14]) > 0 then
       ra = ARGV[14]
     end
-    rec = {ARGV[1], ARGV[2], ARGV[3], ver, now, isCut, hi, hiat, ra}
+    rec = {ARGV[1], ARGV[2], ARGV[3], ver, fmt(now), isCut, hi, hiat, ra, ARGV[4]}
     redis.call('HSET', KEYS[2], 'pace', ARGV[1], 'est', ARGV[2], 'startup', ARGV[3],
-      'ver', fmt(ver), 'at', fmt(now), 'cut', isCut, 'hi', hi, 'hiat', hiat, 'ra', ra)
+      'ver', fmt(ver), 'at', rec[5], 'cut', isCut, 'hi', hi, 'hiat', hiat, 'ra', ra, 'from', ARGV[4])
   end
-end
-local pend = tonumber(redis.call('GET', KEYS[3]) or '0')
-local by = 2
-if ver ~= nil and gentle > 0 and tonumber(rec[1]) >= gentle then
-  by = gby
 end
 if ver ~= nil and book and rec[3] == '1' and grow > 0 and now - tonumber(rec[5]) >= grow and pend <= now and
     tonumber(ARGV[8]) <= 0 then
+  -- The steps due since the last, on the grid of the schedule; after an
+  -- idle spell (no place booked for three periods), one step, from now.
+  local k, at = math.floor((now - tonumber(rec[5])) / grow), now
+  if k < 3 then
+    at = tonumber(rec[5]) + k * grow
+  else
+    k = 1
+  end
+  local p = tonumber(rec[1])
+  for _ = 1, k do
+    p = up(p)
+  end
   ver = ver + 1
-  rec = {string.format('%.17g', math.min(tonumber(rec[1]) * by, tonumber(ARGV[11]))), rec[2], rec[3], ver, now, '0',
-    rec[7], rec[8], rec[9]}
-  redis.call('HSET', KEYS[2], 'pace', rec[1], 'ver', fmt(ver), 'at', fmt(now), 'cut', '0')
+  rec = {string.format('%.17g', p), rec[2], rec[3], ver, fmt(at), '0', rec[7], rec[8], rec[9], rec[10]}
+  redis.call('HSET', KEYS[2], 'pace', rec[1], 'ver', fmt(ver), 'at', rec[5], 'cut', '0')
 end
 local pace = tonumber(rec[1] or '0') or 0
 local pb = tonumber(ARGV[8])
@@ -96,16 +165,23 @@ if pb > 0 and now + pb > pend then
   redis.call('SET', KEYS[3], fmt(pend), 'PX', math.ceil(pb / 1000) + 1)
 end
 local start = math.max(now, pend, t0)
+local ramp = live(rec) and start == now
 local seq, wait, due = 0, 0, '0'
 if pace > 0 then
+  local at = tonumber(rec[5] or now)
   if book then
     seq = issued
     issued = issued + 1
-    wait = start - now + math.max(seq - v, 0) * 1000000 / pace
+    wait = start - now
+    if seq > v then
+      wait = reach(pace, at, ramp, start, seq - v) - now
+    end
   end
   local held = tonumber(ARGV[7])
   if held > 0 and held >= issued then
     due = 'lost'
+  elseif held > v then
+    due = fmt(reach(pace, at, ramp, start, held - v) - now)
   elseif held > 0 then
     due = fmt(start - now + (held - v) * 1000000 / pace)
   end
