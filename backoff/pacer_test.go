@@ -393,6 +393,25 @@ func TestPacerFleetStartupCutTheStepThatOvershot(t *testing.T) {
 	if want := 185 / FleetGentleGrowth; math.Abs(p.pace-want) > 0.1 {
 		t.Fatalf("a member that adopted the cut, after a 503 just after the pause: pace %v, want %v", p.pace, want)
 	}
+	// The member that made the first cut, which another member's lower cut
+	// of the same overshoot replaced, steps down the same way too (before,
+	// adopting the lower cut took it for a pace never proven: a 40 % cut).
+	q := newPacer(0, 20, 1, t0)
+	q.fleetGrows = true
+	q.adopt(t0, FleetPace{Pace: 212.8, Startup: true}, t0)
+	at := t0.Add(95 * time.Millisecond)
+	q.rejected(at, time.Second, q.stamp(at))
+	if q.startup || !q.gentleStep {
+		t.Fatalf("after its own startup cut: startup %v, gentle step %v; want false, true", q.startup, q.gentleStep)
+	}
+	low := 0.98 * q.pace
+	q.adopt(at.Add(5*time.Millisecond), FleetPace{Pace: low, Estimate: low / cruiseGain, Ceiling: low / cruiseGain}, at)
+	q.resumed(at.Add(time.Second))
+	now = at.Add(1100 * time.Millisecond)
+	q.rejected(now, time.Second, q.stamp(now))
+	if want := low / FleetGentleGrowth; math.Abs(q.pace-want) > 0.1 {
+		t.Fatalf("the first cutter, on the lower cut, after a 503 just after the pause: pace %v, want %v", q.pace, want)
+	}
 	if p := newPacer(0, 20, 1, t0); p.fleetGentleFrom() != 80 {
 		t.Fatalf("gentle growth from %v, want 80 (4 × InitialRate)", p.fleetGentleFrom())
 	}
