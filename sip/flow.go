@@ -147,6 +147,8 @@ type flowMonitor struct {
 	mu     sync.RWMutex
 	byKey  map[flowKey]*flow
 	byConn map[sipmsg.Connection]*flow
+
+	lost lostPaths // destinations whose last TCP connect timed out
 }
 
 func (m *flowMonitor) init() {

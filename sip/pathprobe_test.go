@@ -3,6 +3,7 @@ package sip
 import (
 	"context"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -85,4 +86,33 @@ func TestPathProbeLeavesAttempts(t *testing.T) {
 			t.Fatalf("a refusing destination cancelled the attempt (%v)", actx.Err())
 		}
 	})
+}
+
+// The memory of lost destinations forgets a destination once it connects or
+// a minute after its last timeout, and holds at most maxLostPaths (a UA
+// dialling many destinations into black holes does not grow it without
+// bound).
+func TestLostPathsBounded(t *testing.T) {
+	var l lostPaths
+	t0 := time.Now()
+	l.set("a:5060", t0)
+	if !l.has("a:5060", t0.Add(time.Second)) || l.has("b:5060", t0) {
+		t.Fatal("a lost destination not remembered, or another taken for it")
+	}
+	if l.has("a:5060", t0.Add(lostMemory)) {
+		t.Fatal("remembered past lostMemory")
+	}
+	l.set("a:5060", time.Time{})
+	if l.has("a:5060", t0) {
+		t.Fatal("remembered after it connected")
+	}
+	for i := range 3 * maxLostPaths {
+		l.set(net.JoinHostPort("10.0.0.1", strconv.Itoa(i)), t0)
+	}
+	if n := len(l.at); n > maxLostPaths {
+		t.Fatalf("%d destinations remembered, want at most %d", n, maxLostPaths)
+	}
+	if last := net.JoinHostPort("10.0.0.1", strconv.Itoa(3*maxLostPaths-1)); !l.has(last, t0) {
+		t.Fatal("the latest lost destination was forgotten to make room")
+	}
 }

@@ -66,11 +66,12 @@ type UAConfig struct {
 	// TCP connect is not given more: on a path whose round trip exceeds the
 	// bound no connection is made, so raise it there (1 s is several times
 	// most round trips, and the kernel's own first SYN retransmission is at
-	// 1 s). While an attempt follows one whose connect timed out, relink also
-	// sends a bare TCP connect to the destination every 100 ms; when one gets
-	// through, the waiting attempt (its SYN was lost) is abandoned and
-	// redialled at once, so a restored path is seen within about 100 ms, and
-	// a slow path still gets the whole bound. Zero means
+	// 1 s). While an attempt follows one whose connect timed out (the same
+	// REGISTER's, or the last to that destination within a minute), relink
+	// also sends a bare TCP connect to the destination every 100 ms; when
+	// one gets through, the waiting attempt (its SYN was lost) is abandoned
+	// and redialled at once, so a restored path is seen within about 100 ms,
+	// and a slow path still gets the whole bound. Zero means
 	// DefaultConnectTimeout (1 s); negative turns the bound off (the kernel's
 	// SYN schedule, within the trunk's RequestTimeout). The application's own
 	// requests are dialled by sipgo without it.
