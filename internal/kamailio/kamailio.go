@@ -213,7 +213,11 @@ func Start(t testing.TB, opts Options) *Instance {
 			t.Logf("kamailio log (tail):\n%s", tail(k.Log(), 4000))
 		}
 		if err := k.Stop(); err != nil {
-			t.Errorf("kamailio stop: %v", err)
+			// Kamailio's own shutdown is not under test: on a loaded CI
+			// host (every package's tests under -race on 2 cores) it once
+			// took more than the 5 s grace after a TLS test that had
+			// passed every assertion. It is killed; the test goes on.
+			t.Logf("kamailio stop: %v", err)
 		}
 	})
 	return k
