@@ -463,9 +463,11 @@ func (p *pacer) startupCut(now time.Time, s stamp) float64 {
 // What the window counted before the rejected attempt tells the capacity
 // more closely, but the schedule is not what arrived: members late on their
 // places (a loaded host) bunch, and an overshoot from here costs a pause and
-// a hard cut. So that count is trusted only between the clean rate and the
-// rate that overshot (at most 1.25 × the clean rate), and is the ceiling
-// too (a probe towards a count 15 % high cost the fleet a second pause).
+// a hard cut. So that count, less fleetScheduleBias, is the capacity only
+// when it lies between 0.9 × the clean rate and the rate that overshot (at
+// most 1.25 × the clean rate); otherwise the clean rate is. The pace is 95 %
+// of the capacity, and the capacity is the ceiling (a probe towards a count
+// 15 % high cost the fleet a second pause).
 func (p *pacer) fleetStartupCut(s stamp) float64 {
 	if step, _ := p.fleetPaceAt(s.at); step < 4*p.initialRate {
 		// Not two doublings yet: nothing says the queue was full. Back
@@ -478,14 +480,13 @@ func (p *pacer) fleetStartupCut(s stamp) float64 {
 	per := period.Seconds()
 	over := p.fleetAdmitted(from, from.Add(period)) / per
 	clean := p.fleetAdmitted(from.Add(-period), from) / per
-	p.hi = over                     // the ceiling for the probes
 	p.gentleStep = over < 1.5*clean // a gentle step, not a doubling
-	est := math.Min(p.fleetAdmitted(from, s.at)/per, 1.25*clean)
-	if est > 0.9*clean && est < over {
-		clean = fleetScheduleBias * est
+	capacity := clean
+	if est := math.Min(p.fleetAdmitted(from, s.at)/per, 1.25*clean); est > 0.9*clean && est < over {
+		capacity = fleetScheduleBias * est
 	}
-	p.hi = clean
-	return cruiseGain * clean
+	p.hi = capacity // the ceiling for the probes
+	return cruiseGain * capacity
 }
 
 // fleetScheduleBias is the part of the places a fleet's schedule gave that

@@ -35,31 +35,47 @@ func fullListener(t *testing.T) (addr string, drain func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
 	addr = ln.Addr().String()
 	// Fill the queue: a backlog of 0 holds one connection; the next
 	// connect's SYN is dropped.
+	var conns []net.Conn
+	done := make(chan struct{})
+	drained := false
+	t.Cleanup(func() {
+		ln.Close()
+		if drained {
+			<-done // the accept loop closed what it accepted
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+	})
 	for i := 0; ; i++ {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err != nil {
 			break // dropped: the queue is full
 		}
-		t.Cleanup(func() { c.Close() })
+		conns = append(conns, c)
 		if i > 8 {
 			t.Fatal("the accept queue never filled")
 		}
 	}
-	done := make(chan struct{})
-	t.Cleanup(func() { ln.Close(); <-done })
 	return addr, func() {
+		drained = true
 		go func() {
 			defer close(done)
+			var in []net.Conn
+			defer func() {
+				for _, c := range in {
+					c.Close()
+				}
+			}()
 			for {
 				c, err := ln.Accept()
 				if err != nil {
 					return
 				}
-				t.Cleanup(func() { c.Close() })
+				in = append(in, c)
 			}
 		}()
 	}

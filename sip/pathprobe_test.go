@@ -95,19 +95,19 @@ func TestPathProbeLeavesAttempts(t *testing.T) {
 func TestLostPathsBounded(t *testing.T) {
 	var l lostPaths
 	t0 := time.Now()
-	l.set("a:5060", t0)
+	l.lose("a:5060", t0)
 	if !l.has("a:5060", t0.Add(time.Second)) || l.has("b:5060", t0) {
 		t.Fatal("a lost destination not remembered, or another taken for it")
 	}
 	if l.has("a:5060", t0.Add(lostMemory)) {
 		t.Fatal("remembered past lostMemory")
 	}
-	l.set("a:5060", time.Time{})
+	l.found("a:5060")
 	if l.has("a:5060", t0) {
 		t.Fatal("remembered after it connected")
 	}
 	for i := range 3 * maxLostPaths {
-		l.set(net.JoinHostPort("10.0.0.1", strconv.Itoa(i)), t0)
+		l.lose(net.JoinHostPort("10.0.0.1", strconv.Itoa(i)), t0)
 	}
 	if n := len(l.at); n > maxLostPaths {
 		t.Fatalf("%d destinations remembered, want at most %d", n, maxLostPaths)

@@ -185,7 +185,7 @@ func (m *flowMonitor) connectBounded(ctx context.Context, req *sipmsg.Request) (
 		cancel()
 		switch {
 		case err == nil:
-			m.lost.set(dest, time.Time{})
+			m.lost.found(dest)
 			return c, nil
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("%w (connecting to %s)", context.Cause(ctx), req.Destination())
@@ -197,11 +197,9 @@ func (m *flowMonitor) connectBounded(ctx context.Context, req *sipmsg.Request) (
 		case !attemptTimedOut(actx, err):
 			return nil, err
 		}
-		lost = connectFailed(err)
-		if lost {
-			m.lost.set(dest, time.Now())
-		}
-		if !lost {
+		if lost = connectFailed(err); lost {
+			m.lost.lose(dest, time.Now())
+		} else {
 			bound = min(2*bound, maxConnectTimeout) // connected: the handshake needs longer
 		}
 		// A fresh SYN at once; but never spin on an error that came at
@@ -265,15 +263,17 @@ func (l *lostPaths) has(dest string, now time.Time) bool {
 	return ok && now.Sub(at) < lostMemory
 }
 
-// set notes that dest's TCP connect timed out at at, or, with a zero at,
-// that it connected.
-func (l *lostPaths) set(dest string, at time.Time) {
+// found notes that dest connected: it is no longer lost.
+func (l *lostPaths) found(dest string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if at.IsZero() {
-		delete(l.at, dest)
-		return
-	}
+	delete(l.at, dest)
+}
+
+// lose notes that dest's TCP connect timed out at at.
+func (l *lostPaths) lose(dest string, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.at == nil {
 		l.at = make(map[string]time.Time)
 	}
